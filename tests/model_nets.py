@@ -1,0 +1,81 @@
+"""Test helpers: build the four nets from a Bert-VITS2 config dict exactly as the training script does,
+and a patch that makes torch's random draws return zeros (the kit's "zero-random patch")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator
+
+FLOAT_TOL = {"atol": 1e-4, "rtol": 1e-4}
+
+
+def build_net_g(config: dict, n_vocab: int) -> SynthesizerTrn:
+    data, model = config["data"], config["model"]
+    return SynthesizerTrn(
+        n_vocab,
+        data["filter_length"] // 2 + 1,
+        config["train"]["segment_size"] // data["hop_length"],
+        n_speakers=data["n_speakers"],
+        mas_noise_scale_initial=0.01,
+        noise_scale_delta=2e-6,
+        **model,
+    )
+
+
+def build_net_dur_disc(config: dict) -> DurationDiscriminator:
+    model = config["model"]
+    return DurationDiscriminator(
+        model["hidden_channels"], model["hidden_channels"], 3, 0.1, gin_channels=model["gin_channels"]
+    )
+
+
+def build_net_wd(config: dict) -> WavLMDiscriminator:
+    slm = config["model"]["slm"]
+    return WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"])
+
+
+def build_net_d(config: dict) -> MultiPeriodDiscriminator:
+    return MultiPeriodDiscriminator(config["model"]["use_spectral_norm"])
+
+
+def state_dict_layout(net: nn.Module) -> list[list]:
+    """``[key, shape, dtype]`` rows in state_dict order, in the kit's keys.json format."""
+    return [[key, list(value.shape), str(value.dtype).removeprefix("torch.")] for key, value in net.state_dict().items()]
+
+
+def _requested_shape(size: tuple, kwargs: dict) -> tuple[int, ...]:
+    if "size" in kwargs:
+        size = (kwargs["size"],)
+    if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+        return tuple(size[0])
+    return tuple(size)
+
+
+def patch_random_to_zeros(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace torch.randn/randn_like/rand/rand_like by functions returning zeros (shape, dtype, device kept)."""
+    zeros = torch.zeros
+
+    def fresh(*size, dtype=None, device=None, **kwargs):
+        return zeros(_requested_shape(size, kwargs), dtype=dtype, device=device)
+
+    def like(tensor, *, dtype=None, device=None, **_kwargs):
+        return zeros(tensor.shape, dtype=dtype or tensor.dtype, device=device or tensor.device)
+
+    monkeypatch.setattr(torch, "randn", fresh)
+    monkeypatch.setattr(torch, "rand", fresh)
+    monkeypatch.setattr(torch, "randn_like", like)
+    monkeypatch.setattr(torch, "rand_like", like)
+
+
+def assert_float_close(actual: torch.Tensor, expected: torch.Tensor, name: str, **tolerance) -> None:
+    tol = {**FLOAT_TOL, **tolerance}
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    torch.testing.assert_close(actual.float(), expected.float(), **tol, msg=lambda m: f"{name}: {m}")
+
+
+def assert_exact(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.equal(actual.to(expected.dtype), expected), f"{name}: differs from the reference"

@@ -1,0 +1,280 @@
+"""config.yml loading and validation, and the shipped model configs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import config
+from config import load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_YML = REPO_ROOT / "config.yml"
+
+
+def shipped_settings() -> dict:
+    return yaml.safe_load(SHIPPED_YML.read_text(encoding="utf-8"))
+
+
+def write_yml(tmp_path: Path, data: dict, name: str = "settings.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_shipped_config_loads_with_paths_under_dataset_path():
+    cfg = load_config(SHIPPED_YML)
+    assert cfg.source == str(SHIPPED_YML)
+    assert cfg.dataset_path == "Data/"
+    assert cfg.resample.sampling_rate == 44100
+    assert cfg.resample.in_dir == os.path.join("Data/", "audios/raw")
+    assert cfg.resample.out_dir == os.path.join("Data/", "audios/wavs")
+    pre = cfg.preprocess_text
+    assert pre.transcription_path == os.path.join("Data/", "filelists/transcription.list")
+    # An empty cleaned_path means "<transcription_path>.cleaned", as the reference's preprocessing decides.
+    assert pre.cleaned_path == pre.transcription_path + ".cleaned"
+    assert pre.train_path == os.path.join("Data/", "filelists/train.list")
+    assert pre.val_path == os.path.join("Data/", "filelists/val.list")
+    assert pre.config_path == os.path.join("Data/", "config.json")
+    assert (pre.val_per_lang, pre.max_val_total, pre.clean) == (4, 12, True)
+    assert cfg.bert_gen.config_path == os.path.join("Data/", "config.json")
+    assert cfg.bert_gen.num_processes >= 1 and cfg.bert_gen.use_multi_device is False
+    train = cfg.train_ms
+    assert train.model == train.model_dir == os.path.join("Data/", "models")
+    assert train.config_path == os.path.join("Data/", "config.json")
+    assert train.base.use_base_model is False
+    assert train.base.model_dir == os.path.join("Data/", "base_model")
+    assert (train.keep_ckpts, train.spec_cache, train.all_in_mem) == (8, True, False)
+    assert train.env.as_environ() == {
+        "MASTER_ADDR": "localhost", "MASTER_PORT": "10086", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "RANK": "0",
+    }
+    assert (cfg.server.port, cfg.server.language, cfg.server.models) == (5000, "ZH", ())
+    # Reference attribute names stay available.
+    assert cfg.train_ms_config is cfg.train_ms and cfg.preprocess_text_config is cfg.preprocess_text
+
+
+def test_env_var_selects_the_yml_and_an_explicit_path_wins(tmp_path, monkeypatch):
+    data = shipped_settings()
+    data["dataset_path"] = "Elsewhere"
+    other = write_yml(tmp_path, data)
+    monkeypatch.setenv("BV2_CONFIG", str(other))
+    assert load_config().dataset_path == "Elsewhere"
+    assert load_config().train_ms.model == os.path.join("Elsewhere", "models")
+    assert load_config(SHIPPED_YML).dataset_path == "Data/"
+
+
+def test_default_path_is_config_yml_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("BV2_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.yml"):
+        load_config()
+    write_yml(tmp_path, shipped_settings(), name="config.yml")
+    assert load_config().source == "config.yml"
+
+
+def test_absolute_paths_and_empty_dataset_path(tmp_path):
+    data = shipped_settings()
+    data["dataset_path"] = ""
+    data["resample"]["in_dir"] = str(tmp_path / "raw")
+    data["preprocess_text"]["cleaned_path"] = "lists/clean.list"
+    cfg = load_config(write_yml(tmp_path, data))
+    assert cfg.resample.in_dir == str(tmp_path / "raw")
+    assert cfg.resample.out_dir == "audios/wavs"
+    assert cfg.preprocess_text.cleaned_path == "lists/clean.list"
+
+
+def test_env_extra_variables_and_precedence_of_existing_environment(tmp_path):
+    data = shipped_settings()
+    data["train_ms"]["env"]["NCCL_DEBUG"] = "INFO"
+    data["train_ms"]["env"]["OMP_NUM_THREADS"] = 2
+    env = load_config(write_yml(tmp_path, data)).train_ms.env
+    assert env.extra == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "2"}
+    missing = env.missing_from({"MASTER_PORT": "29500", "RANK": "1", "WORLD_SIZE": "2"})
+    assert missing == {"MASTER_ADDR": "localhost", "LOCAL_RANK": "0", "NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "2"}
+
+
+def test_server_models_take_defaults_from_the_server_section(tmp_path):
+    data = shipped_settings()
+    data["server"]["device"] = "cpu"
+    data["server"]["models"] = [
+        {"model": "Data/models/G_100.pth", "config": "Data/config.json"},
+        {
+            "model": "m.pth", "config": "c.json", "device": "cuda:1", "language": "JP",
+            "speakers": [{"speaker": "spk0", "sdp_ratio": 0.5, "length_scale": 1.2}],
+        },
+    ]
+    server = load_config(write_yml(tmp_path, data)).server
+    first, second = server.models
+    assert (first.model, first.config, first.device, first.language, first.speakers) == (
+        "Data/models/G_100.pth", "Data/config.json", "cpu", "ZH", (),
+    )
+    assert (second.device, second.language) == ("cuda:1", "JP")
+    assert second.speakers[0] == config.SpeakerPreset("spk0", 0.5, 0.6, 0.8, 1.2)
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("resample.sampling_rate", -1, "integer >= 1"),
+        ("resample.sampling_rate", "44100", "integer >= 1"),
+        ("resample.in_dir", "", "non-empty string"),
+        ("preprocess_text.val_per_lang", -3, "integer >= 0"),
+        ("preprocess_text.clean", "yes", "true or false"),
+        ("bert_gen.num_processes", 0, "integer >= 1"),
+        ("bert_gen.device", "gpu", "'cuda:N'"),
+        ("train_ms.keep_ckpts", True, "integer >= 0"),
+        ("train_ms.num_workers", 1.5, "integer >= 0"),
+        ("train_ms.spec_cache", 1, "true or false"),
+        ("train_ms.env.MASTER_PORT", 70000, "integer in [1, 65535]"),
+        ("train_ms.env.RANK", 1, "smaller than WORLD_SIZE"),
+        ("train_ms.base.use_base_model", "true", "true or false"),
+        ("server.port", 0, "integer in [1, 65535]"),
+        ("server.language", "FR", "one of"),
+        ("dataset_path", 5, "a string"),
+    ],
+)
+def test_bad_values_name_the_setting_and_the_file(tmp_path, setting, value, message):
+    data = shipped_settings()
+    _set(data, setting, value)
+    path = write_yml(tmp_path, data)
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert f"'{setting}'" in text
+    assert str(path) in text
+    assert message in text
+    assert repr(value) in text
+
+
+def test_bad_value_inside_a_server_model_names_its_index(tmp_path):
+    data = shipped_settings()
+    data["server"]["models"] = [{"model": "a.pth", "config": "a.json"}, {"model": "b.pth", "config": "b.json", "device": "tpu"}]
+    path = write_yml(tmp_path, data)
+    with pytest.raises(ValueError, match=r"'server\.models\[1\]\.device'") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "setting"),
+    [
+        (lambda d: d["train_ms"].update(keep_ckpt=3), "train_ms.keep_ckpt"),
+        (lambda d: d["train_ms"]["base"].update(modeldir="x"), "train_ms.base.modeldir"),
+        (lambda d: d.update(trian_ms={}), "trian_ms"),
+        (lambda d: d["resample"].update(sample_rate=16000), "resample.sample_rate"),
+    ],
+)
+def test_unknown_settings_are_errors(tmp_path, mutate, setting):
+    data = shipped_settings()
+    mutate(data)
+    path = write_yml(tmp_path, data)
+    with pytest.raises(ValueError, match="unknown setting") as info:
+        load_config(path)
+    assert f"'{setting}'" in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_section_that_is_not_a_mapping_is_an_error(tmp_path):
+    data = shipped_settings()
+    data["bert_gen"] = ["cpu"]
+    path = write_yml(tmp_path, data)
+    with pytest.raises(ValueError, match=r"setting 'bert_gen' must be a mapping"):
+        load_config(path)
+
+
+def test_reference_only_sections_are_ignored_with_a_warning(tmp_path, caplog):
+    data = shipped_settings()
+    data["mirror"] = ""
+    data["webui"] = {"device": "cuda", "port": 7860}
+    data["train_ms"]["base"]["repo_id"] = "Stardust_minus/Bert-VITS2"
+    with caplog.at_level(logging.WARNING, logger="config"):
+        cfg = load_config(write_yml(tmp_path, data))
+    assert cfg.train_ms.base.use_base_model is False
+    assert "'webui'" in caplog.text and "'mirror'" in caplog.text and "train_ms.base.repo_id" in caplog.text
+
+
+def test_hub_download_of_a_base_model_is_refused(tmp_path):
+    data = shipped_settings()
+    data["train_ms"]["base"] = {"use_base_model": True, "repo_id": "Stardust_minus/Bert-VITS2"}
+    with pytest.raises(ValueError, match=r"'train_ms\.base\.repo_id' is not supported.*model_dir"):
+        load_config(write_yml(tmp_path, data))
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yml"
+    path.write_text('dataset_path: "Data/"\nresample:\n  sampling_rate: [44100\n  in_dir: x\n', encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "invalid YAML at line" in str(info.value)
+
+
+def test_resolve_device():
+    assert config.resolve_device("cpu") == "cpu"
+    assert config.resolve_device("cuda:1") == "cuda:1"
+    assert config.resolve_device("auto") in ("cpu", "cuda")
+
+
+def test_import_has_no_side_effects(tmp_path):
+    # No config.yml in the working directory and unknown argv: importing must neither read nor parse anything.
+    code = "import sys; sys.argv = ['prog', '--no-such-flag']; import config; print('ok')"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env.pop("BV2_CONFIG", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# configs/*.json
+
+
+def _load_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_official_config_matches_the_reference_except_the_speaker_table(kit_dir):
+    ours = _load_json(REPO_ROOT / "configs" / "config.json")
+    official = _load_json(kit_dir / "official_config.json")
+    assert ours["data"]["spk2id"] == {}
+    assert ours["data"]["n_speakers"] == 850
+    official["data"]["spk2id"] = {}
+    assert ours == official
+    assert list(ours) == ["train", "data", "model", "version"] and ours["version"] == "2.3"
+
+
+def test_demo_config_is_small_and_consistent():
+    demo = _load_json(REPO_ROOT / "configs" / "demo.json")
+    official = _load_json(REPO_ROOT / "configs" / "config.json")
+    # Same settings as the official file, only the values differ.
+    for section in ("train", "data", "model"):
+        assert set(demo[section]) == set(official[section]), section
+    assert set(demo["model"]["slm"]) == set(official["model"]["slm"])
+    data, model, train = demo["data"], demo["model"], demo["train"]
+    assert data["sampling_rate"] == 22050
+    assert train["segment_size"] == 8192 and 4 <= train["batch_size"] <= 8
+    assert train["log_interval"] <= 20 and train["eval_interval"] <= 100
+    hop = data["hop_length"]
+    upsample = 1
+    for rate in model["upsample_rates"]:
+        upsample *= rate
+    assert upsample == hop and train["segment_size"] % hop == 0
+    assert len(model["upsample_rates"]) == len(model["upsample_kernel_sizes"])
+    # The text encoder injects the speaker at layer 2, so it needs at least 3 layers.
+    assert model["n_layers"] >= 3 and model["hidden_channels"] <= 64
+    assert model["slm"]["model"] == "./slm/tiny-wavlm"
+    assert data["n_speakers"] == len(data["spk2id"]) and sorted(data["spk2id"].values()) == list(range(data["n_speakers"]))

@@ -1,0 +1,153 @@
+"""export.py: the inference file is small, self-contained, and gives the checkpoint's waveform."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import export
+import infer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INPUT_NAMES = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
+DETERMINISTIC = {"sdp_ratio": 0.5, "noise_scale": 0.0, "noise_scale_w": 0.0, "length_scale": 1.0}
+
+
+def _waveform(net: torch.nn.Module, golden: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = {name: golden["inputs"][name] for name in INPUT_NAMES}
+    return infer.infer_waveform(net, **inputs, **DETERMINISTIC)
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory: pytest.TempPathFactory, dev_config: dict) -> Path:
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(dev_config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def training_checkpoint(tmp_path_factory: pytest.TempPathFactory, golden_perturbed: dict, dev_config: dict) -> Path:
+    """A checkpoint as training writes it: perturbed generator weights after one AdamW step, with its state."""
+    import utils
+
+    torch.manual_seed(0)
+    net = infer.build_generator(dev_config)
+    net.load_state_dict(golden_perturbed["weights_g"])
+    train = dev_config["train"]
+    optimizer = torch.optim.AdamW(net.parameters(), train["learning_rate"], betas=train["betas"], eps=train["eps"])
+    loss = sum((p.float() ** 2).sum() for p in net.parameters())
+    loss.backward()
+    optimizer.step()
+    path = tmp_path_factory.mktemp("ckpt") / "G_1000.pth"
+    utils.save_checkpoint(net, optimizer, train["learning_rate"], 3, path)
+    return path
+
+
+def test_export_matches_training_checkpoint(
+    training_checkpoint: Path, config_path: Path, tmp_path: Path, golden: dict, dev_config: dict
+) -> None:
+    output = tmp_path / "G_1000.safetensors"
+    result = export.export_generator(training_checkpoint, output, config_path)
+    assert result.path == output and result.max_probe_difference <= 1e-5
+    assert output.stat().st_size * 3 <= training_checkpoint.stat().st_size
+
+    with safe_open(str(output), framework="pt") as handle:
+        metadata = handle.metadata()
+        keys = list(handle.keys())
+    assert metadata["format"] == infer.EXPORT_FORMAT and metadata["weight_norm"] == "folded"
+    assert json.loads(metadata["config"]) == dev_config
+    assert not any(key.startswith("enc_q.") or key.endswith(("weight_g", "weight_v")) for key in keys)
+    assert any(key.startswith("dec.ups.") for key in keys)
+
+    source, _ = infer.load_generator(training_checkpoint, config_path, fold_weights=False)
+    exported, config = infer.load_generator(output)  # no config: it comes from the metadata
+    assert config == dev_config
+    expected_o, expected_lengths = _waveform(source, golden)
+    actual_o, actual_lengths = _waveform(exported, golden)
+    assert torch.equal(actual_lengths, expected_lengths)
+    torch.testing.assert_close(actual_o, expected_o, atol=1e-4, rtol=1e-4)
+
+
+def test_export_of_reference_checkpoint(dev_dir: Path, config_path: Path, tmp_path: Path, golden: dict) -> None:
+    checkpoint = dev_dir / "ckpt" / "G_100.pth"
+    output = tmp_path / "G_100.safetensors"
+    export.export_generator(checkpoint, output, config_path, fold_weights=False)
+    assert output.stat().st_size * 3 <= checkpoint.stat().st_size
+    with safe_open(str(output), framework="pt") as handle:
+        assert handle.metadata()["weight_norm"] == "kept"
+        assert any(key.endswith("weight_g") for key in handle.keys())
+
+    source, _ = infer.load_generator(checkpoint, config_path, fold_weights=False)
+    for fold in (False, True):
+        exported, _ = infer.load_generator(output, fold_weights=fold)
+        expected_o, expected_lengths = _waveform(source, golden)
+        actual_o, actual_lengths = _waveform(exported, golden)
+        assert torch.equal(actual_lengths, expected_lengths)
+        torch.testing.assert_close(actual_o, expected_o, atol=1e-4, rtol=1e-4)
+
+
+def test_half_precision_export_is_smaller_and_close(
+    training_checkpoint: Path, config_path: Path, tmp_path: Path, golden: dict
+) -> None:
+    full = export.export_generator(training_checkpoint, tmp_path / "f32.safetensors", config_path)
+    half = export.export_generator(training_checkpoint, tmp_path / "f16.safetensors", config_path, dtype="float16")
+    assert half.bytes_written < 0.6 * full.bytes_written
+    net32, _ = infer.load_generator(full.path)
+    net16, _ = infer.load_generator(half.path)
+    o32, _ = _waveform(net32, golden)
+    o16, _ = _waveform(net16, golden)
+    assert torch.isfinite(o16).all() and o16.abs().max() > 0
+
+
+def test_load_rejects_foreign_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="not a generator export file"):
+        infer.load_generator(path)
+
+
+def test_export_command_line_and_synthesis_from_export(
+    training_checkpoint: Path, config_path: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "cli.safetensors"
+    done = subprocess.run(
+        [sys.executable, "export.py", "-m", str(training_checkpoint), "-c", str(config_path), "-o", str(output)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert output.stat().st_size * 3 <= training_checkpoint.stat().st_size
+
+    from text.tiny_bert import build_tiny_bert
+
+    bert_dir = tmp_path / "tiny-zh"
+    build_tiny_bert(bert_dir, "ZH", seed=0)
+    from_export = infer.load_synthesizer(output, bert_dirs={"ZH": bert_dir})
+    from_checkpoint = infer.load_synthesizer(training_checkpoint, config_path, bert_dirs={"ZH": bert_dir})
+    settings = {"sdp_ratio": 0.2, "noise_scale": 0.0, "noise_scale_w": 0.0}
+    rate_a, audio_a = from_export.synthesize("你好，世界。", "spk3", "ZH", **settings)
+    rate_b, audio_b = from_checkpoint.synthesize("你好，世界。", "spk3", "ZH", **settings)
+    assert rate_a == rate_b == 22050
+    assert audio_a.shape == audio_b.shape and audio_a.size > 0
+    torch.testing.assert_close(torch.from_numpy(audio_a), torch.from_numpy(audio_b), atol=1e-4, rtol=1e-4)
+
+    bad = subprocess.run(
+        [sys.executable, "export.py", "-m", str(training_checkpoint), "-o", str(tmp_path / "x.safetensors")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert bad.returncode == 2 and "config.json" in bad.stderr

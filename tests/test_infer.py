@@ -1,0 +1,199 @@
+"""infer.py: golden waveforms from prepared tensors, text-to-speech end to end, errors, the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import infer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INPUT_NAMES = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
+CASES = ("sdp0", "sdp1", "ls13")
+
+
+def _golden_inputs(golden: dict) -> dict[str, torch.Tensor]:
+    return {name: golden["inputs"][name] for name in INPUT_NAMES}
+
+
+def _scales(params: dict) -> dict[str, float]:
+    return {name: params[name] for name in ("sdp_ratio", "noise_scale", "noise_scale_w", "length_scale")}
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory, golden: dict, dev_config: dict) -> tuple[Path, Path]:
+    """A reference-layout checkpoint of the dev golden generator, and its config."""
+    folder = tmp_path_factory.mktemp("model")
+    config_path = folder / "config.json"
+    config_path.write_text(json.dumps(dev_config), encoding="utf-8")
+    checkpoint = folder / "G_0.pth"
+    torch.save({"model": golden["weights_g"], "iteration": 0, "optimizer": None, "learning_rate": 2e-4}, checkpoint)
+    return checkpoint, config_path
+
+
+@pytest.fixture(scope="module")
+def zh_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from text.tiny_bert import build_tiny_bert
+
+    folder = tmp_path_factory.mktemp("bert") / "tiny-zh"
+    build_tiny_bert(folder, "ZH", seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthesizer(model_files: tuple[Path, Path], zh_bert_dir: Path) -> infer.Synthesizer:
+    checkpoint, config_path = model_files
+    return infer.load_synthesizer(checkpoint, config_path, bert_dirs={"ZH": zh_bert_dir})
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_infer_waveform_reproduces_golden(golden: dict, dev_config: dict, case: str) -> None:
+    net = infer.build_generator(dev_config)
+    assert infer.load_inference_state(net, golden["weights_g"]) == []
+    net.eval()
+    expected = golden["infer"][case]
+    o, y_lengths = infer.infer_waveform(net, **_golden_inputs(golden), **_scales(expected["params"]))
+    torch.testing.assert_close(o, expected["o"], atol=1e-4, rtol=1e-4)
+    assert torch.equal(y_lengths, expected["y_lengths"])
+
+
+@pytest.mark.parametrize("which", ["golden", "golden_perturbed"])
+def test_loaded_checkpoint_with_folded_weight_norm_reproduces_golden(
+    request: pytest.FixtureRequest, tmp_path: Path, dev_config: dict, which: str
+) -> None:
+    reference = request.getfixturevalue(which)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(dev_config), encoding="utf-8")
+    checkpoint = tmp_path / "G_7.pth"
+    torch.save({"model": reference["weights_g"], "iteration": 7}, checkpoint)
+
+    net, config = infer.load_generator(checkpoint, config_path, fold_weights=True)
+    assert not net.training and config == dev_config
+    assert not any(key.endswith(("weight_g", "weight_v")) for key in net.state_dict())
+    for case in ("sdp0", "sdp1"):
+        expected = reference["infer"][case]
+        o, y_lengths = infer.infer_waveform(net, **_golden_inputs(reference), **_scales(expected["params"]))
+        assert torch.equal(y_lengths, expected["y_lengths"])
+        torch.testing.assert_close(o, expected["o"], atol=1e-4, rtol=1e-4)
+
+
+def test_reference_checkpoint_loads(dev_dir: Path, dev_config: dict, tmp_path: Path, golden: dict) -> None:
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(dev_config), encoding="utf-8")
+    net, _ = infer.load_generator(dev_dir / "ckpt" / "G_100.pth", config_path, fold_weights=False)
+    saved = torch.load(dev_dir / "ckpt" / "G_100.pth", weights_only=True)["model"]
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    o, y_lengths = infer.infer_waveform(net, **_golden_inputs(golden), sdp_ratio=0.5, noise_scale=0, noise_scale_w=0)
+    assert torch.isfinite(o).all() and o.shape == (2, 1, int(y_lengths.max()) * 256)
+
+
+def test_load_rejects_config_that_does_not_fit(model_files: tuple[Path, Path], dev_config: dict, tmp_path: Path) -> None:
+    checkpoint, _ = model_files
+    other = json.loads(json.dumps(dev_config))
+    other["model"]["hidden_channels"] = 48
+    config_path = tmp_path / "other.json"
+    config_path.write_text(json.dumps(other), encoding="utf-8")
+    with pytest.raises(ValueError, match="do not fit the model built from the config"):
+        infer.load_generator(checkpoint, config_path)
+    with pytest.raises(ValueError, match="pass its config.json"):
+        infer.load_generator(checkpoint, None)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        infer.load_generator(tmp_path / "nope.pth", config_path)
+
+
+def test_split_sentences() -> None:
+    assert infer.split_sentences("你好。今天天气很好！What is 3.5? OK.\n再见") == [
+        "你好。",
+        "今天天气很好！",
+        "What is 3.5?",
+        "OK.",
+        "再见",
+    ]
+    assert infer.split_sentences("……。！  ") == []
+    assert infer.split_sentences("一句话") == ["一句话"]
+
+
+def test_prepare_text_layout(synthesizer: infer.Synthesizer) -> None:
+    prepared = synthesizer.prepare("你好，世界。", "ZH")
+    n = prepared.phones.numel()
+    # add_blank: blanks at every even position, the text's phones in between.
+    assert n % 2 == 1 and torch.all(prepared.phones[::2] == 0) and torch.all(prepared.phones[1::2] > 0)
+    assert prepared.tones.shape == prepared.lang_ids.shape == (n,)
+    assert torch.all(prepared.lang_ids == 0)  # ZH language id
+    assert prepared.bert.shape == prepared.ja_bert.shape == prepared.en_bert.shape == (1024, n)
+    assert prepared.bert.abs().sum() > 0
+    assert torch.count_nonzero(prepared.ja_bert) == 0 and torch.count_nonzero(prepared.en_bert) == 0
+
+
+def test_synthesize_from_text(synthesizer: infer.Synthesizer, dev_config: dict) -> None:
+    text = "你好，世界。"
+    n_ids = synthesizer.prepare(text, "ZH").phones.numel()
+    sampling_rate, audio = synthesizer.synthesize(text, "spk1", "ZH")
+    hop = dev_config["data"]["hop_length"]
+    assert sampling_rate == dev_config["data"]["sampling_rate"] == 22050
+    assert audio.dtype == np.float32 and audio.ndim == 1 and np.isfinite(audio).all()
+    # Every id gets at least one frame (ceil of a positive duration); an untrained model gives a few per id.
+    assert audio.size % hop == 0 and n_ids * hop <= audio.size <= 20 * n_ids * hop
+    assert np.sqrt(np.mean(audio**2)) > 1e-4
+
+
+def test_long_text_is_spoken_sentence_by_sentence(synthesizer: infer.Synthesizer) -> None:
+    deterministic = {"sdp_ratio": 0.3, "noise_scale": 0.0, "noise_scale_w": 0.0}
+    _, first = synthesizer.synthesize("你好。", "spk0", "ZH", **deterministic)
+    _, second = synthesizer.synthesize("今天天气很好！", "spk0", "ZH", **deterministic)
+    sampling_rate, both = synthesizer.synthesize("你好。今天天气很好！", "spk0", "ZH", **deterministic, pause=0.1)
+    gap = int(round(0.1 * sampling_rate))
+    assert both.size == first.size + gap + second.size
+    np.testing.assert_allclose(both[: first.size], first, atol=1e-5)
+    assert not both[first.size : first.size + gap].any()
+    np.testing.assert_allclose(both[first.size + gap :], second, atol=1e-5)
+
+
+def test_clear_errors(synthesizer: infer.Synthesizer, model_files: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown speaker 'nobody'; known speakers: spk0, spk1, spk2, spk3"):
+        synthesizer.synthesize("你好", "nobody", "ZH")
+    with pytest.raises(ValueError, match="unknown language 'FR'"):
+        synthesizer.synthesize("bonjour", "spk0", "FR")
+    with pytest.raises(ValueError, match="sdp_ratio"):
+        synthesizer.synthesize("你好", "spk0", "ZH", sdp_ratio=1.5)
+    with pytest.raises(ValueError, match="length_scale"):
+        synthesizer.synthesize("你好", "spk0", "ZH", length_scale=0.0)
+    with pytest.raises(ValueError, match="nothing to pronounce"):
+        synthesizer.synthesize("。。。", "spk0", "ZH")
+    checkpoint, config_path = model_files
+    missing = tmp_path / "no-bert-here"
+    without_bert = infer.load_synthesizer(checkpoint, config_path, bert_dirs={"ZH": missing})
+    with pytest.raises(FileNotFoundError, match="chinese-roberta-wwm-ext-large") as error:
+        without_bert.synthesize("你好", "spk0", "ZH")
+    assert str(missing) in str(error.value)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_command_line(model_files: tuple[Path, Path], zh_bert_dir: Path, tmp_path: Path) -> None:
+    checkpoint, config_path = model_files
+    output = tmp_path / "out.wav"
+    common = ["infer.py", "--model", str(checkpoint), "--config", str(config_path), "--language", "ZH"]
+    common += ["--bert-dir", str(zh_bert_dir), "--text", "你好，世界。今天天气很好。"]
+    done = _run(*common, "--speaker", "spk2", "-o", str(output))
+    assert done.returncode == 0, done.stderr
+    audio, sampling_rate = soundfile.read(output)
+    assert sampling_rate == 22050 and audio.ndim == 1 and audio.size > 22050 * 0.2
+    assert np.abs(audio).max() > 1e-4
+
+    failed = _run(*common, "--speaker", "nobody", "-o", str(tmp_path / "bad.wav"))
+    assert failed.returncode == 2
+    assert "known speakers: spk0, spk1, spk2, spk3" in failed.stderr
+    assert not (tmp_path / "bad.wav").exists()

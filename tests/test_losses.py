@@ -1,0 +1,250 @@
+"""losses.py against the reference kit: GAN / feature / KL terms and the WavLM loss."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from losses import WavLMLoss, discriminator_loss, feature_loss, generator_loss, kl_loss
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def _close(actual: float | torch.Tensor, expected: float | torch.Tensor) -> None:
+    torch.testing.assert_close(torch.as_tensor(actual).float(), torch.as_tensor(expected).float(), **TOL)
+
+
+# ---------------------------------------------------------------- GAN and feature-matching terms
+
+
+@pytest.mark.parametrize("group", ["mpd_seg", "mpd_short"])
+def test_discriminator_loss_matches_golden(golden: dict, group: str) -> None:
+    mpd = golden[group]
+    expected = mpd["losses"]
+    loss, r_losses, g_losses = discriminator_loss(mpd["y_d_rs"], mpd["y_d_gs"])
+    _close(loss, expected["discriminator_loss"])
+    assert all(type(v) is float for v in r_losses + g_losses)
+    assert len(r_losses) == len(g_losses) == 6
+    _close(r_losses, expected["discriminator_r_losses"])
+    _close(g_losses, expected["discriminator_g_losses"])
+
+
+@pytest.mark.parametrize("group", ["mpd_seg", "mpd_short"])
+def test_generator_loss_matches_golden(golden: dict, group: str) -> None:
+    mpd = golden[group]
+    expected = mpd["losses"]
+    loss, terms = generator_loss(mpd["y_d_gs"])
+    _close(loss, expected["generator_loss"])
+    assert all(isinstance(t, torch.Tensor) and t.dim() == 0 for t in terms)
+    _close(torch.stack(terms), torch.stack(expected["generator_losses"]))
+
+
+def test_feature_loss_matches_golden(golden: dict) -> None:
+    mpd = golden["mpd_short"]
+    _close(feature_loss(mpd["fmap_rs"], mpd["fmap_gs"]), mpd["losses"]["feature_loss"])
+
+
+def test_feature_loss_is_twice_the_summed_mean_abs_difference() -> None:
+    real = [[torch.tensor([1.0, 2.0]), torch.tensor([[0.0, 0.0]])], [torch.tensor([3.0])]]
+    fake = [[torch.tensor([2.0, 0.0]), torch.tensor([[1.0, -1.0]])], [torch.tensor([1.0])]]
+    # means: 1.5, 1.0, 2.0 -> sum 4.5 -> ×2
+    assert feature_loss(real, fake).item() == pytest.approx(9.0)
+
+
+def test_feature_loss_treats_real_maps_as_constants() -> None:
+    real = torch.randn(2, 3, requires_grad=True)
+    fake = torch.randn(2, 3, requires_grad=True)
+    feature_loss([[real]], [[fake]]).backward()
+    assert real.grad is None
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+def test_gan_losses_are_float32_for_half_inputs(golden: dict) -> None:
+    mpd = golden["mpd_seg"]
+    loss, _, _ = discriminator_loss([t.bfloat16() for t in mpd["y_d_rs"]], [t.bfloat16() for t in mpd["y_d_gs"]])
+    gen, _ = generator_loss([t.bfloat16() for t in mpd["y_d_gs"]])
+    assert loss.dtype == gen.dtype == torch.float32
+
+
+def test_duration_discriminator_losses_iterate_over_the_batch(golden: dict) -> None:
+    """The training step adds the two duration-discriminator calls element-wise; the helpers then
+    iterate over the batch rows of that one tensor (one entry per batch item)."""
+    dur = golden["dur_disc"]
+    expected = golden["train_step_losses"]
+    prob_r = dur["dur_r_prob"] + dur["dur_r_prob_sdpcall"]  # [b, t_x, 1]
+    prob_g = dur["dur_hat_prob"] + dur["dur_hat_prob_sdp"]
+    loss, r_losses, g_losses = discriminator_loss(prob_r, prob_g)
+    assert len(r_losses) == len(g_losses) == prob_r.shape[0] == 2
+    _close(loss, expected["loss_dur_disc"])
+    _close(r_losses, expected["losses_dur_disc_r"])
+    _close(g_losses, expected["losses_dur_disc_g"])
+    gen, gen_terms = generator_loss(prob_g)
+    _close(gen, expected["loss_dur_gen"])
+    _close(torch.stack(gen_terms), torch.stack(expected["losses_dur_gen"]))
+
+
+# ---------------------------------------------------------------- KL
+
+
+def test_kl_loss_matches_golden(golden: dict) -> None:
+    f = golden["forward"]
+    _close(kl_loss(f["z_p"], f["logs_q"], f["m_p"], f["logs_p"], f["y_mask"]), golden["losses"]["kl_loss"])
+
+
+def test_kl_loss_matches_golden_perturbed(golden_perturbed: dict) -> None:
+    f = golden_perturbed["forward"]
+    expected = golden_perturbed["losses"]["kl_loss"]
+    _close(kl_loss(f["z_p"], f["logs_q"], f["m_p"], f["logs_p"], f["y_mask"]), expected)
+
+
+def test_kl_loss_formula_and_mask() -> None:
+    z_p = torch.tensor([[[1.0, 5.0, 9.0]]])
+    m_p = torch.tensor([[[0.0, 0.0, 0.0]]])
+    logs_p = torch.tensor([[[0.0, 0.0, 0.0]]])
+    logs_q = torch.tensor([[[0.5, 0.5, 0.5]]])
+    mask = torch.tensor([[[1.0, 1.0, 0.0]]])  # the third frame is padding and must not count
+    per_frame = [0.0 - 0.5 - 0.5 + 0.5 * 1.0, 0.0 - 0.5 - 0.5 + 0.5 * 25.0]
+    assert kl_loss(z_p, logs_q, m_p, logs_p, mask).item() == pytest.approx(sum(per_frame) / 2)
+
+
+def test_kl_loss_is_float32_for_half_inputs(golden: dict) -> None:
+    f = golden["forward"]
+    args = [f[k].bfloat16() for k in ("z_p", "logs_q", "m_p", "logs_p", "y_mask")]
+    assert kl_loss(*args).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- WavLM
+
+
+@pytest.fixture(scope="module")
+def wavlm_loss(golden: dict, dev_config: dict) -> WavLMLoss:
+    from models import WavLMDiscriminator
+
+    slm = dev_config["model"]["slm"]
+    net_wd = WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"])
+    net_wd.load_state_dict(golden["weights_wd"])
+    net_wd.eval()
+    g = golden["wavlm_loss"]
+    assert g["slm_sr"] == slm["sr"]
+    return WavLMLoss(slm["model"], net_wd, g["model_sr"], g["slm_sr"])
+
+
+def test_wavlm_resampler_hidden_states_and_embeddings(golden: dict, wavlm_loss: WavLMLoss) -> None:
+    g = golden["wavlm_loss"]
+    for name in ("wav", "y_rec"):
+        wave_16 = wavlm_loss.resample(g[name])
+        _close(wave_16, g[f"{name}_16"])
+        with torch.no_grad():
+            states = wavlm_loss._hidden_states(g[name])
+            embeddings = wavlm_loss._embeddings(g[name])
+        assert len(states) == len(g[f"{name}_hidden_states"]) == 3
+        for got, want in zip(states, g[f"{name}_hidden_states"]):
+            _close(got, want)
+        assert embeddings.shape == g[f"{name}_embeddings"].shape == (2, 96, 19)
+        _close(embeddings, g[f"{name}_embeddings"])
+
+
+def test_wavlm_loss_values_match_golden(golden: dict, wavlm_loss: WavLMLoss) -> None:
+    g = golden["wavlm_loss"]
+    _close(wavlm_loss(g["wav"], g["y_rec"]), g["forward"])
+    _close(wavlm_loss.generator(g["y_rec"]), g["generator"])
+    _close(wavlm_loss.discriminator(g["wav"], g["y_rec"]), g["discriminator"])
+    scores = wavlm_loss.discriminator_forward(g["wav"])
+    assert scores.shape == g["discriminator_forward"].shape == (2, 19)
+    _close(scores, g["discriminator_forward"])
+
+
+def test_wavlm_discriminator_on_golden_input(golden: dict, wavlm_loss: WavLMLoss) -> None:
+    with torch.no_grad():
+        _close(wavlm_loss.wd(golden["wd"]["input"]), golden["wd"]["output"])
+
+
+def test_wavlm_is_frozen_and_stays_in_eval(wavlm_loss: WavLMLoss) -> None:
+    assert not any(p.requires_grad for p in wavlm_loss.wavlm.parameters())
+    wavlm_loss.train()
+    try:
+        assert wavlm_loss.training and not wavlm_loss.wavlm.training
+        assert not any(m.training for m in wavlm_loss.wavlm.modules())
+    finally:
+        wavlm_loss.eval()
+
+
+def test_wavlm_loss_gradients_reach_the_right_tensors(golden: dict, wavlm_loss: WavLMLoss) -> None:
+    g = golden["wavlm_loss"]
+    wav = g["wav"].clone().requires_grad_(True)
+    y_rec = g["y_rec"].clone().requires_grad_(True)
+    wavlm_loss.wd.zero_grad(set_to_none=True)
+
+    (wavlm_loss(wav, y_rec) + wavlm_loss.generator(y_rec)).backward()
+    assert wav.grad is None, "the real wave is a constant in the feature loss"
+    assert y_rec.grad is not None and torch.isfinite(y_rec.grad).all() and y_rec.grad.abs().sum() > 0
+    assert all(p.grad is None for p in wavlm_loss.wavlm.parameters())
+
+    y_rec.grad = None
+    wavlm_loss.wd.zero_grad(set_to_none=True)
+    wavlm_loss.discriminator(wav, y_rec).backward()
+    assert wav.grad is None and y_rec.grad is None, "the discriminator term only trains WD"
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in wavlm_loss.wd.parameters())
+    wavlm_loss.wd.zero_grad(set_to_none=True)
+
+
+def test_wavlm_loss_accepts_channel_dim_and_batch_of_one(golden: dict, wavlm_loss: WavLMLoss) -> None:
+    g = golden["wavlm_loss"]
+    with torch.no_grad():
+        batched = wavlm_loss(g["wav"].unsqueeze(1), g["y_rec"].unsqueeze(1))
+        single = wavlm_loss(g["wav"][:1].unsqueeze(1), g["y_rec"][:1].unsqueeze(1))
+        scores = wavlm_loss.discriminator_forward(g["wav"][:1])
+    _close(batched, g["forward"])
+    assert single.dim() == 0 and torch.isfinite(single)
+    _close(scores, g["discriminator_forward"][:1])
+
+
+def test_wavlm_loss_is_float32_under_autocast(golden: dict, wavlm_loss: WavLMLoss) -> None:
+    g = golden["wavlm_loss"]
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        value = wavlm_loss(g["wav"], g["y_rec"])
+    assert value.dtype == torch.float32
+    _close(value, g["forward"])
+
+
+def test_wavlm_loads_without_network(dev_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    loss = WavLMLoss(dev_dir / "tiny-wavlm", torch.nn.Identity(), 16000)
+    assert not loss.wavlm.training
+
+
+def _assert_helpful_missing_error(err: pytest.ExceptionInfo, folder: Path) -> None:
+    message = str(err.value)
+    assert str(folder) in message
+    assert "save_pretrained" in message and "microsoft/wavlm-base-plus" in message
+    assert "config.json" in message
+
+
+def test_missing_wavlm_folder_raises_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "slm" / "wavlm-base-plus"
+    with pytest.raises(FileNotFoundError) as err:
+        WavLMLoss(folder, torch.nn.Identity(), 22050)
+    _assert_helpful_missing_error(err, folder)
+    assert "does not exist" in str(err.value)
+
+
+def test_wavlm_folder_without_config_raises_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as err:
+        WavLMLoss(tmp_path, torch.nn.Identity(), 22050)
+    _assert_helpful_missing_error(err, tmp_path)
+    assert "has no config.json" in str(err.value)
+
+
+def test_wavlm_folder_without_weights_raises_clear_error(tmp_path: Path, dev_dir: Path) -> None:
+    (tmp_path / "config.json").write_bytes((dev_dir / "tiny-wavlm" / "config.json").read_bytes())
+    with pytest.raises(FileNotFoundError) as err:
+        WavLMLoss(tmp_path, torch.nn.Identity(), 22050)
+    _assert_helpful_missing_error(err, tmp_path)
+    assert "model.safetensors" in str(err.value)

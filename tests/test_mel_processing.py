@@ -1,0 +1,166 @@
+"""mel_processing against the reference kit's `mel` golden values, plus the filter-bank cache fix."""
+
+from __future__ import annotations
+
+import librosa
+import pytest
+import torch
+
+import mel_processing
+from mel_processing import mel_filter_bank, mel_spectrogram_torch, spec_to_mel_torch, spectrogram_torch
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def mel_golden(golden: dict) -> dict:
+    return golden["mel"]
+
+
+def test_spectrogram_matches_golden(mel_golden: dict) -> None:
+    g = mel_golden
+    spec = spectrogram_torch(g["y"], g["n_fft"], g["sampling_rate"], g["hop_size"], g["win_size"], center=False)
+    assert spec.shape == g["spec"].shape == (2, g["n_fft"] // 2 + 1, g["y"].shape[-1] // g["hop_size"])
+    assert spec.dtype == torch.float32
+    torch.testing.assert_close(spec, g["spec"], **TOL)
+
+
+def test_spec_to_mel_matches_golden(mel_golden: dict) -> None:
+    g = mel_golden
+    mel = spec_to_mel_torch(g["spec"], g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin"], g["fmax"])
+    torch.testing.assert_close(mel, g["mel_from_spec"], **TOL)
+
+
+def test_spec_to_mel_second_filter_setting(mel_golden: dict) -> None:
+    g = mel_golden
+    mel = spec_to_mel_torch(g["spec"], g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin2"], g["fmax2"])
+    torch.testing.assert_close(mel, g["mel_from_spec_fmin50_fmax2"], **TOL)
+    assert not torch.allclose(mel, g["mel_from_spec"], **TOL)
+
+
+def test_mel_spectrogram_matches_golden(mel_golden: dict) -> None:
+    g = mel_golden
+    mel = mel_spectrogram_torch(
+        g["y"], g["n_fft"], g["num_mels"], g["sampling_rate"], g["hop_size"], g["win_size"], g["fmin"], g["fmax"],
+        center=False,
+    )
+    assert mel.shape == g["mel"].shape
+    torch.testing.assert_close(mel, g["mel"], **TOL)
+
+
+def test_filter_banks_match_golden(mel_golden: dict) -> None:
+    g = mel_golden
+    basis = mel_filter_bank(g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin"], g["fmax"])
+    torch.testing.assert_close(basis, g["mel_basis"], atol=1e-7, rtol=1e-6)
+    basis2 = mel_filter_bank(g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin2"], g["fmax2"])
+    torch.testing.assert_close(basis2, g["mel_basis_fmin50_fmax2"], atol=1e-7, rtol=1e-6)
+
+
+def test_spec_to_mel_uses_the_filter_bank(mel_golden: dict) -> None:
+    """Feeding unit spectra through spec_to_mel reads the bank back (above the log clip)."""
+    g = mel_golden
+    n_bins = g["n_fft"] // 2 + 1
+    eye = torch.eye(n_bins).unsqueeze(0)  # [1, bins, bins]: frame k is a unit impulse at bin k
+    mel = spec_to_mel_torch(eye, g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin"], g["fmax"])
+    torch.testing.assert_close(mel[0].exp(), g["mel_basis"].clamp(min=1e-5), atol=1e-7, rtol=1e-5)
+
+
+def _librosa_log_mel(
+    spec: torch.Tensor, n_fft: int, n_mels: int, sr: int, fmin: float, fmax: float | None
+) -> torch.Tensor:
+    basis = torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax))
+    return torch.log(torch.clamp(basis @ spec, min=1e-5))
+
+
+@pytest.mark.parametrize("first", ["dev", "other"])
+def test_two_parameter_sets_in_one_process_get_their_own_banks(mel_golden: dict, first: str) -> None:
+    """The reference keyed its bank cache by fmax only and reused the first bank for other n_fft/sr/n_mels."""
+    mel_processing.mel_filter_bank.cache_clear()
+    g = mel_golden
+    wave = g["y"][:, :16000]
+    other = dict(n_fft=512, num_mels=64, sampling_rate=16000, hop_size=128, win_size=512, fmin=0.0, fmax=None)
+
+    def dev_mel() -> torch.Tensor:
+        return mel_spectrogram_torch(
+            g["y"], g["n_fft"], g["num_mels"], g["sampling_rate"], g["hop_size"], g["win_size"], g["fmin"], g["fmax"]
+        )
+
+    def other_mel() -> torch.Tensor:
+        return mel_spectrogram_torch(
+            wave, other["n_fft"], other["num_mels"], other["sampling_rate"], other["hop_size"], other["win_size"],
+            other["fmin"], other["fmax"],
+        )
+
+    if first == "dev":
+        dev, oth = dev_mel(), other_mel()
+    else:
+        oth, dev = other_mel(), dev_mel()
+    torch.testing.assert_close(dev, g["mel"], **TOL)
+    assert oth.shape == (2, 64, 16000 // 128)
+    spec = spectrogram_torch(wave, 512, 16000, 128, 512)
+    torch.testing.assert_close(oth, _librosa_log_mel(spec, 512, 64, 16000, 0.0, None), **TOL)
+
+    # Same n_fft / sr / n_mels / fmax but a different fmin must not share a bank either.
+    a = mel_filter_bank(1024, 80, 22050, 0.0, 8000.0)
+    b = mel_filter_bank(1024, 80, 22050, 300.0, 8000.0)
+    assert not torch.equal(a, b)
+    assert a.shape == b.shape == (80, 513)
+
+
+def test_frames_equal_samples_over_hop(mel_golden: dict) -> None:
+    g = mel_golden
+    for n in (4096, 4096 + 100, 8192):
+        spec = spectrogram_torch(g["y"][:, :n], g["n_fft"], g["sampling_rate"], g["hop_size"], g["win_size"])
+        assert spec.shape[-1] == n // g["hop_size"]
+
+
+def test_single_wave_without_batch_dim(mel_golden: dict) -> None:
+    g = mel_golden
+    spec = spectrogram_torch(g["y"][1], g["n_fft"], g["sampling_rate"], g["hop_size"], g["win_size"])
+    torch.testing.assert_close(spec, g["spec"][1], **TOL)
+
+
+def test_half_precision_input_is_computed_in_float32(mel_golden: dict) -> None:
+    g = mel_golden
+    wave = g["y"].bfloat16()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mel = mel_spectrogram_torch(
+            wave, g["n_fft"], g["num_mels"], g["sampling_rate"], g["hop_size"], g["win_size"], g["fmin"], g["fmax"]
+        )
+    assert mel.dtype == torch.float32
+    expected = mel_spectrogram_torch(
+        wave.float(), g["n_fft"], g["num_mels"], g["sampling_rate"], g["hop_size"], g["win_size"], g["fmin"], g["fmax"]
+    )
+    torch.testing.assert_close(mel, expected, **TOL)
+
+
+def test_float64_input_stays_float64(mel_golden: dict) -> None:
+    g = mel_golden
+    spec = spectrogram_torch(g["y"].double(), g["n_fft"], g["sampling_rate"], g["hop_size"], g["win_size"])
+    assert spec.dtype == torch.float64
+    torch.testing.assert_close(spec.float(), g["spec"], **TOL)
+
+
+def test_mismatched_spectrogram_raises(mel_golden: dict) -> None:
+    g = mel_golden
+    with pytest.raises(ValueError, match="frequency bins"):
+        spec_to_mel_torch(g["spec"], 512, 64, 16000, 0.0, None)
+
+
+def test_rejects_wrong_rank() -> None:
+    with pytest.raises(ValueError, match=r"\[b, t\]"):
+        spectrogram_torch(torch.zeros(1, 1, 4096), 1024, 22050, 256, 1024)
+
+
+def test_cache_filled_under_inference_mode_still_supports_backward(mel_golden: dict) -> None:
+    """A bank first built under inference_mode (e.g. by synthesis code) must still work for training."""
+    g = mel_golden
+    mel_processing.mel_filter_bank.cache_clear()
+    mel_processing._hann_window.cache_clear()
+    args = (g["n_fft"], g["num_mels"], g["sampling_rate"], g["hop_size"], g["win_size"], g["fmin"], g["fmax"])
+    with torch.inference_mode():
+        mel_spectrogram_torch(g["y"], *args)
+    wave = g["y"].clone().requires_grad_(True)
+    mel = mel_spectrogram_torch(wave, *args)
+    mel.mean().backward()
+    assert wave.grad is not None and torch.isfinite(wave.grad).all() and wave.grad.abs().sum() > 0

@@ -1,0 +1,125 @@
+"""The four nets reproduce the reference state_dict layout (keys, order, shapes, dtypes) and parameter counts,
+for the official config and the kit's dev config, so reference checkpoints load with strict=True."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_nets import build_net_d, build_net_dur_disc, build_net_g, build_net_wd, state_dict_layout
+
+CONFIGS = {
+    "dev": ("dev/config.json", "dev/keys.json"),
+    "official": ("official_config.json", "official_keys.json"),
+}
+BUILDERS = {"net_g": None, "net_dur_disc": build_net_dur_disc, "net_wd": build_net_wd}
+
+
+def _summary(net: torch.nn.Module) -> dict:
+    return {
+        "state_dict": state_dict_layout(net),
+        "num_parameters": sum(p.numel() for p in net.parameters()),
+        "num_state_dict_elements": sum(v.numel() for v in net.state_dict().values()),
+        "num_parameters_by_child": {name: sum(p.numel() for p in child.parameters()) for name, child in net.named_children()},
+        "num_weight_g": sum(key.endswith(".weight_g") for key in net.state_dict()),
+        "num_weight_v": sum(key.endswith(".weight_v") for key in net.state_dict()),
+        "num_parametrizations": sum("parametrizations." in key for key in net.state_dict()),
+    }
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def layouts(request, kit_dir: Path, symbols_json: dict) -> tuple[dict, dict]:
+    """(our summaries, the reference keys file) per config; the nets are built once and dropped again."""
+    config_path, keys_path = CONFIGS[request.param]
+    config = json.loads((kit_dir / config_path).read_text(encoding="utf-8"))
+    reference = json.loads((kit_dir / keys_path).read_text(encoding="utf-8"))
+    ours = {}
+    for name in ("net_g", "net_dur_disc", "net_wd"):
+        net = build_net_g(config, len(symbols_json["symbols"])) if name == "net_g" else BUILDERS[name](config)
+        ours[name] = _summary(net)
+        del net
+        gc.collect()
+    return ours, reference
+
+
+@pytest.fixture(scope="module")
+def net_d_summary(kit_dir: Path) -> dict:
+    config = json.loads((kit_dir / "dev/config.json").read_text(encoding="utf-8"))
+    net = build_net_d(config)
+    summary = _summary(net)
+    del net
+    gc.collect()
+    return summary
+
+
+@pytest.mark.parametrize("net_name", ["net_g", "net_dur_disc", "net_wd"])
+def test_state_dict_layout_matches_reference(layouts, net_name: str) -> None:
+    ours, reference = layouts
+    expected = reference[net_name]["state_dict"]
+    actual = ours[net_name]["state_dict"]
+    missing = sorted({row[0] for row in expected} - {row[0] for row in actual})
+    unexpected = sorted({row[0] for row in actual} - {row[0] for row in expected})
+    assert not missing and not unexpected, f"missing {missing[:10]}, unexpected {unexpected[:10]}"
+    for position, (ours_row, ref_row) in enumerate(zip(actual, expected)):
+        assert ours_row == ref_row, f"{net_name} entry {position}: ours {ours_row} != reference {ref_row}"
+    assert len(actual) == len(expected) == reference[net_name]["num_state_dict_entries"]
+
+
+@pytest.mark.parametrize("net_name", ["net_g", "net_dur_disc", "net_wd"])
+def test_parameter_counts_match_reference(layouts, net_name: str) -> None:
+    ours, reference = layouts
+    for field in (
+        "num_parameters",
+        "num_state_dict_elements",
+        "num_parameters_by_child",
+        "num_weight_g",
+        "num_weight_v",
+        "num_parametrizations",
+    ):
+        assert ours[net_name][field] == reference[net_name][field], field
+
+
+def test_multi_period_discriminator_matches_both_configs(kit_dir: Path, net_d_summary: dict) -> None:
+    for _config_path, keys_path in CONFIGS.values():
+        reference = json.loads((kit_dir / keys_path).read_text(encoding="utf-8"))["net_d"]
+        assert net_d_summary["state_dict"] == reference["state_dict"]
+        assert net_d_summary["num_parameters"] == reference["num_parameters"] == 46_747_132
+        assert net_d_summary["num_parameters_by_child"] == reference["num_parameters_by_child"]
+        assert net_d_summary["num_weight_g"] == reference["num_weight_g"] == 37
+
+
+def test_config_b_parameter_counts(dev_config: dict, symbols_json: dict) -> None:
+    """The kit's held-back config B (residual-coupling flow, ResBlock "2", 16 kHz) as the README describes it:
+    its published parameter counts check the paths config A does not use."""
+    config = json.loads(json.dumps(dev_config))
+    config["data"].update(sampling_rate=16000, filter_length=512, hop_length=128, win_length=512, n_speakers=3)
+    config["train"]["segment_size"] = 4096
+    config["model"].update(
+        inter_channels=24,
+        hidden_channels=24,
+        filter_channels=48,
+        n_heads=3,
+        n_layers=3,
+        resblock="2",
+        resblock_kernel_sizes=[3, 5],
+        resblock_dilation_sizes=[[1, 3], [1, 3]],
+        upsample_rates=[4, 4, 4, 2],
+        upsample_kernel_sizes=[8, 8, 8, 4],
+        upsample_initial_channel=48,
+        gin_channels=24,
+        use_transformer_flow=False,
+        n_flow_layer=2,
+    )
+    config["model"]["slm"].update(hidden=24, nlayers=3, initial_channel=8)
+    net_g = build_net_g(config, len(symbols_json["symbols"]))
+    assert sum(p.numel() for p in net_g.parameters()) == 598_829
+    assert sum(p.numel() for p in build_net_dur_disc(config).parameters()) == 18_505
+    assert sum(p.numel() for p in build_net_wd(config).parameters()) == 9_170
+    # Residual coupling: still 4 couplings (plus flips); n_flow_layer is the WN depth inside each.
+    couplings = [flow for flow in net_g.flow.flows if hasattr(flow, "enc")]
+    assert len(couplings) == 4
+    assert all(len(flow.enc.in_layers) == 2 for flow in couplings)

@@ -1,0 +1,173 @@
+"""Behaviour of attentions.py / models.py beyond the golden tensors: batch size 1, max_len, the reference
+encoder path (no speaker table), weight-norm removal, configuration errors and the attention options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import attentions
+from model_nets import assert_exact, assert_float_close, build_net_g, patch_random_to_zeros
+
+TEXT_INPUTS = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
+ZERO_NOISE = {"noise_scale": 0.0, "noise_scale_w": 0.0}
+
+
+@pytest.fixture(scope="module")
+def net_g(dev_config: dict, symbols_json: dict, golden: dict):
+    net = build_net_g(dev_config, len(symbols_json["symbols"])).eval()
+    net.load_state_dict(golden["weights_g"], strict=True)
+    return net
+
+
+def _item(inputs: dict, index: int, names=TEXT_INPUTS) -> dict:
+    """One batch item, cut to its own length (so batch size 1 without padding)."""
+    length = int(inputs["x_lengths"][index])
+    item = {}
+    for name in names:
+        value = inputs[name][index : index + 1]
+        if name in ("x", "tone", "language"):
+            value = value[:, :length]
+        elif name in ("bert", "ja_bert", "en_bert"):
+            value = value[:, :, :length]
+        item[name] = value
+    return item
+
+
+def test_infer_batch_of_one_matches_batched_reference(net_g, golden: dict, dev_config: dict) -> None:
+    hop = dev_config["data"]["hop_length"]
+    expected = golden["infer"]["sdp0"]
+    for index in range(2):
+        n_frames = int(expected["y_lengths"][index])
+        with torch.no_grad():
+            o, attn, y_mask, _ = net_g.infer(**_item(golden["inputs"], index), **ZERO_NOISE)
+        assert o.shape == (1, 1, n_frames * hop)
+        assert_float_close(o, expected["o"][index : index + 1, :, : n_frames * hop], f"o[{index}]")
+        length = int(golden["inputs"]["x_lengths"][index])
+        assert_exact(attn, expected["attn"][index : index + 1, :, :n_frames, :length], f"attn[{index}]")
+
+
+def test_infer_max_len_truncates_decoded_frames(net_g, golden: dict, dev_config: dict) -> None:
+    hop = dev_config["data"]["hop_length"]
+    with torch.no_grad():
+        o, _, y_mask, (z, *_rest) = net_g.infer(**{n: golden["inputs"][n] for n in TEXT_INPUTS}, max_len=5, **ZERO_NOISE)
+    assert o.shape == (2, 1, 5 * hop)
+    assert z.shape[-1] == y_mask.shape[-1] == 31  # only decoding is truncated
+    assert_float_close(o[..., : 2 * hop], golden["infer"]["sdp0"]["o"][..., : 2 * hop], "o head", atol=1e-3)
+
+
+def test_random_draws_go_through_torch_functions(net_g, golden: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the draws patched to zero, non-zero noise scales give the noise-free reference output."""
+    patch_random_to_zeros(monkeypatch)
+    with torch.no_grad():
+        o, *_ = net_g.infer(**{n: golden["inputs"][n] for n in TEXT_INPUTS}, noise_scale=0.667, noise_scale_w=0.8, sdp_ratio=1.0)
+    assert_float_close(o, golden["infer"]["sdp1"]["o"], "o")
+
+
+def test_training_forward_with_batch_of_one(net_g, golden: dict, dev_config: dict) -> None:
+    inputs = golden["inputs"]
+    item = _item(inputs, 1)
+    spec_length = int(inputs["spec_lengths"][1])
+    spec = inputs["spec"][1:2, :, :spec_length]
+    with torch.no_grad():
+        out = net_g(item["x"], item["x_lengths"], spec, inputs["spec_lengths"][1:2], item["sid"], item["tone"],
+                    item["language"], item["bert"], item["ja_bert"], item["en_bert"])  # fmt: skip
+    segment = dev_config["train"]["segment_size"]
+    assert out.o.shape == (1, 1, segment)
+    assert out.attn.shape == (1, 1, spec_length, int(item["x_lengths"][0]))
+    # A monotonic hard alignment: every frame belongs to exactly one phone.
+    assert torch.equal(out.attn.sum(-1), torch.ones(1, 1, spec_length))
+    assert out.l_length.shape == (1,) and torch.isfinite(out.l_length).all()
+
+
+def test_generator_remove_weight_norm_keeps_output(net_g, golden: dict, dev_config: dict, symbols_json: dict) -> None:
+    decoder = build_net_g(dev_config, len(symbols_json["symbols"])).dec.eval()
+    decoder.load_state_dict(net_g.dec.state_dict())
+    z = golden["infer"]["sdp0"]["z"]
+    g = net_g.emb_g(golden["inputs"]["sid"]).unsqueeze(-1)
+    with torch.no_grad():
+        before = decoder(z, g=g)
+        decoder.remove_weight_norm()
+        after = decoder(z, g=g)
+    assert not any(key.endswith(("weight_g", "weight_v")) for key in decoder.state_dict())
+    assert_float_close(after, before, "decoder output", atol=1e-5)
+
+
+def test_reference_encoder_replaces_speaker_table(dev_config: dict, symbols_json: dict, golden: dict) -> None:
+    config = json.loads(json.dumps(dev_config))
+    config["data"]["n_speakers"] = 0
+    torch.manual_seed(0)
+    net = build_net_g(config, len(symbols_json["symbols"])).eval()
+    assert not hasattr(net, "emb_g") and hasattr(net, "ref_enc")
+    inputs = golden["inputs"]
+    text = {n: inputs[n] for n in TEXT_INPUTS}
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="ReferenceEncoder"):
+            net.infer(**text)
+        o, _, y_mask, _ = net.infer(**text, y=inputs["spec"], **ZERO_NOISE)
+        out = net(inputs["x"], inputs["x_lengths"], inputs["spec"], inputs["spec_lengths"], None, inputs["tone"],
+                  inputs["language"], inputs["bert"], inputs["ja_bert"], inputs["en_bert"])  # fmt: skip
+    assert o.shape[-1] == y_mask.shape[-1] * config["data"]["hop_length"]
+    assert out.g.shape == (2, config["model"]["gin_channels"], 1)
+
+
+def test_speaker_conditioning_layer_must_exist() -> None:
+    with pytest.raises(ValueError, match="cond_layer_idx"):
+        attentions.Encoder(16, 32, 2, 2, 3, gin_channels=8)
+    with pytest.raises(ValueError, match="cond_layer_idx"):
+        attentions.Encoder(16, 32, 2, 4, 3, gin_channels=8, cond_layer_idx=4)
+    encoder = attentions.Encoder(16, 32, 2, 2, 3, gin_channels=8, cond_layer_idx=1)
+    assert encoder.spk_emb_linear.in_features == 8
+    assert not hasattr(attentions.Encoder(16, 32, 2, 2, 3), "spk_emb_linear")
+
+
+def test_encoder_speaker_embedding_enters_at_cond_layer() -> None:
+    torch.manual_seed(0)
+    encoder = attentions.Encoder(16, 32, 2, 3, 3, gin_channels=8).eval()
+    x = torch.randn(1, 16, 7)
+    mask = torch.ones(1, 1, 7)
+    with torch.no_grad():
+        plain = encoder(x, mask)
+        conditioned = encoder(x, mask, g=torch.randn(1, 8, 1))
+        # Zeroing the projection makes the speaker input a no-op.
+        encoder.spk_emb_linear.weight.zero_()
+        encoder.spk_emb_linear.bias.zero_()
+        neutral = encoder(x, mask, g=torch.randn(1, 8, 1))
+    assert not torch.allclose(plain, conditioned)
+    torch.testing.assert_close(neutral, plain)
+
+
+def test_padding_does_not_change_valid_positions() -> None:
+    torch.manual_seed(0)
+    encoder = attentions.Encoder(16, 32, 2, 2, 3).eval()
+    x = torch.randn(1, 16, 5)
+    padded = torch.cat([x, torch.randn(1, 16, 3)], dim=2)
+    mask = torch.cat([torch.ones(1, 1, 5), torch.zeros(1, 1, 3)], dim=2)
+    with torch.no_grad():
+        short = encoder(x, torch.ones(1, 1, 5))
+        long = encoder(padded, mask)
+    torch.testing.assert_close(long[..., :5], short, atol=1e-5, rtol=1e-5)
+    assert torch.equal(long[..., 5:], torch.zeros(1, 16, 3))
+
+
+def test_causal_ffn_ignores_the_future() -> None:
+    torch.manual_seed(0)
+    ffn = attentions.FFN(4, 4, 8, 3, causal=True, activation="gelu")
+    x = torch.randn(1, 4, 6)
+    changed = x.clone()
+    changed[..., 4:] += 1.0
+    mask = torch.ones(1, 1, 6)
+    torch.testing.assert_close(ffn(x, mask)[..., :4], ffn(changed, mask)[..., :4])
+
+
+def test_attention_proximal_options() -> None:
+    torch.manual_seed(0)
+    attention = attentions.MultiHeadAttention(8, 8, 2, window_size=4, proximal_bias=True, proximal_init=True)
+    assert torch.equal(attention.conv_k.weight, attention.conv_q.weight)
+    bias = attention._proximal_bias(3, torch.device("cpu"), torch.float32)
+    expected = -torch.log1p(torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]]))
+    torch.testing.assert_close(bias, expected.view(1, 1, 3, 3))
+    x = torch.randn(2, 8, 1)  # shorter than the window
+    assert attention(x, x, torch.ones(2, 1, 1, 1)).shape == (2, 8, 1)

@@ -1,0 +1,543 @@
+"""Hyper-parameters, checkpoints, logging and plotting helpers shared by training and inference.
+
+Checkpoints keep the reference layout (a dict with ``model``, ``iteration``, ``optimizer``, ``learning_rate`` in
+that order) so files move both ways between this package and Bert-VITS2 2.3; extra keys (scheduler, scaler,
+train state) ride along for an exact resume and are ignored by the reference loader. Files are written
+atomically, so a crash mid-save never leaves a truncated ``G_*.pth`` that a resume would pick up.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import pickle
+import re
+import subprocess
+import uuid
+import zipfile
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CLASSIC_CHECKPOINT_KEYS = ("model", "iteration", "optimizer", "learning_rate")
+# Net prefixes of the training script's files: G_{step}.pth, D_..., DUR_..., WD_...
+CHECKPOINT_PREFIXES = ("G", "D", "DUR", "WD")
+_DDP_PREFIX = "module."
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hyper-parameters
+
+
+class HParams(MutableMapping[str, Any]):
+    """Nested, attribute- and item-accessible view of a JSON config (``hps.model.hidden_channels``).
+
+    A ``MutableMapping`` (``keys``, ``items``, ``values``, ``in``, ``len``, ``get``, ``**hps``), so
+    ``SynthesizerTrn(..., **hps.model)`` works as in the reference.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        object.__setattr__(self, "_data", {})
+        for key, value in kwargs.items():
+            self[key] = value
+
+    def __getattr__(self, name: str) -> Any:
+        # Private/dunder names never come from the config; refusing them keeps pickle and copy from recursing
+        # before `_data` exists.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(f"hyper-parameter {name!r} is not set (known: {sorted(self._data)})") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if isinstance(value, Mapping) and not isinstance(value, HParams):
+            nested = HParams()
+            for inner_key, inner_value in value.items():
+                nested[inner_key] = inner_value
+            value = nested
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __repr__(self) -> str:
+        return f"HParams({self._data!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self._data
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "_data", state)
+
+    def keys(self) -> KeysView[str]:
+        return self._data.keys()
+
+    def items(self) -> ItemsView[str, Any]:
+        return self._data.items()
+
+    def values(self) -> ValuesView[Any]:
+        return self._data.values()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts/lists again, e.g. to write the resolved config next to the checkpoints."""
+        return {key: _plain(value) for key, value in self._data.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, HParams):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def get_hparams_from_file(config_path: str | os.PathLike[str]) -> HParams:
+    """Read a model config JSON; a syntax error names the file, line and column."""
+    path = os.fspath(config_path)
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the config must be a JSON object, got {type(config).__name__}")
+    return HParams(**config)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Logging and provenance
+
+
+def get_logger(model_dir: str | os.PathLike[str], filename: str = "train.log") -> logging.Logger:
+    """Logger named after the model folder that also writes to ``model_dir/filename``.
+
+    Calling it again for the same file does not add a second handler (no duplicated lines).
+    """
+    model_dir = os.fspath(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    run_logger = logging.getLogger(os.path.basename(os.path.normpath(model_dir)) or "train")
+    run_logger.setLevel(logging.DEBUG)
+    log_path = os.path.abspath(os.path.join(model_dir, filename))
+    already_attached = any(
+        isinstance(h, logging.FileHandler) and h.baseFilename == log_path for h in run_logger.handlers
+    )
+    if not already_attached:
+        handler = logging.FileHandler(log_path, encoding="utf-8")
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s\t%(name)s\t%(levelname)s\t%(message)s"))
+        run_logger.addHandler(handler)
+    return run_logger
+
+
+def check_git_hash(model_dir: str | os.PathLike[str]) -> str | None:
+    """Record the source's git commit in ``model_dir/githash``; warn when it differs from the recorded one.
+
+    Returns the current hash, or None when the source is not a git checkout (or git is unavailable).
+    """
+    source_dir = os.path.dirname(os.path.realpath(__file__))
+    current = _git_head(source_dir)
+    if current is None:
+        logger.warning("%s is not a git repository (or git is unavailable); git hash comparison skipped", source_dir)
+        return None
+    hash_path = os.path.join(os.fspath(model_dir), "githash")
+    if os.path.exists(hash_path):
+        with open(hash_path, encoding="utf-8") as handle:
+            saved = handle.read().strip()
+        if saved != current:
+            logger.warning("git hash values are different. %s(saved) != %s(current)", saved[:8], current[:8])
+    else:
+        os.makedirs(os.path.dirname(hash_path) or ".", exist_ok=True)
+        with open(hash_path, "w", encoding="utf-8") as handle:
+            handle.write(current)
+    return current
+
+
+def _git_head(source_dir: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source_dir, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    head = result.stdout.strip()
+    return head if result.returncode == 0 and head else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare net inside a DistributedDataParallel (or DataParallel) wrapper."""
+    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+
+
+def _strip_ddp_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    # A state dict saved from the wrapper instead of the net has every key prefixed with "module.".
+    if state_dict and all(key.startswith(_DDP_PREFIX) for key in state_dict):
+        return {key[len(_DDP_PREFIX):]: value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
+def _state_of(obj: Any) -> Any:
+    return obj.state_dict() if hasattr(obj, "state_dict") and callable(obj.state_dict) else obj
+
+
+def read_checkpoint(checkpoint_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint file onto the CPU (tensors and plain data only) and check its layout."""
+    path = os.fspath(checkpoint_path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"{path}: not a checkpoint: expected a dict with a 'model' state dict")
+    return checkpoint
+
+
+def load_state_dict_checked(
+    model: nn.Module, saved: Mapping[str, torch.Tensor], strict: bool = True, source: str = "checkpoint"
+) -> tuple[list[str], list[str]]:
+    """Copy ``saved`` into ``model`` (DDP-wrapped or not, ``module.``-prefixed keys or not).
+
+    Strict: any missing, unexpected or shape-mismatched key raises a RuntimeError listing them all.
+    Non-strict: matching keys are loaded, the rest is reported with a warning (missing keys keep their
+    current values). Returns ``(missing, unexpected)``.
+    """
+    net = _unwrap(model)
+    saved = _strip_ddp_prefix(saved)
+    expected = net.state_dict()
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    mismatched = [key for key in expected if key in saved and _shape(saved[key]) != _shape(expected[key])]
+    shape_notes = [f"{key}: checkpoint {_shape(saved[key])} vs model {_shape(expected[key])}" for key in mismatched]
+    problems = _key_report(missing, unexpected, shape_notes)
+    if problems and strict:
+        raise RuntimeError(f"{source} does not match {type(net).__name__}:\n{problems}")
+    if problems:
+        logger.warning("%s loaded partially into %s:\n%s", source, type(net).__name__, problems)
+    loadable = {key: value for key, value in saved.items() if key in expected and key not in mismatched}
+    net.load_state_dict(loadable, strict=not problems)
+    return missing, unexpected
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _key_report(missing: list[str], unexpected: list[str], mismatched: list[str], limit: int = 20) -> str:
+    lines = []
+    for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+            lines.append(f"  {len(keys)} {title}: {shown}")
+    return "\n".join(lines)
+
+
+def load_checkpoint(
+    checkpoint_path: str | os.PathLike[str] | Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    skip_optimizer: bool = False,
+    *,
+    strict: bool = True,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+) -> tuple[nn.Module, torch.optim.Optimizer | None, float, int]:
+    """Load weights (and optimizer state unless skipped) from a reference-layout checkpoint.
+
+    ``checkpoint_path`` may also be a dict already returned by ``read_checkpoint`` (to reach extra keys such
+    as ``train_state`` without reading a large file twice). ``scheduler`` / ``scaler`` are restored from the
+    file's ``scheduler`` / ``scaler`` entries when both are present. Returns
+    ``(model, optimizer, learning_rate, iteration)`` like the reference.
+    """
+    if isinstance(checkpoint_path, Mapping):
+        checkpoint, source = checkpoint_path, "checkpoint"
+    else:
+        source = os.fspath(checkpoint_path)
+        checkpoint = read_checkpoint(source)
+    load_state_dict_checked(model, checkpoint["model"], strict=strict, source=source)
+    if optimizer is not None and not skip_optimizer:
+        if checkpoint.get("optimizer") is None:
+            logger.warning("%s has no optimizer state; the optimizer starts fresh", source)
+        else:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+    for name, target in (("scheduler", scheduler), ("scaler", scaler)):
+        if target is not None and checkpoint.get(name) is not None:
+            target.load_state_dict(checkpoint[name])
+        elif target is not None:
+            logger.warning("%s has no %s state; it keeps its current state", source, name)
+    iteration = int(checkpoint.get("iteration", 0))
+    learning_rate = float(checkpoint.get("learning_rate", 0.0))
+    logger.info("Loaded checkpoint '%s' (iteration %d)", source, iteration)
+    return model, optimizer, learning_rate, iteration
+
+
+def save_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    learning_rate: float,
+    iteration: int,
+    checkpoint_path: str | os.PathLike[str],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Atomically write ``{model, iteration, optimizer, learning_rate, **extra}``.
+
+    ``extra`` values with a ``state_dict()`` method (schedulers, GradScaler) are stored as their state dicts.
+    The model is saved without a DDP ``module.`` prefix, as the reference does.
+    """
+    state: dict[str, Any] = {
+        "model": _unwrap(model).state_dict(),
+        "iteration": iteration,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "learning_rate": learning_rate,
+    }
+    for key, value in (extra or {}).items():
+        if key in state:
+            raise ValueError(f"extra checkpoint key {key!r} would overwrite a reference key {CLASSIC_CHECKPOINT_KEYS}")
+        state[key] = _state_of(value)
+    path = os.fspath(checkpoint_path)
+    logger.info("Saving model and optimizer state at iteration %s to %s", iteration, path)
+    atomic_torch_save(state, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    Readers see either the old file or the complete new one; the rename is made durable by syncing the folder.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # Hidden name ending in .tmp, so checkpoint globs such as "G_*.pth" never match it.
+    tmp_path = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    # os.open with 0o666 honours the umask, so the checkpoint gets the same mode a plain open() would give.
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a directory; the rename is still atomic there
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        logger.debug("fsync of directory %s not supported", folder)
+    finally:
+        os.close(dir_fd)
+
+
+def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Cheap check that a file is a whole torch checkpoint (not truncated by a crash or a full disk).
+
+    torch's zip format ends with the zip central directory; a truncated file loses it. Only the directory
+    is read, not the tensors. Files in torch's legacy (non-zip) format are fully loaded instead.
+    """
+    path = os.fspath(path)
+    try:
+        if os.path.getsize(path) == 0:
+            return False
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as exc:
+        logger.debug("%s is not loadable: %s", path, exc)
+        return False
+    return True
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """Step number in a checkpoint file NAME (``G_1200.pth`` -> 1200); digits in folders are ignored."""
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
+    match = re.search(r"(\d+)$", stem)
+    return int(match.group(1)) if match else None
+
+
+def latest_checkpoint_path(dir_path: str | os.PathLike[str], regex: str = "G_*.pth") -> str | None:
+    """The complete checkpoint with the highest step among files matching the glob ``regex``, or None.
+
+    (The parameter keeps the reference's name; it is a glob pattern.) Files that fail the completeness check
+    are skipped with a warning, so a resume falls back to the previous good checkpoint.
+    """
+    folder = os.fspath(dir_path)
+    candidates = []
+    for path in glob.glob(os.path.join(glob.escape(folder), regex)):
+        step = checkpoint_step(path)
+        if step is not None and os.path.isfile(path):
+            candidates.append((step, path))
+    for _, path in sorted(candidates, reverse=True):
+        if is_complete_checkpoint(path):
+            return path
+        logger.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+def clean_checkpoints(path_to_models: str | os.PathLike[str] = "logs/44k/", n_ckpts_to_keep: int = 2) -> list[str]:
+    """Delete all but the newest ``n_ckpts_to_keep`` checkpoints of each net (G, D, DUR, WD) separately.
+
+    Steps come from the file names; ``*_0.pth`` (the base model) is never deleted; 0 keeps everything.
+    Returns the deleted paths.
+    """
+    if n_ckpts_to_keep < 0:
+        raise ValueError(f"n_ckpts_to_keep must be >= 0, got {n_ckpts_to_keep}")
+    if n_ckpts_to_keep == 0:
+        return []
+    folder = os.fspath(path_to_models)
+    names = os.listdir(folder)
+    deleted = []
+    for prefix in CHECKPOINT_PREFIXES:
+        # An exact "<prefix>_<digits>.pth" match: "D" must not pick up "DUR_100.pth".
+        pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)\.pth$")
+        steps = sorted(
+            (int(m.group(1)), name) for name in names if (m := pattern.match(name)) and int(m.group(1)) != 0
+        )
+        for _, name in steps[:-n_ckpts_to_keep]:
+            path = os.path.join(folder, name)
+            os.remove(path)
+            deleted.append(path)
+            logger.info("Free up space by deleting ckpt %s", path)
+    return deleted
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorBoard and plots
+
+
+def summarize(
+    writer: Any,
+    global_step: int,
+    scalars: Mapping[str, Any] | None = None,
+    histograms: Mapping[str, Any] | None = None,
+    images: Mapping[str, Any] | None = None,
+    audios: Mapping[str, Any] | None = None,
+    audio_sampling_rate: int = 22050,
+) -> None:
+    """Write scalars, histograms, HWC images and audio clips to a TensorBoard ``SummaryWriter``."""
+    for tag, value in (scalars or {}).items():
+        writer.add_scalar(tag, value, global_step)
+    for tag, value in (histograms or {}).items():
+        writer.add_histogram(tag, value, global_step)
+    for tag, value in (images or {}).items():
+        writer.add_image(tag, value, global_step, dataformats="HWC")
+    for tag, value in (audios or {}).items():
+        writer.add_audio(tag, value, global_step, audio_sampling_rate)
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def _figure(figsize: tuple[float, float]) -> tuple[Any, Any, Any]:
+    # The object API with an explicit Agg canvas: no pyplot global state, no backend switch for the process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    canvas = FigureCanvasAgg(figure)
+    return figure, canvas, figure.add_subplot()
+
+
+def _render_rgb(figure: Any, canvas: Any) -> np.ndarray:
+    figure.tight_layout()
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())  # [h, w, 4] uint8
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def plot_spectrogram_to_numpy(spectrogram: Any) -> np.ndarray:
+    """Render a [channels, frames] spectrogram as a uint8 [h, w, 3] image."""
+    figure, canvas, axes = _figure((10, 2))
+    image = axes.imshow(_as_numpy(spectrogram), aspect="auto", origin="lower", interpolation="none")
+    figure.colorbar(image, ax=axes)
+    axes.set_xlabel("Frames")
+    axes.set_ylabel("Channels")
+    return _render_rgb(figure, canvas)
+
+
+def plot_alignment_to_numpy(alignment: Any, info: str | None = None) -> np.ndarray:
+    """Render a [encoder, decoder] alignment as a uint8 [h, w, 3] image (decoder steps on the x axis)."""
+    figure, canvas, axes = _figure((6, 4))
+    image = axes.imshow(_as_numpy(alignment).transpose(), aspect="auto", origin="lower", interpolation="none")
+    figure.colorbar(image, ax=axes)
+    xlabel = "Decoder timestep"
+    if info is not None:
+        xlabel += "\n\n" + info
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("Encoder timestep")
+    return _render_rgb(figure, canvas)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data files
+
+
+def load_wav_to_torch(full_path: str | os.PathLike[str]) -> tuple[torch.Tensor, int]:
+    """Read a mono audio file as float32 samples on the 16-bit integer scale, and its sampling rate.
+
+    The reference returns raw int16 values and the loader divides by ``max_wav_value`` (32768); returning that
+    scale for every input format keeps the division right for float and 24/32-bit files as well.
+    """
+    import soundfile  # deferred: only data loading needs it
+
+    path = os.fspath(full_path)
+    data, sampling_rate = soundfile.read(path, dtype="float32", always_2d=False)
+    if data.ndim != 1:
+        raise ValueError(f"{path}: expected mono audio, got {data.shape[1]} channels (run resample.py first)")
+    return torch.from_numpy(data * np.float32(32768.0)), int(sampling_rate)
+
+
+def load_filepaths_and_text(filename: str | os.PathLike[str], split: str = "|") -> list[list[str]]:
+    """Lines of a file list split on ``split``; blank lines are skipped."""
+    with open(os.fspath(filename), encoding="utf-8") as handle:
+        return [line.strip().split(split) for line in handle if line.strip()]
