@@ -93,7 +93,8 @@ def process_line(job: Job, settings: Settings) -> Result:
         return Result(job.where, "error", str(err).removeprefix(f"{job.where}: "))
     if sum(word2ph) != n_phones:
         return Result(
-            job.where, "error", f"sum(word2ph) = {sum(word2ph)} but the loader sees {n_phones} phones; re-clean the text"
+            job.where, "error",
+            f"sum(word2ph) = {sum(word2ph)} but the loader sees {n_phones} phones; re-clean the text",
         )
     path = bert_path_for(entry.wav)
     if not settings.force and path.is_file():
@@ -139,7 +140,10 @@ def _run_job(args: tuple[Job, Settings]) -> Result:
     return process_line(*args)
 
 
-def generate(jobs: Sequence[Job], settings: Settings, num_processes: int = 1, show_progress: bool = True) -> list[Result]:
+def generate(
+    jobs: Sequence[Job], settings: Settings, num_processes: int = 1, show_progress: bool = True
+) -> list[Result]:
+    """Process every job (inline for one process, else in spawned workers); results keep the job order."""
     from tqdm import tqdm
 
     results: list[Result] = []
@@ -153,7 +157,10 @@ def generate(jobs: Sequence[Job], settings: Settings, num_processes: int = 1, sh
             threads = max(1, (os.cpu_count() or 1) // num_processes)
             # spawn: forking a process that already holds torch thread pools (or CUDA) is unsafe.
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(num_processes, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+            pool = ProcessPoolExecutor(
+                num_processes, mp_context=context, initializer=_worker_init, initargs=(threads,)
+            )
+            with pool:
                 for result in pool.map(_run_job, [(job, settings) for job in jobs], chunksize=8):
                     results.append(result)
                     bar.update()
@@ -196,11 +203,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Command line first, then config.yml; without a config.yml (and with --config), 1 process on "auto"."""
     if args.config and args.num_processes and args.device:
         return args
     import config  # only when a default is needed, so the script also runs without config.yml
 
-    settings = config.load_config(args.yml).bert_gen
+    try:
+        settings = config.load_config(args.yml).bert_gen
+    except FileNotFoundError:
+        if args.yml or not args.config:
+            raise
+        settings = argparse.Namespace(config_path=args.config, num_processes=1, device="auto")
     args.config = args.config or settings.config_path
     args.num_processes = args.num_processes or settings.num_processes
     args.device = args.device or settings.device

@@ -16,6 +16,7 @@ From Python: :func:`check_filelist` returns a list of :class:`Problem`; :func:`a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -138,6 +139,7 @@ def _settings(hparams: Any, boundaries: Sequence[int] | None) -> _Settings:
 # --------------------------------------------------------------------------------------------- text checks
 
 
+@functools.lru_cache(maxsize=1)
 def _symbol_tables() -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     from text.symbols import (
         language_id_map,
@@ -155,7 +157,8 @@ def _check_text(entry: FilelistEntry, where: str, settings: _Settings) -> Iterab
     phones, tones, word2ph = entry.phones, entry.tones, entry.word2ph
 
     if entry.speaker not in settings.spk2id:
-        yield Problem(where, UNKNOWN_SPEAKER, f"speaker {entry.speaker!r} is not in data.spk2id {sorted(settings.spk2id)}")
+        known = sorted(settings.spk2id)
+        yield Problem(where, UNKNOWN_SPEAKER, f"speaker {entry.speaker!r} is not in data.spk2id {known}")
     if entry.language not in language_ids:
         yield Problem(where, UNKNOWN_LANGUAGE, f"language {entry.language!r} is not one of {sorted(language_ids)}")
     if not phones:
@@ -313,7 +316,9 @@ def check_filelist(
     return problems
 
 
-def check_filelist_fast(filelist: str | os.PathLike, hparams: Any, boundaries: Sequence[int] | None = None) -> list[Problem]:
+def check_filelist_fast(
+    filelist: str | os.PathLike, hparams: Any, boundaries: Sequence[int] | None = None
+) -> list[Problem]:
     """:func:`check_filelist` without decoding audio: cheap enough to run before every training start."""
     return check_filelist(filelist, hparams, boundaries, fast=True)
 

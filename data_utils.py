@@ -52,6 +52,8 @@ DEFAULT_BUCKET_BOUNDARIES = (32, 300, 400, 500, 600, 700, 800, 900, 1000)
 FILELIST_FIELDS = ("wav", "speaker", "language", "norm_text", "phones", "tones", "word2ph")
 # The reference shuffles the filelist with this seed before filtering, so dataset index i is the same item.
 _FILELIST_SHUFFLE_SEED = 1234
+# soundfile scales 16-bit PCM to [-1, 1) by this factor, the reference's default max_wav_value.
+_INT16_SCALE = 32768.0
 # Which BERT slot of the text encoder a language's features feed.
 _BERT_SLOT = {"ZH": 0, "JP": 1, "EN": 2}
 
@@ -215,7 +217,7 @@ class TextAudioSpeakerLoader(Dataset):
     every load; zeros make items deterministic and reproducible across workers, and the model cannot learn
     from either since the noise carries no information.
 
-    Audio is read with soundfile as float32 in [-1, 1) (the same values as the reference's int16 / 32768);
+    Audio is read with soundfile as float32 (16-bit samples / ``max_wav_value``, as the reference);
     a clip at another sampling rate than ``sampling_rate`` or with more than one channel raises ``ValueError``.
     Spectrograms are cached beside the wav when ``spec_cache`` (default true) and recomputed when the cache
     is older than the wav or has the wrong shape. ``all_in_mem`` preloads every item at construction.
@@ -302,7 +304,11 @@ class TextAudioSpeakerLoader(Dataset):
             )
         if audio.shape[1] != 1:
             raise ValueError(f"{filename}: {audio.shape[1]} channels, but training needs mono audio")
-        return torch.from_numpy(audio[:, 0].copy()).unsqueeze(0)  # [1, t]
+        wav = torch.from_numpy(audio[:, 0].copy()).unsqueeze(0)  # [1, t]
+        if self.max_wav_value != _INT16_SCALE:
+            # soundfile already divided 16-bit samples by 2^15; the reference divides them by max_wav_value
+            wav = wav * (_INT16_SCALE / self.max_wav_value)
+        return wav
 
     def _compute_spec(self, audio: Tensor) -> Tensor:
         if self.use_mel_spec_posterior:
@@ -374,7 +380,10 @@ class TextAudioSpeakerLoader(Dataset):
         del text
         if language_str not in _BERT_SLOT:
             raise ValueError(f"{wav_path}: unknown language {language_str!r} (expected one of {list(_BERT_SLOT)})")
-        phone_ids, tone_ids, lang_ids = cleaned_text_to_sequence(list(phone), list(tone), language_str)
+        try:
+            phone_ids, tone_ids, lang_ids = cleaned_text_to_sequence(list(phone), list(tone), language_str)
+        except ValueError as err:
+            raise ValueError(f"{wav_path}: {err} (run check_dataset.py on the filelist)") from err
         if self.add_blank:
             phone_ids = commons.intersperse(phone_ids, 0)
             tone_ids = commons.intersperse(tone_ids, 0)

@@ -25,7 +25,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,24 @@ def format_cleaned_line(wav: str, speaker: str, language: str, norm_text: str, p
     ) + "\n"
 
 
-def _default_cleaner(bert_dir: str | None = None) -> Cleaner:
-    """``text.cleaner.clean_text``; English word splitting follows the tokenizer of the BERT in ``bert_dir``."""
+def _default_cleaner(bert_dirs: Mapping[str, str] | None = None) -> Cleaner:
+    """``text.cleaner.clean_text``; English words follow the tokenizer of the BERT folder given for the language."""
     from text.cleaner import clean_text
 
-    if bert_dir is None:
-        return clean_text
-    return lambda text, language: clean_text(text, language, bert_dir=bert_dir)
+    dirs = dict(bert_dirs or {})
+    return lambda text, language: clean_text(text, language, bert_dir=dirs.get(language))
+
+
+def parse_bert_dirs(values: Sequence[str] | None) -> dict[str, str]:
+    """``DIR`` applies to every language, ``LANG=DIR`` to one (same syntax as bert_gen.py)."""
+    dirs: dict[str, str] = {}
+    for value in values or []:
+        language, sep, folder = value.partition("=")
+        if sep and language.upper() in LANGUAGES:
+            dirs[language.upper()] = folder
+        else:
+            dirs.update({lang: value for lang in LANGUAGES})
+    return dirs
 
 
 def clean_transcription(
@@ -196,12 +207,12 @@ def preprocess(
     clean: bool = True,
     seed: int = DEFAULT_SEED,
     cleaner: Cleaner | None = None,
-    bert_dir: str | None = None,
+    bert_dirs: Mapping[str, str] | None = None,
 ) -> Report:
     """The whole step; returns the report of unusable lines (empty when everything was used)."""
     report = Report()
     if clean:
-        clean_transcription(transcription_path, cleaned_path, report, cleaner or _default_cleaner(bert_dir))
+        clean_transcription(transcription_path, cleaned_path, report, cleaner or _default_cleaner(bert_dirs))
     elif not os.path.isfile(cleaned_path):
         raise FileNotFoundError(f"cleaned list {cleaned_path} not found; run without --no-clean first")
     split = split_cleaned(cleaned_path, val_per_lang, max_val_total, report, seed)
@@ -229,7 +240,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clean", dest="clean", action="store_true", default=None, help="run the text cleaner")
     parser.add_argument("--no-clean", dest="clean", action="store_false", help="re-use the cleaned list")
     parser.add_argument(
-        "--bert-dir", help="English BERT folder whose tokenizer splits the words (the one bert_gen.py will use)"
+        "--bert-dir", action="append", metavar="[LANG=]DIR",
+        help="BERT folder whose tokenizer splits English words (the one bert_gen.py will use); "
+        "for every language or, as LANG=DIR (repeatable), for one",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the train/val split")
     parser.add_argument("--yml", help="global settings file (default: $BV2_CONFIG or ./config.yml)")
@@ -242,17 +255,28 @@ _ARG_NAMES = (
 )
 
 
+# Used when config.yml is absent and these options were not given (the values of the shipped config.yml).
+_BUILTIN_DEFAULTS = {"val_per_lang": 4, "max_val_total": 12, "clean": True}
+
+
 def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Command line first, then config.yml; without a config.yml, built-in defaults for the non-path options."""
     if args.transcription_path and not args.cleaned_path:
         args.cleaned_path = args.transcription_path + ".cleaned"
-    if all(getattr(args, name) is not None for name in _ARG_NAMES):
+    missing = [name for name in _ARG_NAMES if getattr(args, name) is None]
+    if not missing:
         return args
     import config  # only when a default is needed, so the script also runs without config.yml
 
-    settings = config.load_config(args.yml).preprocess_text
-    for name in _ARG_NAMES:
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(settings, name))
+    try:
+        settings = config.load_config(args.yml).preprocess_text
+    except FileNotFoundError:
+        paths = [name for name in missing if name not in _BUILTIN_DEFAULTS]
+        if args.yml or paths:
+            raise
+        settings = argparse.Namespace(**_BUILTIN_DEFAULTS)
+    for name in missing:
+        setattr(args, name, getattr(settings, name))
     return args
 
 
@@ -261,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _fill_defaults(_parse_args(argv))
     report = preprocess(
         args.transcription_path, args.cleaned_path, args.train_path, args.val_path, args.config_path,
-        args.val_per_lang, args.max_val_total, clean=args.clean, seed=args.seed, bert_dir=args.bert_dir,
+        args.val_per_lang, args.max_val_total, clean=args.clean, seed=args.seed,
+        bert_dirs=parse_bert_dirs(args.bert_dir),
     )
     if report.problems:
         logger.error("%d line(s) could not be used (listed above)", len(report.problems))

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Sampler
 
+import check_dataset
 import commons
 import utils
 from data_utils import DEFAULT_BUCKET_BOUNDARIES, Batch, DistributedBucketSampler, TextAudioSpeakerCollate, TextAudioSpeakerLoader
@@ -931,6 +932,20 @@ class RunOptions:
     reference_like: bool = False
 
 
+def update_nonfinite_streak(state: TrainState, skipped: Sequence[str], limit: int, model_dir: str) -> None:
+    """Count iterations in a row with a skipped update; raise after ``limit`` of them."""
+    if not skipped:
+        state.nonfinite_streak = 0
+        return
+    state.nonfinite_streak += 1
+    if state.nonfinite_streak >= limit:
+        raise RuntimeError(
+            f"{state.nonfinite_streak} iterations in a row had non-finite losses or gradients (last at step "
+            f"{state.step}: {', '.join(skipped)}); stopping. The last checkpoint in {model_dir} holds finite "
+            f"weights: lower train.learning_rate or check the data (audio, BERT features) before resuming"
+        )
+
+
 class Trainloop:
     """Owns the cadence: epochs, logging, evaluation, checkpoints, stopping."""
 
@@ -1011,18 +1026,8 @@ class Trainloop:
                     disable=None, dynamic_ncols=True)
 
     def _track_nonfinite(self, metrics: dict[str, Any]) -> None:
-        state = self.trainer.state
-        if not metrics["skipped"]:
-            state.nonfinite_streak = 0
-            return
-        state.nonfinite_streak += 1
-        if state.nonfinite_streak >= self.options.max_nonfinite_steps:
-            raise RuntimeError(
-                f"{state.nonfinite_streak} iterations in a row had non-finite losses or gradients (last at step "
-                f"{state.step}: {', '.join(metrics['skipped'])}); stopping. The last checkpoint in "
-                f"{self.hps.model_dir} holds finite weights: lower train.learning_rate or check the data "
-                f"(audio, BERT features) before resuming"
-            )
+        update_nonfinite_streak(self.trainer.state, metrics["skipped"], self.options.max_nonfinite_steps,
+                                self.hps.model_dir)
 
     def _after_step(self, metrics: dict[str, Any], fwd: GeneratorPass, progress: Any) -> None:
         state, hps = self.trainer.state, self.hps
@@ -1068,18 +1073,23 @@ class Trainloop:
 
 
 def run_dataset_check(hps: Any, rt: Runtime) -> None:
-    """The dataset checker's fast pass (rank 0), so a broken filelist fails before the nets are built."""
-    try:
-        import check_dataset
-    except ModuleNotFoundError:
-        logger.warning("check_dataset.py not found: skipping the dataset check")
-        return
-    check = getattr(check_dataset, "fast_check", None)
-    if check is None:
-        logger.warning("check_dataset.fast_check not found: skipping the dataset check")
-        return
+    """The dataset checker's fast pass on rank 0, so a broken filelist fails before any net is built.
+
+    The verdict is shared with the other ranks, which would otherwise wait for rank 0 until the timeout.
+    """
+    error: check_dataset.DatasetError | None = None
     if rt.is_main:
-        check(hps)
+        filelists = [hps.data.training_files]
+        if hps.data.get("validation_files") and os.path.isfile(hps.data.validation_files):
+            filelists.append(hps.data.validation_files)
+        try:
+            check_dataset.assert_dataset_ok(filelists, hps, list(DEFAULT_BUCKET_BOUNDARIES), fast=True)
+        except check_dataset.DatasetError as err:
+            error = err
+    if not rt.all_ranks(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError("rank 0 found problems in the dataset (see its log)")
 
 
 def setup_logging(model_dir: str, rt: Runtime) -> None:

@@ -1,4 +1,4 @@
-"""Generate the demo corpus: real (synthetic) speech from espeak-ng, offline, two voices x two languages.
+"""Generate the demo corpus: real (synthetic) speech from espeak-ng, offline, two voices x three languages.
 
 espeak-ng comes from PyPI's ``espeakng-loader``, which ships ``libespeak-ng`` and its voice data; it is driven
 here through ctypes (its C API: ``espeak_Initialize`` in synchronous mode, a synthesis callback that collects
@@ -8,8 +8,8 @@ Writes ``demo/raw/<speaker>/<lang>_<nn>.flac`` and ``demo/transcription.list`` w
 ``<speaker>/<lang>_<nn>.flac|<speaker>|<LANG>|<text>`` (paths relative to ``demo/raw``; ``demo/prepare.py`` turns
 them into the resampled wav paths). The output is deterministic, so re-running it reproduces the committed files.
 
-    python demo/make_corpus.py                      # both speakers, EN and ZH, 20 sentences each
-    python demo/make_corpus.py --languages EN ZH JP # JP too (needs a Japanese text front end to train on)
+    python demo/make_corpus.py                      # both speakers, EN, ZH and JP, 20 sentences each
+    python demo/make_corpus.py --languages EN ZH    # a subset of the languages
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ def make_corpus(out_dir: Path, languages: Sequence[str], per_language: int) -> l
         relative = f"{speaker.name}/{language.lower()}_{index:02d}.flac"
         target = out_dir / "raw" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(target, audio, engine.sampling_rate, format="FLAC", subtype="PCM_16")
+        soundfile.write(
+            target, audio, engine.sampling_rate, format="FLAC", subtype="PCM_16", compression_level=1.0
+        )
         lines.append(f"{relative}|{speaker.name}|{language}|{text}\n")
     return lines
 
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description="Generate the espeak-ng demo corpus (offline).")
     parser.add_argument("--out-dir", type=Path, default=DEMO_DIR, help="where raw/ and transcription.list go")
-    parser.add_argument("--languages", nargs="+", default=["EN", "ZH"], choices=sorted(SENTENCES))
+    parser.add_argument("--languages", nargs="+", default=["EN", "ZH", "JP"], choices=sorted(SENTENCES))
     parser.add_argument("--per-language", type=int, default=20, help="utterances per speaker and language")
     args = parser.parse_args(argv)
     if not 1 <= args.per_language <= 20:

@@ -20,8 +20,9 @@ _UNREACHABLE = -1e9
 
 def path_lengths(mask: Tensor) -> tuple[Tensor, Tensor]:
     """(frames t_y, tokens t_x) per item, counted along the first token column and the first frame row."""
-    t_ys = mask.sum(1)[:, 0].to(torch.long)
-    t_xs = mask.sum(2)[:, 0].to(torch.long)
+    # Same counts as the reference's mask.sum(1)[:, 0] and mask.sum(2)[:, 0], without summing the whole mask.
+    t_ys = mask[:, :, 0].sum(1).to(torch.long)
+    t_xs = mask[:, 0, :].sum(1).to(torch.long)
     return t_ys, t_xs
 
 
@@ -38,6 +39,8 @@ def maximum_path_cpu(neg_cent: Tensor, mask: Tensor, n_threads: int | None = Non
     Following torch's thread budget means a per-process limit (e.g. torchrun's OMP_NUM_THREADS=1) also
     applies here.
     """
+    if neg_cent.numel() == 0:
+        return torch.zeros_like(neg_cent)
     import numba
 
     from monotonic_align.core import maximum_path_numpy
@@ -56,6 +59,8 @@ def maximum_path_torch(neg_cent: Tensor, mask: Tensor) -> Tensor:
     The DP runs row by row across the whole batch (t_y steps of a few element-wise ops); the backtrack is
     a parallel prefix composition of the per-row "column step" tables (log2(t_y) gathers).
     """
+    if neg_cent.numel() == 0:
+        return torch.zeros_like(neg_cent)
     values = neg_cent.detach().to(torch.float32)  # [b, T_y, T_x]
     t_ys, t_xs = path_lengths(mask.detach())
     t_ys = t_ys.to(values.device)

@@ -122,10 +122,17 @@ def test_split_sentences() -> None:
 
 
 def test_prepare_text_layout(synthesizer: infer.Synthesizer) -> None:
+    from text import cleaned_text_to_sequence
+    from text.cleaner import clean_text
+
     prepared = synthesizer.prepare("你好，世界。", "ZH")
     n = prepared.phones.numel()
-    # add_blank: blanks at every even position, the text's phones in between.
-    assert n % 2 == 1 and torch.all(prepared.phones[::2] == 0) and torch.all(prepared.phones[1::2] > 0)
+    _, phones, tones, word2ph = clean_text("你好，世界。", "ZH")
+    phone_ids, tone_ids, _ = cleaned_text_to_sequence(phones, tones, "ZH")
+    # add_blank: blanks at every even position, the cleaned phones in between.
+    assert n == 2 * len(phone_ids) + 1 == 2 * sum(word2ph) + 1
+    assert torch.all(prepared.phones[::2] == 0) and prepared.phones[1::2].tolist() == phone_ids
+    assert torch.all(prepared.tones[::2] == 0) and prepared.tones[1::2].tolist() == tone_ids
     assert prepared.tones.shape == prepared.lang_ids.shape == (n,)
     assert torch.all(prepared.lang_ids == 0)  # ZH language id
     assert prepared.bert.shape == prepared.ja_bert.shape == prepared.en_bert.shape == (1024, n)

@@ -207,7 +207,14 @@ def test_missing_audio_names_file_and_line(tmp_path: Path, dev_config: dict) -> 
 
 def test_parse_filelist_line_fields() -> None:
     entry = parse_filelist_line("a/b.wav|spk|EN|hi.|_ hh ay . _|0 1 1 0 0|1 2 1 1\n")
-    assert entry == FilelistEntry("a/b.wav", "spk", "EN", "hi.", ["_", "hh", "ay", ".", "_"], [0, 1, 1, 0, 0], [1, 2, 1, 1])
+    phones = ["_", "hh", "ay", ".", "_"]
+    assert entry == FilelistEntry("a/b.wav", "spk", "EN", "hi.", phones, [0, 1, 1, 0, 0], [1, 2, 1, 1])
     with pytest.raises(ValueError, match="x.list:4: tones must be space-separated integers"):
         parse_filelist_line("a.wav|s|EN|t|_|zero|1", "x.list:4")
     assert bert_path_for("d.wav/x.wav") == Path("d.wav/x.bert.pt")
+
+
+def test_unknown_phone_names_the_clip(tmp_path: Path, dev_config: dict) -> None:
+    loader, wav = _single_clip(tmp_path, dev_config)
+    with pytest.raises(ValueError, match=r"one\.wav: .*zzz"):
+        loader.get_text("t", [1, 1, 1], ["_", "zzz", "_"], [0, 1, 0], "ZH", str(wav))

@@ -129,7 +129,9 @@ def _syllables_to_phones(
     for initial, final in zip(initials, finals):
         if initial == final:  # pypinyin echoes non-hanzi: must be one punctuation mark
             if initial not in punctuation:
-                raise ValueError(f"unexpected non-hanzi token {initial!r} in {piece!r}")
+                raise ValueError(
+                    f"unexpected non-hanzi token {initial!r} in {piece!r}; pass text through text_normalize first"
+                )
             syllable, tone = [initial], 0
         elif not final:
             logger.warning("syllable without a final in %r; reading it as 'en'", piece)

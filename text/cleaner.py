@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from text import cleaned_text_to_sequence
 
 _LANGUAGE_MODULES = {"ZH": "text.chinese", "JP": "text.japanese", "EN": "text.english"}
 
 
-def _language_module(language: str):
+def _language_module(language: str) -> ModuleType:
     if language not in _LANGUAGE_MODULES:
         raise ValueError(f"unknown language {language!r}; expected one of {sorted(_LANGUAGE_MODULES)}")
     return importlib.import_module(_LANGUAGE_MODULES[language])
 
 
-def _english_tokenizer(bert_dir: str | Path | None):
+def _english_tokenizer(bert_dir: str | Path | None) -> Any | None:
     # English words follow the BERT tokenizer's tokens, so g2p needs the same tokenizer as
     # get_bert. Without a local model folder the regex split (one token per piece) is used.
     from text.english_bert import resolve_bert_dir

@@ -24,9 +24,12 @@ import logging
 import re
 import unicodedata
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from text.symbols import punctuation, symbols
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +162,15 @@ def post_replace_ph(phone: str) -> str:
 # ------------------------------------------------------------------- out-of-vocabulary words
 _G2P_GRAPHEMES = ["<pad>", "<unk>", "</s>"] + list("abcdefghijklmnopqrstuvwxyz")
 # Output vocabulary of g2p_en's checkpoint, in its index order (bare "UW" is part of it).
-_G2P_PHONEMES = ["<pad>", "<unk>", "<s>", "</s>"] + [
-    v + s for v in _VOWELS[:6] for s in "012"
-] + ["B", "CH", "D", "DH"] + ["EH0", "EH1", "EH2", "ER0", "ER1", "ER2", "EY0", "EY1", "EY2"] + [
-    "F", "G", "HH", "IH0", "IH1", "IH2", "IY0", "IY1", "IY2", "JH", "K", "L", "M", "N", "NG",
-    "OW0", "OW1", "OW2", "OY0", "OY1", "OY2", "P", "R", "S", "SH", "T", "TH", "UH0", "UH1", "UH2",
-    "UW", "UW0", "UW1", "UW2", "V", "W", "Y", "Z", "ZH",
+_G2P_PHONEMES = [
+    "<pad>", "<unk>", "<s>", "</s>",
+    "AA0", "AA1", "AA2", "AE0", "AE1", "AE2", "AH0", "AH1", "AH2", "AO0", "AO1", "AO2", "AW0", "AW1",
+    "AW2", "AY0", "AY1", "AY2", "B", "CH", "D", "DH", "EH0", "EH1", "EH2", "ER0", "ER1", "ER2", "EY0",
+    "EY1", "EY2", "F", "G", "HH", "IH0", "IH1", "IH2", "IY0", "IY1", "IY2", "JH", "K", "L", "M", "N",
+    "NG", "OW0", "OW1", "OW2", "OY0", "OY1", "OY2", "P", "R", "S", "SH", "T", "TH", "UH0", "UH1",
+    "UH2", "UW", "UW0", "UW1", "UW2", "V", "W", "Y", "Z", "ZH",
 ]
+_G2P_GRAPHEME_IDS = {g: i for i, g in enumerate(_G2P_GRAPHEMES)}
 _G2P_MAX_STEPS = 20
 
 
@@ -186,7 +191,7 @@ class NeuralG2p:
             raise ValueError(f"unexpected g2p checkpoint layout in {checkpoint}")
 
     @staticmethod
-    def _gru_cell(weights: dict, prefix: str):
+    def _gru_cell(weights: dict, prefix: str) -> torch.nn.GRUCell:
         import torch
 
         w_ih = weights[f"{prefix}_w_ih"]
@@ -201,14 +206,15 @@ class NeuralG2p:
     def __call__(self, word: str) -> list[str]:
         import torch
 
-        letters = [c for c in word.lower()]
-        ids = [_G2P_GRAPHEMES.index(c) if c in _G2P_GRAPHEMES else 1 for c in letters] + [2]
+        unknown = _G2P_GRAPHEME_IDS["<unk>"]
+        ids = [_G2P_GRAPHEME_IDS.get(c, unknown) for c in word.lower()] + [_G2P_GRAPHEME_IDS["</s>"]]
+        phonemes: list[str] = []
         with torch.no_grad():
-            h = torch.zeros(1, self._encoder.hidden_size)
+            h = torch.zeros(1, self._encoder.hidden_size)  # [1, hidden]
             for i in ids:
-                h = self._encoder(self._enc_emb[i].unsqueeze(0), h)  # [1, hidden]
+                h = self._encoder(self._enc_emb[i].unsqueeze(0), h)
+            # Greedy decoding from <s>, seeded with the encoder's final state.
             previous = _G2P_PHONEMES.index("<s>")
-            phonemes: list[str] = []
             for _ in range(_G2P_MAX_STEPS):
                 h = self._decoder(self._dec_emb[previous].unsqueeze(0), h)
                 previous = int(torch.argmax(h @ self._fc_w.T + self._fc_b, dim=-1))

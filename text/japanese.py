@@ -5,8 +5,10 @@ downloaded). `g2p` follows the reference front end:
 
 * words and readings come from OpenJTalk's text analysis (`run_frontend`); punctuation words
   become punctuation phones;
-* each word's katakana reading is converted to OpenJTalk phonemes (lower-cased, the geminate
-  "cl" written "q", a leading long-vowel mark repeating the previous vowel);
+* each word's katakana reading is converted to OpenJTalk phonemes, lower-cased like the
+  reference (so the moraic nasal "N" becomes "n" and devoiced vowels become plain vowels; the
+  "N" symbol stays unused, as in reference-trained checkpoints), the geminate "cl" written "q",
+  a leading long-vowel mark repeating the previous vowel;
 * tones are the pitch accent: from the full-context labels each phoneme gets a mark, +1 where
   the pitch rises (end of the first mora of an accent phrase) and -1 where it falls (end of the
   accent nucleus); within a word the marks are summed and shifted one phone later, and a word

@@ -115,7 +115,10 @@ class ToneSandhi:
 
     @staticmethod
     def _merge_yi(seg: list[Segment]) -> list[Segment]:
-        # "听 一 听" (verb reduplication around 一) becomes one word "听一听".
+        # "听 一 听" (verb reduplication around 一) becomes one word "听一听". The reference
+        # addresses its output list by input position, which breaks (and then skips this whole
+        # merge) once an earlier merge has shifted positions; here the previous output word is
+        # always the one extended, which is what it intends.
         out: list[Segment] = []
         i = 0
         while i < len(seg):

@@ -1,0 +1,122 @@
+"""Seconds per training iteration (generator forward, three discriminator steps, generator step).
+
+Times this package's step and a reference-like variant of it (WavLM run twice on the real and three times on the
+generated audio, discriminator weight gradients computed during the generator step, as Bert-VITS2 2.3 does)
+side by side on the same nets and batch, and prints both figures and their ratio.
+
+    python bench/train_step.py                               # the kit's dev config, batch 2, CPU (+ CUDA)
+    python bench/train_step.py --config configs/config.json --slm-model slm/wavlm-base-plus --devices cuda
+
+The batch is synthetic (random phones and BERT features, a gliding tone as audio), so only the model config
+matters. Each figure is the median over ``--steps`` timed iterations after ``--warmup`` untimed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train_ms  # noqa: E402
+import utils  # noqa: E402
+from data_utils import Batch  # noqa: E402
+from mel_processing import spectrogram_torch  # noqa: E402
+from text.symbols import symbols  # noqa: E402
+
+KIT_DIR = Path(os.environ.get("BV2_REFERENCE_KIT", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+
+
+def synthetic_batch(hps: utils.HParams, batch_size: int, seconds: float, generator: torch.Generator) -> Batch:
+    """Phones with blanks, random BERT features, and a gliding tone with its linear spectrogram."""
+    data = hps.data
+    n_samples = int(seconds * data.sampling_rate) // data.hop_length * data.hop_length
+    t = torch.arange(n_samples) / data.sampling_rate
+    waves = torch.stack([0.4 * torch.sin(2 * torch.pi * (150 + 40 * b + 80 * t) * t) for b in range(batch_size)])
+    spec = spectrogram_torch(waves, data.filter_length, data.sampling_rate, data.hop_length, data.win_length)
+    n_phones = max(int(seconds * 12) * 2 + 1, 3)
+    text = torch.randint(1, len(symbols), (batch_size, n_phones), generator=generator)
+    text[:, ::2] = 0  # blanks, as add_blank inserts them
+    full = lambda value: torch.full((batch_size,), value, dtype=torch.long)  # noqa: E731
+    return Batch(
+        text=text, text_lengths=full(n_phones), spec=spec, spec_lengths=full(spec.size(-1)),
+        wav=waves.unsqueeze(1), wav_lengths=full(n_samples), sid=torch.arange(batch_size) % data.n_speakers,
+        tone=torch.zeros_like(text), language=torch.zeros_like(text),
+        bert=0.1 * torch.randn(batch_size, 1024, n_phones, generator=generator),
+        ja_bert=torch.zeros(batch_size, 1024, n_phones), en_bert=torch.zeros(batch_size, 1024, n_phones),
+    )
+
+
+def time_steps(trainer: train_ms.Trainer, batch: Batch, hps: utils.HParams, rt: train_ms.Runtime,
+               reference_like: bool, steps: int) -> list[float]:
+    seconds = []
+    for _ in range(steps):
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        start = time.perf_counter()
+        train_ms.train_step(trainer, batch, hps, rt, reference_like)
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def bench_device(hps: utils.HParams, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
+    rt = train_ms.Runtime(0, 0, 1, device, train_ms.resolve_amp_dtype(hps.train, device))
+    torch.manual_seed(hps.train.seed)
+    trainer = train_ms.build_trainer(hps, rt)
+    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, rt)
+    trainer.set_train_mode()
+    batch = synthetic_batch(hps, args.batch_size, args.seconds, torch.Generator().manual_seed(0)).to(device)
+    timings: dict[bool, list[float]] = {False: [], True: []}
+    for reference_like in (False, True):
+        time_steps(trainer, batch, hps, rt, reference_like, args.warmup)
+    # Interleaved, so drifting machine load affects both variants alike.
+    for _ in range(args.steps):
+        for reference_like in (False, True):
+            timings[reference_like] += time_steps(trainer, batch, hps, rt, reference_like, 1)
+    ours, reference = statistics.median(timings[False]), statistics.median(timings[True])
+    return {"ours_s_per_step": ours, "reference_like_s_per_step": reference, "speedup": reference / ours}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(KIT_DIR / "dev" / "config.json"))
+    parser.add_argument("--slm-model", default=str(KIT_DIR / "dev" / "tiny-wavlm"),
+                        help="WavLM folder (overrides model.slm.model of the config)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=1.5, help="clip length of the synthetic batch")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    hps = utils.get_hparams_from_file(args.config)
+    hps.model.slm.model = args.slm_model
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    results = {}
+    for name in devices:
+        device = torch.device(name)
+        figures = bench_device(hps, device, args)
+        results[name] = figures
+        print(f"{name} ({torch.get_num_threads()} threads, batch {args.batch_size}, {Path(args.config).name}): "
+              f"{figures['ours_s_per_step']:.3f} s/step; reference-like step {figures['reference_like_s_per_step']:.3f} "
+              f"s/step; ratio {figures['speedup']:.2f}x")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

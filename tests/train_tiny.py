@@ -1,0 +1,143 @@
+"""A tiny, fully synthetic training setup for the train_ms tests: wavs, BERT features, filelists, configs.
+
+Everything is written under a folder the test owns (``tmp_path``); nothing from the network, no BERT model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLING_RATE = 22050
+ZH_PHONES = ["a", "b", "ch", "en", "i", "ong", "sh", "u", "x", "zh"]
+
+
+def _wave(index: int, seconds: float) -> np.ndarray:
+    """A gliding tone with a harmonic and a little noise, within ±0.6 (deterministic per index)."""
+    rng = np.random.default_rng(1000 + index)
+    t = np.arange(int(seconds * SAMPLING_RATE)) / SAMPLING_RATE
+    f0 = 120 + 15 * index + 60 * t
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLING_RATE
+    wave = 0.35 * np.sin(phase) + 0.15 * np.sin(2 * phase) + 0.01 * rng.standard_normal(t.size)
+    return (wave * np.hanning(t.size) ** 0.1).astype(np.float32)
+
+
+def make_dataset(folder: Path, n_train: int = 8, n_val: int = 1, n_speakers: int = 4) -> dict[str, str]:
+    """Write n_train + n_val clips (16-bit wav, 0.5-0.85 s), their .bert.pt and the two filelists."""
+    wav_dir = folder / "wavs"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    generator = torch.Generator().manual_seed(7)
+    for index in range(n_train + n_val):
+        seconds = 0.5 + 0.05 * (index % 8)
+        path = wav_dir / f"clip{index:02d}.wav"
+        soundfile.write(path, _wave(index, seconds), SAMPLING_RATE, subtype="PCM_16")
+        n_words = 4 + index % 4
+        phones = [ZH_PHONES[(index + k) % len(ZH_PHONES)] for k in range(n_words)]
+        tones = [1 + (index + k) % 5 for k in range(n_words)]
+        word2ph = [1] * n_words
+        # After blank insertion the clip has 2n + 1 phones; the BERT features cover those.
+        bert = torch.randn(1024, 2 * n_words + 1, generator=generator) * 0.1
+        torch.save(bert, path.with_suffix(".bert.pt"))
+        speaker = f"spk{index % n_speakers}"
+        lines.append(f"{path}|{speaker}|ZH|text{index}|{' '.join(phones)}|{' '.join(map(str, tones))}|"
+                     f"{' '.join(map(str, word2ph))}")
+    train_list, val_list = folder / "train.list", folder / "val.list"
+    train_list.write_text("\n".join(lines[:n_train]) + "\n", encoding="utf-8")
+    val_list.write_text("\n".join(lines[n_train:]) + "\n", encoding="utf-8")
+    return {"training_files": str(train_list), "validation_files": str(val_list)}
+
+
+def tiny_config(dev_config: dict, filelists: dict[str, str], **train: Any) -> dict:
+    """The kit's dev model config with a shorter segment, the tiny filelists and the given train settings."""
+    config = json.loads(json.dumps(dev_config))
+    config["data"].update(filelists)
+    config["train"].update({"segment_size": 4096, "batch_size": 2, "log_interval": 10, "eval_interval": 10,
+                            "epochs": 1000, "skip_optimizer": False})
+    config["train"].update(train)
+    return config
+
+
+def write_run_files(folder: Path, config: dict, keep_ckpts: int = 8, port: int | None = None) -> dict[str, Path]:
+    """config.json and a config.yml for a run in ``folder``; returns the paths and the dataset folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.json"
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    yml = yaml.safe_load((REPO_ROOT / "config.yml").read_text(encoding="utf-8"))
+    yml["dataset_path"] = str(folder)
+    yml["train_ms"].update({"keep_ckpts": keep_ckpts, "num_workers": 0, "spec_cache": False})
+    yml["train_ms"]["env"]["MASTER_PORT"] = port or free_port()
+    yml_path = folder / "config.yml"
+    yml_path.write_text(yaml.safe_dump(yml), encoding="utf-8")
+    return {"config": config_path, "yml": yml_path, "dataset": folder, "model_dir": folder / "models"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "BV2_CONFIG"):
+        env.pop(name, None)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0"})
+    return env
+
+
+def train_command(files: dict[str, Path], *extra: str) -> list[str]:
+    return [sys.executable, "train_ms.py", "-c", str(files["config"]), "-m", str(files["dataset"]),
+            "-y", str(files["yml"]), "--device", "cpu", "--num-workers", "0", "--threads", "1", *extra]
+
+
+def run_training(files: dict[str, Path], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(train_command(files, *extra), cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"train_ms.py exited with {result.returncode}\n--- stderr ---\n{result.stderr[-6000:]}")
+    return result
+
+
+def start_training(files: dict[str, Path], *extra: str, log_path: Path) -> subprocess.Popen:
+    handle = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller via the process
+    return subprocess.Popen(train_command(files, *extra), cwd=REPO_ROOT, env=subprocess_env(), stdout=handle,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"training exited with {process.returncode} before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+    process.wait(timeout=120)
+
+
+def load_model(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,99 @@
+"""Shared machinery of the per-language BERT feature modules.
+
+A `BertModelSpec` names a language's default local folder and the hub model that belongs there.
+`bert_loader(folder, device)` returns a cached `BertLoader` (tokenizer + encoder on one device);
+`phone_level_features` repeats token features by `word2ph`. The reference takes hidden state -3
+and keeps the [CLS]/[SEP] positions: they line up with the "_" pads at both ends of the phone
+sequence (word2ph entries of 1), so `len(word2ph)` must equal the number of tokens + 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HIDDEN_STATE_INDEX = -3
+
+
+@dataclass(frozen=True)
+class BertModelSpec:
+    language: str
+    default_dir: str  # relative to the repository root
+    hub_name: str  # the model to save into that folder
+    slow_tokenizer: bool = False
+
+
+def resolve_bert_dir(bert_dir: str | Path | None, spec: BertModelSpec) -> Path:
+    """Absolute folder: `bert_dir` as given (relative paths against the repo root) or the default."""
+    folder = Path(bert_dir) if bert_dir is not None else Path(spec.default_dir)
+    return folder if folder.is_absolute() else REPO_ROOT / folder
+
+
+def check_bert_dir(folder: Path, spec: BertModelSpec) -> None:
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{spec.language} BERT model not found at {folder}: put {spec.hub_name} there, saved with "
+            "save_pretrained (config.json, tokenizer files and weights), or pass bert_dir=<folder>"
+        )
+
+
+class BertLoader:
+    """A tokenizer and encoder from one local folder, on one device, in eval mode."""
+
+    def __init__(self, folder: Path, device: torch.device, slow_tokenizer: bool) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.folder = folder
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, use_fast=not slow_tokenizer
+        )
+        # The base encoder gives the same hidden states as the masked-LM model the reference loads.
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        logger.info("loaded BERT from %s on %s", folder, device)
+
+    @torch.no_grad()
+    def token_features(self, text: str) -> torch.Tensor:
+        """Hidden state -3 for every token of `text`, [CLS] and [SEP] included: [n_tokens + 2, hidden]."""
+        inputs = self.tokenizer(text, return_tensors="pt").to(self.device)
+        outputs = self.model(**inputs, output_hidden_states=True)
+        return outputs.hidden_states[HIDDEN_STATE_INDEX][0].float().cpu()
+
+
+@functools.lru_cache(maxsize=8)
+def bert_loader(folder: Path, device: str, slow_tokenizer: bool = False) -> BertLoader:
+    return BertLoader(folder, torch.device(device), slow_tokenizer)
+
+
+def phone_level_features(token_features: torch.Tensor, word2ph: Sequence[int], text: str) -> torch.Tensor:
+    """Repeat each token's feature word2ph[i] times: [n_tokens + 2, hidden] -> [hidden, sum(word2ph)]."""
+    if len(word2ph) != token_features.shape[0]:
+        raise ValueError(
+            f"len(word2ph) = {len(word2ph)} but the tokenizer gives {token_features.shape[0] - 2} tokens "
+            f"+ 2 ([CLS]/[SEP]) for {text!r}; word2ph must have one entry per token plus the two pads "
+            "(use the same BERT folder for cleaning and for features)"
+        )
+    repeats = torch.as_tensor(list(word2ph), dtype=torch.long)
+    return torch.repeat_interleave(token_features, repeats, dim=0).T  # [hidden, n_phones]
+
+
+def get_bert_feature_with(
+    spec: BertModelSpec,
+    text: str,
+    word2ph: Sequence[int],
+    device: str | torch.device,
+    bert_dir: str | Path | None,
+) -> torch.Tensor:
+    folder = resolve_bert_dir(bert_dir, spec)
+    check_bert_dir(folder, spec)
+    loader = bert_loader(folder, str(torch.device(device)), spec.slow_tokenizer)
+    return phone_level_features(loader.token_features(text), word2ph, text)
+
