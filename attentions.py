@@ -142,7 +142,9 @@ class MultiHeadAttention(nn.Module):
     @staticmethod
     def _require_self_attention(t_s: int, t_t: int, feature: str) -> None:
         if t_s != t_t:
-            raise ValueError(f"{feature} needs self-attention (equal lengths), got key length {t_s} and query length {t_t}")
+            raise ValueError(
+                f"{feature} needs self-attention (equal lengths), got key length {t_s} and query length {t_t}"
+            )
 
     def _relative_embeddings(self, embeddings: Tensor, length: int) -> Tensor:
         """Embeddings for relative offsets -(length-1) .. length-1; offsets beyond the window get zeros."""
@@ -274,10 +276,14 @@ class Encoder(nn.Module):
         self.norm_layers_2 = nn.ModuleList()
         for _ in range(n_layers):
             self.attn_layers.append(
-                MultiHeadAttention(hidden_channels, hidden_channels, n_heads, p_dropout=p_dropout, window_size=window_size)
+                MultiHeadAttention(
+                    hidden_channels, hidden_channels, n_heads, p_dropout=p_dropout, window_size=window_size
+                )
             )
             self.norm_layers_1.append(LayerNorm(hidden_channels))
-            self.ffn_layers.append(FFN(hidden_channels, hidden_channels, filter_channels, kernel_size, p_dropout=p_dropout))
+            self.ffn_layers.append(
+                FFN(hidden_channels, hidden_channels, filter_channels, kernel_size, p_dropout=p_dropout)
+            )
             self.norm_layers_2.append(LayerNorm(hidden_channels))
 
     def forward(self, x: Tensor, x_mask: Tensor, g: Tensor | None = None) -> Tensor:

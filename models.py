@@ -25,12 +25,11 @@ import commons
 import modules
 import monotonic_align
 from commons import get_padding, init_weights, remove_weight_norm, weight_norm
+from modules import LRELU_SLOPE
 from text.symbols import num_languages, num_tones
 
 logger = logging.getLogger(__name__)
 
-# Negative slope of the leaky ReLUs between generator / discriminator layers (HiFi-GAN value).
-LRELU_SLOPE = 0.1
 # Width of the BERT features fed to the text encoder (all three language models have 1024 channels).
 BERT_CHANNELS = 1024
 # Filter width of the stochastic duration predictor's constructor call in the reference; the predictor
@@ -106,7 +105,9 @@ class DurationDiscriminator(nn.Module):
     ``forward`` returns ``[prob(dur_r), prob(dur_hat)]``, each [b, t_x, 1] in (0, 1).
     """
 
-    def __init__(self, in_channels: int, filter_channels: int, kernel_size: int, p_dropout: float, gin_channels: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, filter_channels: int, kernel_size: int, p_dropout: float, gin_channels: int = 0
+    ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.filter_channels = filter_channels
@@ -131,7 +132,9 @@ class DurationDiscriminator(nn.Module):
         x, _ = self.LSTM(x)  # [b, t, 2·filter]
         return self.output_layer(x)  # [b, t, 1]
 
-    def forward(self, x: Tensor, x_mask: Tensor, dur_r: Tensor, dur_hat: Tensor, g: Tensor | None = None) -> list[Tensor]:
+    def forward(
+        self, x: Tensor, x_mask: Tensor, dur_r: Tensor, dur_hat: Tensor, g: Tensor | None = None
+    ) -> list[Tensor]:
         # The discriminator must not push gradients into the text encoder or speaker embedding.
         x = torch.detach(x)
         if g is not None:
@@ -169,7 +172,14 @@ class TransformerCouplingBlock(nn.Module):
         # here and cannot build this; we share a regular conditioned encoder instead.)
         self.wn = (
             attentions.Encoder(
-                hidden_channels, filter_channels, n_heads, n_layers, kernel_size, p_dropout, isflow=True, gin_channels=gin_channels
+                hidden_channels,
+                filter_channels,
+                n_heads,
+                n_layers,
+                kernel_size,
+                p_dropout,
+                isflow=True,
+                gin_channels=gin_channels,
             )
             if share_parameter
             else None
@@ -222,7 +232,13 @@ class ResidualCouplingBlock(nn.Module):
         for _ in range(n_flows):
             self.flows.append(
                 modules.ResidualCouplingLayer(
-                    channels, hidden_channels, kernel_size, dilation_rate, n_layers, gin_channels=gin_channels, mean_only=True
+                    channels,
+                    hidden_channels,
+                    kernel_size,
+                    dilation_rate,
+                    n_layers,
+                    gin_channels=gin_channels,
+                    mean_only=True,
                 )
             )
             self.flows.append(modules.Flip())
@@ -352,7 +368,9 @@ class StochasticDurationPredictor(nn.Module):
 class DurationPredictor(nn.Module):
     """Deterministic log-duration predictor: two conv + ReLU + layer-norm blocks and a 1x1 projection."""
 
-    def __init__(self, in_channels: int, filter_channels: int, kernel_size: int, p_dropout: float, gin_channels: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, filter_channels: int, kernel_size: int, p_dropout: float, gin_channels: int = 0
+    ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.filter_channels = filter_channels
@@ -633,7 +651,9 @@ class MultiPeriodDiscriminator(nn.Module):
         discriminators += [DiscriminatorP(period, use_spectral_norm=use_spectral_norm) for period in self.PERIODS]
         self.discriminators = nn.ModuleList(discriminators)
 
-    def forward(self, y: Tensor, y_hat: Tensor) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[list[Tensor]]]:
+    def forward(
+        self, y: Tensor, y_hat: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[list[Tensor]]]:
         """Real ``y`` and generated ``y_hat`` [b, 1, t] -> (y_d_rs, y_d_gs, fmap_rs, fmap_gs)."""
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
         for discriminator in self.discriminators:
@@ -649,7 +669,9 @@ class MultiPeriodDiscriminator(nn.Module):
 class WavLMDiscriminator(nn.Module):
     """Discriminator on stacked WavLM hidden states [b, slm_hidden · slm_layers, t] -> scores [b, t]."""
 
-    def __init__(self, slm_hidden: int = 768, slm_layers: int = 13, initial_channel: int = 64, use_spectral_norm: bool = False) -> None:
+    def __init__(
+        self, slm_hidden: int = 768, slm_layers: int = 13, initial_channel: int = 64, use_spectral_norm: bool = False
+    ) -> None:
         super().__init__()
         norm_f = spectral_norm if use_spectral_norm else weight_norm
         self.pre = norm_f(Conv1d(slm_hidden * slm_layers, initial_channel, 1, 1, padding=0))
@@ -690,7 +712,9 @@ class ReferenceEncoder(nn.Module):
             ]
         )
         freq_bins = self.calculate_channels(spec_channels, 3, 2, 1, len(self.REF_ENC_FILTERS))
-        self.gru = nn.GRU(input_size=self.REF_ENC_FILTERS[-1] * freq_bins, hidden_size=self.GRU_HIDDEN, batch_first=True)
+        self.gru = nn.GRU(
+            input_size=self.REF_ENC_FILTERS[-1] * freq_bins, hidden_size=self.GRU_HIDDEN, batch_first=True
+        )
         self.proj = nn.Linear(self.GRU_HIDDEN, gin_channels)
 
     def forward(self, inputs: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -818,7 +842,9 @@ class SynthesizerTrn(nn.Module):
             self.flow = ResidualCouplingBlock(
                 inter_channels, hidden_channels, FLOW_KERNEL_SIZE, 1, n_flow_layer, gin_channels=gin_channels
             )
-        self.sdp = StochasticDurationPredictor(hidden_channels, SDP_FILTER_CHANNELS_ARG, 3, 0.5, 4, gin_channels=gin_channels)
+        self.sdp = StochasticDurationPredictor(
+            hidden_channels, SDP_FILTER_CHANNELS_ARG, 3, 0.5, 4, gin_channels=gin_channels
+        )
         self.dp = DurationPredictor(hidden_channels, DP_FILTER_CHANNELS, 3, 0.5, gin_channels=gin_channels)
 
         if n_speakers >= 1:

@@ -220,7 +220,9 @@ class ResBlock1(nn.Module):
         self.convs1.apply(init_weights)
         self.convs2 = nn.ModuleList(
             [
-                weight_norm(nn.Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=get_padding(kernel_size, 1)))
+                weight_norm(
+                    nn.Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=get_padding(kernel_size, 1))
+                )
                 for _ in dilation
             ]
         )
@@ -321,16 +323,18 @@ class _AffineCoupling(nn.Module):
 
     half_channels: int
     mean_only: bool
-
-    def _hidden(self, x0: Tensor, x_mask: Tensor, g: Tensor | None) -> Tensor:
-        raise NotImplementedError
+    pre: nn.Conv1d
+    enc: nn.Module
+    post: nn.Conv1d
 
     def forward(
         self, x: Tensor, x_mask: Tensor, g: Tensor | None = None, reverse: bool = False
     ) -> tuple[Tensor, Tensor] | Tensor:
         """x [b, channels, t], x_mask [b, 1, t], g [b, gin, 1] or None."""
         x0, x1 = torch.split(x, [self.half_channels] * 2, 1)  # [b, half, t] each
-        stats = self.post(self._hidden(x0, x_mask, g)) * x_mask
+        h = self.pre(x0) * x_mask  # [b, hidden, t]
+        h = self.enc(h, x_mask, g=g)
+        stats = self.post(h) * x_mask  # [b, half * (2 - mean_only), t]
         if self.mean_only:
             m = stats
             logs = torch.zeros_like(m)
@@ -370,12 +374,10 @@ class ResidualCouplingLayer(_AffineCoupling):
         self.mean_only = mean_only
 
         self.pre = nn.Conv1d(self.half_channels, hidden_channels, 1)
-        self.enc = WN(hidden_channels, kernel_size, dilation_rate, n_layers, p_dropout=p_dropout, gin_channels=gin_channels)
+        self.enc = WN(
+            hidden_channels, kernel_size, dilation_rate, n_layers, p_dropout=p_dropout, gin_channels=gin_channels
+        )
         self.post = _zero_(nn.Conv1d(hidden_channels, self.half_channels * (2 - mean_only), 1))
-
-    def _hidden(self, x0: Tensor, x_mask: Tensor, g: Tensor | None) -> Tensor:
-        h = self.pre(x0) * x_mask  # [b, hidden, t]
-        return self.enc(h, x_mask, g=g)
 
 
 class TransformerCouplingLayer(_AffineCoupling):
@@ -423,10 +425,6 @@ class TransformerCouplingLayer(_AffineCoupling):
         else:
             self.enc = wn_sharing_parameter
         self.post = _zero_(nn.Conv1d(hidden_channels, self.half_channels * (2 - mean_only), 1))
-
-    def _hidden(self, x0: Tensor, x_mask: Tensor, g: Tensor | None) -> Tensor:
-        h = self.pre(x0) * x_mask  # [b, hidden, t]
-        return self.enc(h, x_mask, g=g)
 
 
 class ConvFlow(nn.Module):

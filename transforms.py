@@ -101,7 +101,9 @@ def _knots(unnormalized: Tensor, min_size: float, low: float, high: float) -> tu
     edges = F.pad(torch.cumsum(sizes, dim=-1), (1, 0), value=0.0)
     edges = (high - low) * edges + low
     # Pin the ends: the cumulative sum does not land exactly on 1 in floating point.
-    edges = torch.cat([torch.full_like(edges[..., :1], low), edges[..., 1:-1], torch.full_like(edges[..., :1], high)], -1)
+    low_end = torch.full_like(edges[..., :1], low)
+    high_end = torch.full_like(edges[..., :1], high)
+    edges = torch.cat([low_end, edges[..., 1:-1], high_end], dim=-1)
     return edges, edges[..., 1:] - edges[..., :-1]
 
 

@@ -90,17 +90,17 @@ def _column_decisions(values: Tensor, t_ys: Tensor, t_xs: Tensor) -> Tensor:
     unreachable = values.new_full((batch, 1), _UNREACHABLE)
     start = values.new_zeros((batch, 1))  # the start cell (0, 0) adds nothing to its own cost
     prev = values.new_full((batch, max_x), _UNREACHABLE)  # row y-1 of the DP, unreachable outside the band
-    left_of = torch.empty_like(band)
+    dp_moves_left = torch.empty_like(band)
     for y in range(max_y):
         diag = torch.cat([start if y == 0 else unreachable, prev[:, :-1]], dim=1)  # value[y-1, x-1]
-        left_of[:, y] = prev < diag
+        dp_moves_left[:, y] = prev < diag
         prev = torch.where(band[:, y], values[:, y] + torch.maximum(prev, diag), unreachable)
 
     above_raw = torch.roll(values, shifts=1, dims=1)  # row y-1, wrapping row -1 to the last row
-    left_raw = torch.zeros_like(band)
-    left_raw[..., 1:] = above_raw[..., 1:] < above_raw[..., :-1]
+    raw_moves_left = torch.zeros_like(band)
+    raw_moves_left[..., 1:] = above_raw[..., 1:] < above_raw[..., :-1]
     has_band = (t_xs <= t_ys).view(-1, 1, 1)
-    decisions = torch.where(has_band, left_of, left_raw)
+    decisions = torch.where(has_band, dp_moves_left, raw_moves_left)
 
     y = torch.arange(max_y, device=values.device).view(1, max_y, 1)
     x = torch.arange(max_x, device=values.device).view(1, 1, max_x)

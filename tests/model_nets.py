@@ -43,7 +43,9 @@ def build_net_d(config: dict) -> MultiPeriodDiscriminator:
 
 def state_dict_layout(net: nn.Module) -> list[list]:
     """``[key, shape, dtype]`` rows in state_dict order, in the kit's keys.json format."""
-    return [[key, list(value.shape), str(value.dtype).removeprefix("torch.")] for key, value in net.state_dict().items()]
+    return [
+        [key, list(value.shape), str(value.dtype).removeprefix("torch.")] for key, value in net.state_dict().items()
+    ]
 
 
 def _requested_shape(size: tuple, kwargs: dict) -> tuple[int, ...]:

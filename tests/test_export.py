@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,15 @@ import infer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INPUT_NAMES = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
 DETERMINISTIC = {"sdp_ratio": 0.5, "noise_scale": 0.0, "noise_scale_w": 0.0, "length_scale": 1.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # The suite shares 2 cores among several processes; one intra-op thread avoids oversubscription stalls.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _waveform(net: torch.nn.Module, golden: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,6 +132,7 @@ def test_export_command_line_and_synthesis_from_export(
     done = subprocess.run(
         [sys.executable, "export.py", "-m", str(training_checkpoint), "-c", str(config_path), "-o", str(output)],
         cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -145,6 +157,7 @@ def test_export_command_line_and_synthesis_from_export(
     bad = subprocess.run(
         [sys.executable, "export.py", "-m", str(training_checkpoint), "-o", str(tmp_path / "x.safetensors")],
         cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,15 @@ import infer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INPUT_NAMES = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
 CASES = ("sdp0", "sdp1", "ls13")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # The suite shares 2 cores among several processes; one intra-op thread avoids oversubscription stalls.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _golden_inputs(golden: dict) -> dict[str, torch.Tensor]:
@@ -185,7 +196,13 @@ def test_clear_errors(synthesizer: infer.Synthesizer, model_files: tuple[Path, P
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 

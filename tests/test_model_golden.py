@@ -183,7 +183,9 @@ def test_duration_discriminator_matches_reference(net_dur_disc, reference: dict)
     expected = reference["dur_disc"]
     inputs = expected["inputs"]
     with torch.no_grad():
-        dur_r_prob, dur_hat_prob = net_dur_disc(inputs["x"], inputs["x_mask"], inputs["dur_r"], inputs["dur_hat"], inputs["g"])
+        dur_r_prob, dur_hat_prob = net_dur_disc(
+            inputs["x"], inputs["x_mask"], inputs["dur_r"], inputs["dur_hat"], inputs["g"]
+        )
         dur_r_prob_2, dur_hat_prob_sdp = net_dur_disc(
             inputs["x"], inputs["x_mask"], inputs["dur_r"], inputs["dur_hat_sdp"], inputs["g"]
         )
@@ -215,7 +217,8 @@ def test_multi_period_discriminator_segment_matches_reference(net_d, golden: dic
     for i in range(6):
         assert_float_close(y_d_rs[i], expected["y_d_rs"][i], f"y_d_rs[{i}]")
         assert_float_close(y_d_gs[i], expected["y_d_gs"][i], f"y_d_gs[{i}]")
-        for side, fmaps, stats in (("r", fmap_rs, expected["fmap_rs_stats"]), ("g", fmap_gs, expected["fmap_gs_stats"])):
+        sides = (("r", fmap_rs, expected["fmap_rs_stats"]), ("g", fmap_gs, expected["fmap_gs_stats"]))
+        for side, fmaps, stats in sides:
             assert len(fmaps[i]) == len(stats[i])
             for layer, (fmap, layer_stats) in enumerate(zip(fmaps[i], stats[i])):
                 _assert_fmap_stats(fmap, layer_stats, f"fmap_{side}s[{i}][{layer}]")

@@ -24,7 +24,9 @@ def _summary(net: torch.nn.Module) -> dict:
         "state_dict": state_dict_layout(net),
         "num_parameters": sum(p.numel() for p in net.parameters()),
         "num_state_dict_elements": sum(v.numel() for v in net.state_dict().values()),
-        "num_parameters_by_child": {name: sum(p.numel() for p in child.parameters()) for name, child in net.named_children()},
+        "num_parameters_by_child": {
+            name: sum(p.numel() for p in child.parameters()) for name, child in net.named_children()
+        },
         "num_weight_g": sum(key.endswith(".weight_g") for key in net.state_dict()),
         "num_weight_v": sum(key.endswith(".weight_v") for key in net.state_dict()),
         "num_parametrizations": sum("parametrizations." in key for key in net.state_dict()),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import attentions
+import models
 from model_nets import assert_exact, assert_float_close, build_net_g, patch_random_to_zeros
 
 TEXT_INPUTS = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
@@ -34,6 +35,13 @@ def _item(inputs: dict, index: int, names=TEXT_INPUTS) -> dict:
             value = value[:, :, :length]
         item[name] = value
     return item
+
+
+def _training_forward(net, text: dict, spec: torch.Tensor, spec_lengths: torch.Tensor, sid: torch.Tensor | None):
+    return net(
+        text["x"], text["x_lengths"], spec, spec_lengths, sid,
+        text["tone"], text["language"], text["bert"], text["ja_bert"], text["en_bert"],
+    )  # fmt: skip
 
 
 def test_infer_batch_of_one_matches_batched_reference(net_g, golden: dict, dev_config: dict) -> None:
@@ -69,7 +77,8 @@ def test_random_draws_go_through_torch_functions(net_g, golden: dict, monkeypatc
     """With the draws patched to zero, non-zero noise scales give the noise-free reference output."""
     patch_random_to_zeros(monkeypatch)
     with torch.no_grad():
-        o, *_ = net_g.infer(**{n: golden["inputs"][n] for n in TEXT_INPUTS}, noise_scale=0.667, noise_scale_w=0.8, sdp_ratio=1.0)
+        text = {n: golden["inputs"][n] for n in TEXT_INPUTS}
+        o, *_ = net_g.infer(**text, noise_scale=0.667, noise_scale_w=0.8, sdp_ratio=1.0)
     assert_float_close(o, golden["infer"]["sdp1"]["o"], "o")
 
 
@@ -79,8 +88,7 @@ def test_training_forward_with_batch_of_one(net_g, golden: dict, dev_config: dic
     spec_length = int(inputs["spec_lengths"][1])
     spec = inputs["spec"][1:2, :, :spec_length]
     with torch.no_grad():
-        out = net_g(item["x"], item["x_lengths"], spec, inputs["spec_lengths"][1:2], item["sid"], item["tone"],
-                    item["language"], item["bert"], item["ja_bert"], item["en_bert"])  # fmt: skip
+        out = _training_forward(net_g, item, spec, inputs["spec_lengths"][1:2], item["sid"])
     segment = dev_config["train"]["segment_size"]
     assert out.o.shape == (1, 1, segment)
     assert out.attn.shape == (1, 1, spec_length, int(item["x_lengths"][0]))
@@ -114,8 +122,7 @@ def test_reference_encoder_replaces_speaker_table(dev_config: dict, symbols_json
         with pytest.raises(ValueError, match="ReferenceEncoder"):
             net.infer(**text)
         o, _, y_mask, _ = net.infer(**text, y=inputs["spec"], **ZERO_NOISE)
-        out = net(inputs["x"], inputs["x_lengths"], inputs["spec"], inputs["spec_lengths"], None, inputs["tone"],
-                  inputs["language"], inputs["bert"], inputs["ja_bert"], inputs["en_bert"])  # fmt: skip
+        out = _training_forward(net, text, inputs["spec"], inputs["spec_lengths"], None)
     assert o.shape[-1] == y_mask.shape[-1] * config["data"]["hop_length"]
     assert out.g.shape == (2, config["model"]["gin_channels"], 1)
 
@@ -178,3 +185,44 @@ def test_attention_proximal_options() -> None:
     torch.testing.assert_close(bias, expected.view(1, 1, 3, 3))
     x = torch.randn(2, 8, 1)  # shorter than the window
     assert attention(x, x, torch.ones(2, 1, 1, 1)).shape == (2, 8, 1)
+
+
+@pytest.mark.parametrize("share_parameter", [False, True])
+def test_transformer_flow_is_invertible(share_parameter: bool) -> None:
+    torch.manual_seed(0)
+    flow = models.TransformerCouplingBlock(
+        8, 16, 32, 2, 3, 5, 0.0, n_flows=2, gin_channels=4, share_parameter=share_parameter
+    )
+    _perturb_zero_initialised_layers(flow)
+    encoders = {id(layer.enc) for layer in flow.flows if hasattr(layer, "enc")}
+    assert len(encoders) == (1 if share_parameter else 2)
+    _assert_invertible(flow, channels=8, gin=4)
+
+
+def test_residual_flow_is_invertible() -> None:
+    torch.manual_seed(0)
+    flow = models.ResidualCouplingBlock(8, 16, 5, 1, 2, n_flows=4, gin_channels=4)
+    _perturb_zero_initialised_layers(flow)
+    _assert_invertible(flow, channels=8, gin=4)
+
+
+def _perturb_zero_initialised_layers(flow: torch.nn.Module) -> None:
+    """Freshly built couplings are identities (zero output layer); give them something to invert."""
+    with torch.no_grad():
+        for layer in flow.flows:
+            if hasattr(layer, "post"):
+                layer.post.weight.normal_(0.0, 0.1)
+                layer.post.bias.normal_(0.0, 0.1)
+
+
+def _assert_invertible(flow: torch.nn.Module, channels: int, gin: int) -> None:
+    x = torch.randn(2, channels, 9)
+    mask = torch.ones(2, 1, 9)
+    mask[1, :, 6:] = 0
+    x = x * mask
+    g = torch.randn(2, gin, 1)
+    with torch.no_grad():
+        z = flow(x, mask, g=g)
+        restored = flow(z, mask, g=g, reverse=True)
+    assert not torch.allclose(z, x)
+    torch.testing.assert_close(restored, x, atol=1e-5, rtol=1e-5)

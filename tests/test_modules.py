@@ -122,24 +122,22 @@ def test_layer_norm_normalises_channels() -> None:
 # --- flows ----------------------------------------------------------------------------------------------------
 
 
-def flow_cases() -> dict[str, tuple[nn.Module, int, bool]]:
-    """name -> (flow, channels, takes g). The g of ConvFlow is added to its hidden state ([b, filter, t])."""
-    return {
-        "ResidualCouplingLayer": (modules.ResidualCouplingLayer(4, 8, 5, 1, 3, gin_channels=6), 4, True),
-        "ResidualCouplingLayer mean_only": (
-            modules.ResidualCouplingLayer(4, 8, 3, 2, 2, mean_only=True), 4, False),
-        "TransformerCouplingLayer": (
-            modules.TransformerCouplingLayer(4, 8, 3, 3, 2, 0.0, 16, mean_only=False, gin_channels=6), 4, True),
-        "ConvFlow": (modules.ConvFlow(2, 8, 3, n_layers=3, tail_bound=2.0), 2, False),
-        "ElementwiseAffine": (modules.ElementwiseAffine(3), 3, False),
-        "Flip": (modules.Flip(), 3, False),
-    }
+# name -> (builder, channels, takes g). ConvFlow's g would be added to its hidden state ([b, filter, t]).
+FLOW_CASES = {
+    "ResidualCouplingLayer": (lambda: modules.ResidualCouplingLayer(4, 8, 5, 1, 3, gin_channels=6), 4, True),
+    "ResidualCouplingLayer mean_only": (lambda: modules.ResidualCouplingLayer(4, 8, 3, 2, 2, mean_only=True), 4, False),
+    "TransformerCouplingLayer": (
+        lambda: modules.TransformerCouplingLayer(4, 8, 3, 3, 2, 0.0, 16, mean_only=False, gin_channels=6), 4, True),
+    "ConvFlow": (lambda: modules.ConvFlow(2, 8, 3, n_layers=3, tail_bound=2.0), 2, False),
+    "ElementwiseAffine": (lambda: modules.ElementwiseAffine(3), 3, False),
+    "Flip": (lambda: modules.Flip(), 3, False),
+}
 
 
-@pytest.mark.parametrize("name", list(flow_cases()))
+@pytest.mark.parametrize("name", list(FLOW_CASES))
 def test_flow_round_trip(name: str) -> None:
-    flow, channels, takes_g = flow_cases()[name]
-    perturb_(flow, seed=7, scale=0.6).eval()
+    build, channels, takes_g = FLOW_CASES[name]
+    flow = perturb_(build(), seed=7, scale=0.6).eval()
     torch.manual_seed(1)
     x_mask = masks([9, 6])
     x = torch.randn(2, channels, 9) * 2.0 * x_mask  # beyond ConvFlow's tail bound too
@@ -163,8 +161,8 @@ def test_log_flow_round_trip_and_logdet() -> None:
 
 @pytest.mark.parametrize("name", ["ResidualCouplingLayer", "TransformerCouplingLayer", "ConvFlow", "ElementwiseAffine"])
 def test_flow_logdet_is_log_abs_jacobian_determinant(name: str) -> None:
-    flow, channels, takes_g = flow_cases()[name]
-    flow = perturb_(flow, seed=3, scale=0.6).double().eval()
+    build, channels, takes_g = FLOW_CASES[name]
+    flow = perturb_(build(), seed=3, scale=0.6).double().eval()
     torch.manual_seed(2)
     t = 4
     x_mask = torch.ones(1, 1, t, dtype=torch.float64)

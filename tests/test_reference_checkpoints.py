@@ -42,7 +42,8 @@ def test_reference_checkpoint_loads_and_training_continues(
     optimizer = torch.optim.AdamW(net.parameters(), checkpoint["learning_rate"], betas=BETAS, eps=EPS)
     optimizer.load_state_dict(checkpoint["optimizer"])
     group = optimizer.param_groups[0]
-    assert group["lr"] == 2e-4 and tuple(group["betas"]) == BETAS and group["eps"] == EPS and group["initial_lr"] == 2e-4
+    assert group["lr"] == group["initial_lr"] == 2e-4
+    assert tuple(group["betas"]) == BETAS and group["eps"] == EPS
     params = list(net.parameters())
     old_exp_avg = []
     for index, param in enumerate(params):
