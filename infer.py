@@ -31,12 +31,6 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 LANGUAGES = ("ZH", "JP", "EN")
-# The BERT model each language's features come from (the folder names the reference keeps under ./bert/).
-BERT_MODEL_NAMES = {
-    "ZH": "chinese-roberta-wwm-ext-large",
-    "JP": "deberta-v2-large-japanese-char-wwm",
-    "EN": "deberta-v3-large",
-}
 BERT_FEATURE_DIM = 1024
 # Which keyword of `SynthesizerTrn.infer` carries the features of each language; the other two get zeros.
 BERT_SLOTS = {"ZH": "bert", "JP": "ja_bert", "EN": "en_bert"}
@@ -275,19 +269,6 @@ def check_language(language: str) -> str:
     return code
 
 
-def check_bert_dir(language: str, bert_dir: str | Path | None) -> Path | None:
-    """The BERT folder for `language`, checked to exist (None: the text package's default location)."""
-    if bert_dir is None:
-        return None
-    path = Path(bert_dir)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"BERT folder for {language} not found or incomplete at {path}: put the {BERT_MODEL_NAMES[language]} "
-            "model there (config.json, tokenizer files, weights), or pass another folder"
-        )
-    return path
-
-
 def prepare_text(
     text: str,
     language: str,
@@ -369,13 +350,12 @@ class Synthesizer:
 
     def prepare(self, text: str, language: str) -> PreparedText:
         code = check_language(language)
-        bert_dir = check_bert_dir(code, self.bert_dirs.get(code))
         return prepare_text(
             text,
             code,
             add_blank=bool(self.config["data"].get("add_blank", True)),
             device=self.device,
-            bert_dir=bert_dir,
+            bert_dir=self.bert_dirs.get(code),  # None: the text package's default folder under bert/
         )
 
     def infer_prepared(
