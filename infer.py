@@ -52,6 +52,8 @@ DEFAULT_SENTENCE_PAUSE = 0.2  # seconds of silence between sentences of a long t
 
 # Sentence ends: CJK and ASCII terminators (a "." only when followed by a space or the end, so "3.5" stays whole).
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;…\n])|(?<=\.)(?=\s|$)")
+_CLAUSE_END = re.compile(r"(?<=[，,、：:])")
+MAX_SENTENCE_CHARS = 200
 
 
 class PreparedText(NamedTuple):
@@ -256,10 +258,27 @@ def infer_waveform(
     return o, y_mask.sum(dim=(1, 2)).long()
 
 
-def split_sentences(text: str) -> list[str]:
-    """Sentences of `text` (terminators kept), leaving out pieces with nothing to pronounce."""
-    pieces = (piece.strip() for piece in _SENTENCE_END.split(text))
-    return [piece for piece in pieces if any(ch.isalnum() for ch in piece)]
+def _pack_clauses(sentence: str, max_chars: int) -> list[str]:
+    """Split an over-long sentence at commas into pieces of at most about `max_chars` characters."""
+    pieces: list[str] = []
+    for clause in _CLAUSE_END.split(sentence):
+        if pieces and len(pieces[-1]) + len(clause) <= max_chars:
+            pieces[-1] += clause
+        else:
+            pieces.append(clause)
+    return pieces
+
+
+def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
+    """Sentences of `text` (terminators kept), leaving out pieces with nothing to pronounce.
+
+    A sentence longer than `max_chars` is cut further at commas: BERT sees at most 512 tokens at once.
+    """
+    pieces: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        pieces.extend(_pack_clauses(sentence, max_chars) if len(sentence) > max_chars else [sentence])
+    stripped = (piece.strip() for piece in pieces)
+    return [piece for piece in stripped if any(ch.isalnum() for ch in piece)]
 
 
 def check_language(language: str) -> str:

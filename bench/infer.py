@@ -92,18 +92,29 @@ def main() -> int:
     inputs = _inputs(max(int(args.seconds * IDS_PER_SECOND), 3), net.enc_p.emb.num_embeddings)
     scales = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8}
 
-    _, frames = infer.infer_waveform(net, **inputs, **scales, length_scale=1.0)  # warm-up and calibration
-    length_scale = args.seconds * sampling_rate / hop / float(frames[0])
-    timings, durations = [], []
-    for _ in range(args.repeats):
+    def run(length_scale: float) -> tuple[float, float]:
+        torch.manual_seed(0)  # the same noise every run, so every run makes the same number of frames
         start = time.perf_counter()
         o, _ = infer.infer_waveform(net, **inputs, **scales, length_scale=length_scale)
-        timings.append(time.perf_counter() - start)
-        durations.append(o.shape[-1] / sampling_rate)
+        return time.perf_counter() - start, o.shape[-1] / sampling_rate
+
+    # Warm-up, and calibration of the length scale: ceil() of the durations makes the length only roughly
+    # proportional to the scale, so a few correction steps are needed.
+    length_scale = 1.0
+    for _ in range(4):
+        _, seconds = run(length_scale)
+        if abs(seconds - args.seconds) < 0.05 * args.seconds:
+            break
+        length_scale *= args.seconds / seconds
+    timings, durations = [], []
+    for _ in range(args.repeats):
+        elapsed, seconds = run(length_scale)
+        timings.append(elapsed)
+        durations.append(seconds)
     rtfs = [t / d for t, d in zip(timings, durations)]
     print(
         f"config {config_path} ({n_params / 1e6:.1f} M generator parameters, {sampling_rate} Hz), "
-        f"{torch.get_num_threads()} CPU thread(s), {inputs['x'].shape[1]} ids, "
+        f"{torch.get_num_threads()} CPU thread(s), {inputs['x'].shape[1]} ids, length scale {length_scale:.2f}, "
         f"random weights and random BERT features (front end and BERT not included)"
     )
     print(

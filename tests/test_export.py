@@ -111,9 +111,12 @@ def test_half_precision_export_is_smaller_and_close(
     assert half.bytes_written < 0.6 * full.bytes_written
     net32, _ = infer.load_generator(full.path)
     net16, _ = infer.load_generator(half.path)
-    o32, _ = _waveform(net32, golden)
-    o16, _ = _waveform(net16, golden)
-    assert torch.isfinite(o16).all() and o16.abs().max() > 0
+    o32, lengths32 = _waveform(net32, golden)
+    o16, lengths16 = _waveform(net16, golden)
+    assert torch.isfinite(o16).all()
+    # float16 storage rounds every weight by ~5e-4 relative: same durations here, samples within 1% of the peak.
+    assert torch.equal(lengths16, lengths32)
+    assert float((o16 - o32).abs().max()) <= 0.01 * float(o32.abs().max())
 
 
 def test_load_rejects_foreign_safetensors(tmp_path: Path) -> None:

@@ -136,8 +136,8 @@ class _Trainer:
         }
         loss_gen_all = sum(terms.values())
         self._finish(("net_g",), loss_gen_all)
-        metrics = {k: float(v.detach()) for k, v in terms.items()}
-        metrics.update(disc=float(loss_disc), dur_disc=float(loss_dur_disc), slm=float(loss_slm))
+        metrics = {k: v.item() for k, v in terms.items()}
+        metrics.update(disc=loss_disc.item(), dur_disc=loss_dur_disc.item(), slm=loss_slm.item())
         return metrics
 
 

@@ -130,6 +130,13 @@ def test_split_sentences() -> None:
     ]
     assert infer.split_sentences("……。！  ") == []
     assert infer.split_sentences("一句话") == ["一句话"]
+    # Over-long sentences are cut at commas, packing clauses up to the limit.
+    assert infer.split_sentences("一二三，四五六，七八九，十。再见。", max_chars=7) == [
+        "一二三，",
+        "四五六，",
+        "七八九，十。",
+        "再见。",
+    ]
 
 
 def test_prepare_text_layout(synthesizer: infer.Synthesizer) -> None:

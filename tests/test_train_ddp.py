@@ -12,7 +12,8 @@ import torch
 
 from train_tiny import REPO_ROOT, free_port, make_dataset, read_jsonl, subprocess_env, tiny_config, write_run_files
 
-MAX_STEPS = 3  # 8 clips, 2 ranks x batch 2: 2 batches per epoch, so the run crosses an epoch boundary
+N_CLIPS = 4
+MAX_STEPS = 2  # 4 clips, 2 ranks x batch 2: 1 batch per epoch, so the run crosses an epoch boundary
 
 
 def _train_args(files: dict[str, Path], dump: Path) -> list[str]:
@@ -22,7 +23,7 @@ def _train_args(files: dict[str, Path], dump: Path) -> list[str]:
 
 
 def _setup(tmp_path: Path, dev_config: dict) -> dict[str, Path]:
-    filelists = make_dataset(tmp_path / "data", n_train=8)
+    filelists = make_dataset(tmp_path / "data", n_train=N_CLIPS)
     return write_run_files(tmp_path / "run", tiny_config(dev_config, filelists, eval_interval=1000))
 
 
@@ -39,7 +40,7 @@ def _check_ranks_agree(dump: Path, files: dict[str, Path]) -> None:
                    for rank in (0, 1)}
         clips = {rank: [i for batch in batches[rank] for i in batch] for rank in (0, 1)}
         assert not set(clips[0]) & set(clips[1]), f"epoch {epoch}: ranks share clips {clips}"
-        assert sorted(clips[0] + clips[1]) == list(range(8))
+        assert sorted(clips[0] + clips[1]) == list(range(N_CLIPS))
 
     checkpoint = torch.load(files["model_dir"] / f"G_{MAX_STEPS}.pth", map_location="cpu", weights_only=True)
     assert checkpoint["train_state"]["world_size"] == 2 and checkpoint["train_state"]["step"] == MAX_STEPS

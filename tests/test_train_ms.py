@@ -28,10 +28,12 @@ def _close(actual, expected, name: str) -> None:
 # ------------------------------------------------------------------------------ loss terms vs the reference
 
 
-def _golden_trainer(golden: dict, hps: utils.HParams) -> train_ms.Trainer:
+@pytest.fixture(scope="module")
+def golden_trainer(golden: dict, dev_config: dict) -> train_ms.Trainer:
     """The kit's net_d / net_dur_disc / net_wd (eval mode, as the golden values were made) with its tiny WavLM."""
     import kit
 
+    hps = utils.HParams(**dev_config)
     model = hps.model
     net_d = MultiPeriodDiscriminator(False)
     net_d.load_state_dict(kit.net_d_state_dict(golden))
@@ -61,11 +63,11 @@ def _golden_pass(golden: dict, hps: utils.HParams, trainer: train_ms.Trainer, re
 
 
 @pytest.mark.parametrize("reference_like", [False, True], ids=["efficient", "reference_like"])
-def test_iteration_loss_terms_match_reference(golden, dev_config, reference_like):
+def test_iteration_loss_terms_match_reference(golden, golden_trainer, dev_config, reference_like):
     """Every loss term of one iteration equals the reference's (kit: train_step_losses), including the
     element-wise sum of the two duration-discriminator calls, with WavLM run once or as the reference does."""
     hps = utils.HParams(**dev_config)
-    trainer = _golden_trainer(golden, hps)
+    trainer = golden_trainer
     expected = golden["train_step_losses"]
     with torch.no_grad():
         fwd = _golden_pass(golden, hps, trainer, reference_like)
@@ -96,82 +98,115 @@ def test_iteration_loss_terms_match_reference(golden, dev_config, reference_like
 # ----------------------------------------------------------------------------------- one step, in process
 
 
-def _tiny_trainer(tmp_path: Path, dev_config: dict, **train) -> tuple[train_ms.Trainer, utils.HParams, Batch]:
-    filelists = make_dataset(tmp_path / "data")
-    hps = utils.HParams(**tiny_config(dev_config, filelists, **train))
-    hps.model_dir = str(tmp_path / "models")
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, dev_config) -> dict:
+    """A tiny-config trainer, its first batch, and its as-built state (tests restore it before use)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    hps = utils.HParams(**tiny_config(dev_config, make_dataset(folder / "data")))
+    hps.model_dir = str(folder / "models")
     torch.manual_seed(1)
     trainer = train_ms.build_trainer(hps, CPU)
     trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
     loader, batches = train_ms.build_train_loader(hps, CPU, num_workers=0)
     batches.start_epoch(1)
-    return trainer, hps, next(iter(loader))
+    return {"trainer": trainer, "hps": hps, "batch": next(iter(loader)), "start": _snapshot(trainer)}
 
 
 def _snapshot(trainer: train_ms.Trainer) -> dict[str, dict[str, torch.Tensor]]:
     return {p.prefix: {k: v.clone() for k, v in p.raw.state_dict().items()} for p in trainer.parts()}
 
 
-def test_efficient_step_equals_reference_like_step(tmp_path, dev_config):
-    """Running WavLM twice instead of five times and freezing the discriminators during the generator step
-    leaves the losses, the discriminator updates and the generator gradient unchanged."""
-    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config)
-    start = _snapshot(trainer)
-    # The duration discriminator's dropout would draw from the RNG at different points in the two variants
-    # (WavLM itself draws a layer-drop number per layer even in eval mode); without dropout both are comparable.
+def _reset(tiny: dict) -> train_ms.Trainer:
+    trainer = tiny["trainer"]
+    for part in trainer.parts():
+        part.raw.load_state_dict(tiny["start"][part.prefix])
+        part.optimizer.state.clear()
+        part.optimizer.zero_grad(set_to_none=True)
+    trainer.state = train_ms.TrainState()
+    trainer.set_train_mode()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def both_variants(tiny) -> dict:
+    """One step from the same state and RNG with this package's step and with the reference-like one.
+
+    The duration discriminator's dropout would draw from the RNG at different points in the two variants
+    (WavLM draws a layer-drop number per layer even in eval mode), so it runs without dropout here.
+    """
     results = {}
     for reference_like in (False, True):
-        for part in trainer.parts():
-            part.raw.load_state_dict(start[part.prefix])
-            part.optimizer.state.clear()
-        trainer.set_train_mode()
+        trainer = _reset(tiny)
         trainer.dur.raw.eval()
         torch.manual_seed(5)
-        metrics, _ = train_ms.train_step(trainer, batch, hps, CPU, reference_like)
-        results[reference_like] = (metrics, _snapshot(trainer))
-    (fast, fast_state), (ref, ref_state) = results[False], results[True]
-    assert fast.keys() == ref.keys()
-    for tag in fast:
+        metrics, fwd = train_ms.train_step(trainer, tiny["batch"], tiny["hps"], CPU, reference_like)
+        grads = {p.prefix: {n: q.grad is not None and bool(q.grad.abs().sum() > 0) for n, q in p.raw.named_parameters()}
+                 for p in trainer.parts()}
+        results[reference_like] = {"metrics": metrics, "state": _snapshot(trainer), "grads": grads, "fwd": fwd}
+    return results
+
+
+def test_efficient_step_equals_reference_like_step(both_variants):
+    """Running WavLM twice instead of five times and freezing the discriminators during the generator step
+    leaves the losses, the discriminator updates and the generator gradient norm unchanged."""
+    fast, ref = both_variants[False], both_variants[True]
+    assert fast["metrics"].keys() == ref["metrics"].keys()
+    for tag, value in fast["metrics"].items():
         if tag != "skipped":
-            torch.testing.assert_close(torch.tensor(float(fast[tag])), torch.tensor(float(ref[tag])), rtol=1e-5,
-                                       atol=1e-6, msg=tag)
+            torch.testing.assert_close(torch.tensor(float(value)), torch.tensor(float(ref["metrics"][tag])),
+                                       rtol=1e-5, atol=1e-6, msg=tag)
     for prefix in ("D", "WD", "DUR"):
-        for key, value in fast_state[prefix].items():
-            torch.testing.assert_close(value, ref_state[prefix][key], rtol=0, atol=1e-7, msg=f"{prefix}.{key}")
-    assert fast["skipped"] == ref["skipped"] == []
+        for key, value in fast["state"][prefix].items():
+            torch.testing.assert_close(value, ref["state"][prefix][key], rtol=0, atol=1e-7, msg=f"{prefix}.{key}")
+    assert fast["metrics"]["skipped"] == ref["metrics"]["skipped"] == []
 
 
-def test_step_updates_every_trainable_parameter(tmp_path, dev_config):
-    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config)
-    start = _snapshot(trainer)
-    metrics, fwd = train_ms.train_step(trainer, batch, hps, CPU)
-    assert metrics["skipped"] == []
-    for part in trainer.parts():
-        names = {n for n, p in part.raw.named_parameters() if p.requires_grad}
-        unchanged = [n for n in names if torch.equal(part.raw.state_dict()[n], start[part.prefix][n])]
-        assert not unchanged, f"{part.prefix}: parameters that did not move: {unchanged[:5]}"
-    assert fwd.y.shape == fwd.y_hat.shape == (2, 1, hps.train.segment_size)
-    assert trainer.g.raw.current_mas_noise_scale == pytest.approx(0.01)
+def test_step_moves_every_parameter_that_has_a_gradient(tiny, both_variants):
+    """Every net is updated; the only parameters that stay put are those a freshly built net gives no gradient
+    yet (e.g. behind the zero-initialised output layers of the flows)."""
+    result = both_variants[False]
+    for prefix, start in tiny["start"].items():
+        with_grad = [n for n, has in result["grads"][prefix].items() if has]
+        assert len(with_grad) > 0.8 * len(result["grads"][prefix]), prefix
+        unchanged = [n for n in with_grad if torch.equal(result["state"][prefix][n], start[n])]
+        assert not unchanged, f"{prefix}: parameters with a gradient that did not move: {unchanged[:5]}"
+    fwd = result["fwd"]
+    assert fwd.y.shape == fwd.y_hat.shape == (2, 1, tiny["hps"].train.segment_size)
+    assert result["metrics"]["learning_rate"] == 2e-4
 
 
-def test_frozen_bert_projection_stays_fixed(tmp_path, dev_config):
-    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config, freeze_ZH_bert=True)
-    before = trainer.g.raw.enc_p.bert_proj.weight.clone()
-    train_ms.train_step(trainer, batch, hps, CPU)
-    assert torch.equal(trainer.g.raw.enc_p.bert_proj.weight, before)
-    assert not trainer.g.raw.enc_p.bert_proj.weight.requires_grad
-    assert all(p.requires_grad for p in trainer.g.raw.enc_p.ja_bert_proj.parameters())
+def test_mas_noise_scale_follows_the_step(tiny):
+    trainer = _reset(tiny)
+    trainer.state.step = 1000
+    with torch.no_grad():
+        train_ms.generator_forward(trainer, tiny["batch"], tiny["hps"], CPU)
+    assert trainer.g.raw.current_mas_noise_scale == pytest.approx(0.01 - 2e-6 * 1000)
+    trainer.state.step = 10**6
+    with torch.no_grad():
+        train_ms.generator_forward(trainer, tiny["batch"], tiny["hps"], CPU)
+    assert trainer.g.raw.current_mas_noise_scale == 0.0
 
 
-def test_nonfinite_batch_skips_every_update(tmp_path, dev_config):
-    trainer, hps, batch = _tiny_trainer(tmp_path, dev_config)
-    start = _snapshot(trainer)
+def test_nonfinite_batch_skips_every_update(tiny):
+    trainer = _reset(tiny)
+    batch = tiny["batch"]
     poisoned = batch._replace(wav=torch.full_like(batch.wav, float("nan")))
-    metrics, _ = train_ms.train_step(trainer, poisoned, hps, CPU)
+    metrics, _ = train_ms.train_step(trainer, poisoned, tiny["hps"], CPU)
     assert sorted(metrics["skipped"]) == ["D", "DUR", "G", "WD"]
     for part in trainer.parts():
         for key, value in part.raw.state_dict().items():
-            assert torch.equal(value, start[part.prefix][key]), f"{part.prefix}.{key} changed"
+            assert torch.equal(value, tiny["start"][part.prefix][key]), f"{part.prefix}.{key} changed"
+
+
+def test_frozen_bert_projection_is_not_trained(dev_config):
+    hps = utils.HParams(**tiny_config(dev_config, {"training_files": "t", "validation_files": "v"},
+                                      freeze_ZH_bert=True, freeze_EN_bert=True))
+    trainer = train_ms.build_trainer(hps, CPU)
+    net_g = trainer.g.raw
+    optimized = {id(p) for group in trainer.g.optimizer.param_groups for p in group["params"]}
+    for name, frozen in (("bert_proj", True), ("ja_bert_proj", False), ("en_bert_proj", True)):
+        for param in getattr(net_g.enc_p, name).parameters():
+            assert param.requires_grad is not frozen and (id(param) in optimized) is not frozen, name
 
 
 def test_nonfinite_streak_stops_with_clear_error():
@@ -252,8 +287,8 @@ def test_tiny_run_writes_checkpoints_events_and_log(tmp_path, dev_config):
     g20 = torch.load(model_dir / "G_20.pth", map_location="cpu", weights_only=True)
     assert list(g20)[:4] == list(utils.CLASSIC_CHECKPOINT_KEYS)
     assert g20["train_state"]["step"] == 20
-    # 8 clips, batch 2, one rank: 4 batches per epoch, so step 20 is the last batch of epoch 5.
-    assert (g20["train_state"]["epoch"], g20["train_state"]["batch_in_epoch"]) == (5, 4)
+    # 4 clips, batch 2, one rank: 2 batches per epoch, so step 20 is the last batch of epoch 10.
+    assert (g20["train_state"]["epoch"], g20["train_state"]["batch_in_epoch"]) == (10, 2)
     assert g20["iteration"] == g20["train_state"]["epoch"]
 
     train = _events(model_dir)

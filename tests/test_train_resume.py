@@ -17,7 +17,7 @@ from train_tiny import kill, make_dataset, run_training, start_training, tiny_co
 
 CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 PREFIXES = ("G", "D", "WD", "DUR")
-N_STEPS = 6  # 4 batches per epoch: the runs cross an epoch boundary (LR decay, sampler epoch)
+N_STEPS = 3  # 2 batches per epoch: the runs cross an epoch boundary (LR decay, sampler epoch)
 
 
 def _checkpoint(model_dir: Path, prefix: str, step: int) -> dict:
@@ -49,10 +49,10 @@ def _assert_same_run_state(expected_dir: Path, actual_dir: Path, step: int) -> N
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, dev_config) -> dict:
-    """N_STEPS steps in one go, saving every 2 steps and keeping the 2 newest checkpoints per net."""
+    """N_STEPS steps in one go, saving after every step and keeping the 2 newest checkpoints per net."""
     root = tmp_path_factory.mktemp("straight")
     filelists = make_dataset(root / "data")
-    config = tiny_config(dev_config, filelists, eval_interval=2, log_interval=2)
+    config = tiny_config(dev_config, filelists, eval_interval=1, log_interval=1)
     files = write_run_files(root / "run", config, keep_ckpts=2)
     run_training(files, "--max-steps", str(N_STEPS))
     return {"files": files, "config": config, "root": root}
@@ -61,7 +61,7 @@ def straight_run(tmp_path_factory, dev_config) -> dict:
 def test_keep_ckpts_removes_older_checkpoints_of_every_net(straight_run):
     model_dir = straight_run["files"]["model_dir"]
     names = sorted(p.name for p in model_dir.glob("*.pth"))
-    assert names == sorted(f"{prefix}_{step}.pth" for prefix in PREFIXES for step in (4, 6))
+    assert names == sorted(f"{prefix}_{step}.pth" for prefix in PREFIXES for step in (2, 3))
 
 
 def test_resume_after_sigkill_is_bitwise_identical(straight_run, tmp_path):
@@ -70,7 +70,7 @@ def test_resume_after_sigkill_is_bitwise_identical(straight_run, tmp_path):
     model_dir = files["model_dir"]
     process = start_training(files, "--max-steps", "1000", log_path=tmp_path / "killed.log")
     try:
-        wait_for(lambda: (model_dir / "G_2.pth").exists(), timeout=600, process=process, what="G_2.pth")
+        wait_for(lambda: (model_dir / "G_1.pth").exists(), timeout=600, process=process, what="G_1.pth")
     finally:
         kill(process)
     resumed_from = utils.checkpoint_step(utils.latest_checkpoint_path(model_dir, "G_*.pth"))
@@ -80,7 +80,7 @@ def test_resume_after_sigkill_is_bitwise_identical(straight_run, tmp_path):
     assert f"resuming from {model_dir / f'G_{resumed_from}.pth'}" in result.stderr
     _assert_same_run_state(straight_run["files"]["model_dir"], model_dir, N_STEPS)
     state = _checkpoint(model_dir, "G", N_STEPS)["train_state"]
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 2, 2)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 2, 1)
     lr = _checkpoint(model_dir, "G", N_STEPS)["optimizer"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(2e-4 * 0.99995)  # one epoch of decay
 
@@ -101,7 +101,7 @@ def test_truncated_newest_checkpoint_is_skipped(straight_run, tmp_path):
 
     result = run_training(files, "--max-steps", str(N_STEPS))
     assert "skipping incomplete checkpoint" in result.stderr
-    assert f"resuming from {model_dir / 'G_4.pth'}: step 4" in result.stderr
+    assert f"resuming from {model_dir / 'G_2.pth'}: step 2" in result.stderr
     _assert_same_run_state(source, model_dir, N_STEPS)
 
 

@@ -49,13 +49,12 @@ def zero_random() -> Iterator[None]:
             setattr(torch, name, fn)
 
 
-def build_nets(config: dict, golden: dict, weights: dict) -> dict[str, torch.nn.Module]:
-    """The four nets as the training script builds them, with the golden weights, in eval mode."""
-    from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator
+def build_generator_nets(config: dict, weights: dict) -> dict[str, torch.nn.Module]:
+    """net_g and net_dur_disc as the training script builds them, with the given weights, in eval mode."""
+    from models import DurationDiscriminator, SynthesizerTrn
     from text.symbols import symbols
 
     data, model, train = config["data"], config["model"], config["train"]
-    assert len(symbols) == golden["meta"]["len_symbols"]
     net_g = SynthesizerTrn(
         len(symbols),
         data["filter_length"] // 2 + 1,
@@ -69,15 +68,20 @@ def build_nets(config: dict, golden: dict, weights: dict) -> dict[str, torch.nn.
     hidden, gin = model["hidden_channels"], model["gin_channels"]
     net_dur_disc = DurationDiscriminator(hidden, hidden, 3, 0.1, gin_channels=gin)
     net_dur_disc.load_state_dict(weights["weights_dur"])
+    return dict(net_g=net_g.eval(), net_dur_disc=net_dur_disc.eval())
+
+
+def build_discriminators(config: dict, golden: dict) -> dict[str, torch.nn.Module]:
+    """net_d (kit recipe weights) and net_wd from golden.pt, in eval mode; both golden files use these."""
+    from models import MultiPeriodDiscriminator, WavLMDiscriminator
+
+    model = config["model"]
     net_d = MultiPeriodDiscriminator(model["use_spectral_norm"])
     net_d.load_state_dict(net_d_state_dict(golden))
     slm = model["slm"]
     net_wd = WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"])
     net_wd.load_state_dict(golden["weights_wd"])
-    nets = dict(net_g=net_g, net_dur_disc=net_dur_disc, net_d=net_d, net_wd=net_wd)
-    for net in nets.values():
-        net.eval()
-    return nets
+    return dict(net_d=net_d.eval(), net_wd=net_wd.eval())
 
 
 def step_loss_terms(config: dict, nets: dict, wl: WavLMLoss, inputs: dict) -> dict:
@@ -107,8 +111,9 @@ def step_loss_terms(config: dict, nets: dict, wl: WavLMLoss, inputs: dict) -> di
     y = commons.slice_segments(inputs["y"], ids_slice * hop, segment_size)
     t["y_seg"] = y
 
-    # Discriminator side.
-    y_d_hat_r, y_d_hat_g, _, _ = net_d(y, y_hat.detach())
+    # Discriminator side. The reference runs net_d again on the generator side (without detach, for the
+    # backward); without a backward both calls give the same tensors, so the 46.7 M-parameter MPD runs once.
+    y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = net_d(y, y_hat.detach())
     t["loss_disc"], t["losses_disc_r"], t["losses_disc_g"] = discriminator_loss(y_d_hat_r, y_d_hat_g)
     dur_r, dur_g = net_dur_disc(hidden_x.detach(), x_mask.detach(), logw_.detach(), logw.detach(), g.detach())
     dur_r_sdp, dur_g_sdp = net_dur_disc(
@@ -119,7 +124,6 @@ def step_loss_terms(config: dict, nets: dict, wl: WavLMLoss, inputs: dict) -> di
     t["loss_slm"] = wl.discriminator(y.detach().squeeze(1), y_hat.detach().squeeze(1)).mean()
 
     # Generator side.
-    _, y_d_hat_g, fmap_r, fmap_g = net_d(y, y_hat)
     _, dur_g = net_dur_disc(hidden_x, x_mask, logw_, logw, g)
     _, dur_g_sdp = net_dur_disc(hidden_x, x_mask, logw_, logw_sdp, g)
     dur_g = dur_g + dur_g_sdp
@@ -154,15 +158,25 @@ SCALAR_TERMS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["golden", "golden_perturbed"])
-def step_terms(request: pytest.FixtureRequest, golden: dict, dev_config: dict) -> tuple[dict, dict]:
-    weights = request.getfixturevalue(request.param)
-    torch.manual_seed(0)
-    nets = build_nets(dev_config, golden, weights)
+@pytest.fixture(scope="module")
+def discriminators(golden: dict, dev_config: dict) -> dict:
+    nets = build_discriminators(dev_config, golden)
     slm = dev_config["model"]["slm"]
     wl = WavLMLoss(slm["model"], nets["net_wd"], dev_config["data"]["sampling_rate"], slm["sr"])
+    return dict(nets, wl=wl)
+
+
+@pytest.fixture(scope="module", params=["golden", "golden_perturbed"])
+def step_terms(
+    request: pytest.FixtureRequest, golden: dict, dev_config: dict, discriminators: dict
+) -> tuple[dict, dict]:
+    weights = request.getfixturevalue(request.param)
+    from text.symbols import symbols
+
+    assert len(symbols) == golden["meta"]["len_symbols"]
+    nets = dict(build_generator_nets(dev_config, weights), net_d=discriminators["net_d"])
     with torch.no_grad():
-        terms = step_loss_terms(dev_config, nets, wl, weights["inputs"])
+        terms = step_loss_terms(dev_config, nets, discriminators["wl"], weights["inputs"])
     return terms, weights
 
 

@@ -35,7 +35,7 @@ def _wave(index: int, seconds: float) -> np.ndarray:
     return (wave * np.hanning(t.size) ** 0.1).astype(np.float32)
 
 
-def make_dataset(folder: Path, n_train: int = 8, n_val: int = 1, n_speakers: int = 4) -> dict[str, str]:
+def make_dataset(folder: Path, n_train: int = 4, n_val: int = 1, n_speakers: int = 4) -> dict[str, str]:
     """Write n_train + n_val clips (16-bit wav, 0.5-0.85 s), their .bert.pt and the two filelists."""
     wav_dir = folder / "wavs"
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def tiny_config(dev_config: dict, filelists: dict[str, str], **train: Any) -> di
     """The kit's dev model config with a shorter segment, the tiny filelists and the given train settings."""
     config = json.loads(json.dumps(dev_config))
     config["data"].update(filelists)
-    config["train"].update({"segment_size": 4096, "batch_size": 2, "log_interval": 10, "eval_interval": 10,
+    config["train"].update({"segment_size": 2048, "batch_size": 2, "log_interval": 10, "eval_interval": 10,
                             "epochs": 1000, "skip_optimizer": False})
     config["train"].update(train)
     return config
