@@ -6,7 +6,8 @@ turns text into phone ids and BERT features the way the reference `infer.py` doe
 `SynthesizerTrn.infer`.
 
     python infer.py --model Data/models/G_8000.pth --config Data/config.json \\
-        --text "你好，世界。" --speaker spk0 --language ZH --bert-dir bert/chinese-roberta-wwm-ext-large -o out.wav
+        --text "你好，世界。" --speaker spk0 --language ZH \\
+        --bert-dir bert/chinese-roberta-wwm-ext-large -o out.wav
 
 Python API: `load_synthesizer(...)` returns a `Synthesizer` whose `synthesize(text, speaker, language, ...)`
 gives `(sampling_rate, waveform)`; `infer_waveform(net_g, ...)` runs the generator on prepared tensors.
@@ -17,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import re
+import struct
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -160,7 +163,7 @@ def load_inference_state(net: nn.Module, state: Mapping[str, Tensor]) -> list[st
 def _read_checkpoint_state(model_path: Path) -> dict[str, Tensor]:
     try:
         checkpoint = torch.load(model_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, ValueError, OSError, EOFError) as error:
+    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError, struct.error) as error:
         raise ValueError(f"cannot read checkpoint {model_path}: {error}") from error
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):

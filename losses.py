@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["feature_loss", "discriminator_loss", "generator_loss", "kl_loss", "WavLMLoss"]
+__all__ = ["feature_loss", "discriminator_loss", "generator_loss", "kl_loss", "load_wavlm", "WavLMLoss"]
 
 # A folder written by `save_pretrained` holds config.json plus one of these weight files.
 _WEIGHT_FILES = (

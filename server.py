@@ -109,7 +109,8 @@ def _resolve(state: ServerState, request: VoiceRequest) -> dict[str, Any]:
     if len(text) > state.max_text_length:
         raise ClientError(422, f"text is {len(text)} characters long; the limit is {state.max_text_length}")
     if request.speaker not in synthesizer.speaker_ids:
-        raise ClientError(404, f"unknown speaker {request.speaker!r}; known speakers: {', '.join(synthesizer.speakers)}")
+        known = ", ".join(synthesizer.speakers)
+        raise ClientError(404, f"unknown speaker {request.speaker!r}; known speakers: {known}")
     language = (request.language or state.default_language).upper()
     if language not in infer.LANGUAGES:
         raise ClientError(400, f"unknown language {request.language!r}; use one of {', '.join(infer.LANGUAGES)}")
@@ -255,7 +256,9 @@ def resolve_settings(args: argparse.Namespace) -> ServeSettings:
     entry = None
     if args.model is None:
         if server is None or not server.models:
-            raise ValueError("no model to serve: pass --model (and --config), or add one under server.models in config.yml")
+            raise ValueError(
+                "no model to serve: pass --model (and --config), or add one under server.models in config.yml"
+            )
         if not 0 <= args.model_index < len(server.models):
             raise ValueError(f"--model-index {args.model_index}: config.yml lists {len(server.models)} model(s)")
         entry = server.models[args.model_index]

@@ -564,13 +564,13 @@ def apply_gradients(loss: Tensor, part: Part, trainer: Trainer, rt: Runtime, max
         torch.nn.utils.clip_grad_norm_(part.net.parameters(), max_norm=max_norm)
     grad_norm = commons.clip_grad_value_(part.net.parameters(), None)  # measures only, as the reference
     # With fp16 an overflowing gradient is the scaler's business (it skips the step and lowers the scale).
-    finite = math.isfinite(float(loss)) and (scaler.is_enabled() or math.isfinite(grad_norm))
+    finite = math.isfinite(float(loss.detach())) and (scaler.is_enabled() or math.isfinite(grad_norm))
     # Decided together: DDP ranks must keep identical weights.
     if rt.all_ranks(finite):
         scaler.step(part.optimizer)
         return grad_norm, True
     logger.warning("step %d: non-finite %s loss or gradient (loss %s, grad norm %s); skipping this update",
-                   trainer.state.step + 1, part.prefix, float(loss), grad_norm)
+                   trainer.state.step + 1, part.prefix, float(loss.detach()), grad_norm)
     return grad_norm, False
 
 
@@ -605,7 +605,8 @@ def train_step(trainer: Trainer, batch: Batch, hps: Any, rt: Runtime, reference_
     fwd = generator_forward(trainer, batch, hps, rt, reference_like)
     d_metrics = discriminator_step(trainer, fwd, rt, reference_like)
     g_metrics = generator_step(trainer, fwd, hps, rt, reference_like)
-    metrics = {**d_metrics, **g_metrics, "skipped": d_metrics["skipped"] + g_metrics["skipped"]}
+    metrics = {tag: value.detach() if isinstance(value, Tensor) else value for tag, value in {**d_metrics, **g_metrics}.items()}
+    metrics["skipped"] = d_metrics["skipped"] + g_metrics["skipped"]
     metrics["learning_rate"] = trainer.g.optimizer.param_groups[0]["lr"]
     return metrics, fwd
 

@@ -85,7 +85,7 @@ def main() -> int:
 
     config_path = _find_config(args.config)
     config = _config_with_speakers(config_path, args.speakers)
-    sampling_rate, hop = config["data"]["sampling_rate"], config["data"]["hop_length"]
+    sampling_rate = config["data"]["sampling_rate"]
     net = infer.build_generator(config).eval()
     infer.fold_weight_norm(net)
     n_params = sum(p.numel() for p in net.parameters())

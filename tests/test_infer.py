@@ -106,7 +106,9 @@ def test_reference_checkpoint_loads(dev_dir: Path, dev_config: dict, tmp_path: P
     assert torch.isfinite(o).all() and o.shape == (2, 1, int(y_lengths.max()) * 256)
 
 
-def test_load_rejects_config_that_does_not_fit(model_files: tuple[Path, Path], dev_config: dict, tmp_path: Path) -> None:
+def test_load_rejects_config_that_does_not_fit(
+    model_files: tuple[Path, Path], dev_config: dict, tmp_path: Path
+) -> None:
     checkpoint, _ = model_files
     other = json.loads(json.dumps(dev_config))
     other["model"]["hidden_channels"] = 48
@@ -118,6 +120,14 @@ def test_load_rejects_config_that_does_not_fit(model_files: tuple[Path, Path], d
         infer.load_generator(checkpoint, None)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         infer.load_generator(tmp_path / "nope.pth", config_path)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        infer.load_generator(junk, config_path)
+    not_generator = tmp_path / "list.pth"
+    torch.save({"model": [1, 2]}, not_generator)
+    with pytest.raises(ValueError, match="not a generator checkpoint"):
+        infer.load_generator(not_generator, config_path)
 
 
 def test_split_sentences() -> None:
@@ -174,7 +184,8 @@ def test_long_text_is_spoken_sentence_by_sentence(synthesizer: infer.Synthesizer
     deterministic = {"sdp_ratio": 0.3, "noise_scale": 0.0, "noise_scale_w": 0.0}
     _, first = synthesizer.synthesize("你好。", "spk0", "ZH", **deterministic)
     _, second = synthesizer.synthesize("今天天气很好！", "spk0", "ZH", **deterministic)
-    sampling_rate, both = synthesizer.synthesize("你好。今天天气很好！", "spk0", "ZH", **deterministic, pause=0.1)
+    text = "你好。今天天气很好！"
+    sampling_rate, both = synthesizer.synthesize(text, "spk0", "ZH", **deterministic, pause=0.1)
     gap = int(round(0.1 * sampling_rate))
     assert both.size == first.size + gap + second.size
     np.testing.assert_allclose(both[: first.size], first, atol=1e-5)

@@ -177,3 +177,33 @@ def test_concurrent_requests_all_succeed(client: httpx.Client) -> None:
     for text, response in results:
         assert response.status_code == 200, response.text
         assert response.content == expected[text]  # no request saw another's state
+
+
+def test_settings_come_from_the_yml_server_section(tmp_path: Path) -> None:
+    import server
+
+    yml = tmp_path / "config.yml"
+    yml.write_text(
+        "server:\n  port: 5123\n  device: cpu\n  models:\n"
+        "    - model: m/G_1.pth\n      config: m/config.json\n      language: EN\n"
+        "      speakers:\n        - speaker: spk1\n          sdp_ratio: 0.5\n",
+        encoding="utf-8",
+    )
+    settings = server.resolve_settings(server.build_parser().parse_args(["--yml", str(yml)]))
+    assert (settings.model, settings.config, settings.device, settings.language, settings.port) == (
+        "m/G_1.pth",
+        "m/config.json",
+        "cpu",
+        "EN",
+        5123,
+    )
+    assert settings.presets["spk1"]["sdp_ratio"] == 0.5 and settings.presets["spk1"]["length_scale"] == 1.0
+    # The command line wins over the yml.
+    override = ["--yml", str(yml), "--model", "x.pth", "--port", "7", "--language", "jp"]
+    settings = server.resolve_settings(server.build_parser().parse_args(override))
+    assert (settings.model, settings.config, settings.language, settings.port) == ("x.pth", None, "JP", 7)
+
+    empty = tmp_path / "empty.yml"
+    empty.write_text("server:\n  models: []\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no model to serve"):
+        server.resolve_settings(server.build_parser().parse_args(["--yml", str(empty)]))

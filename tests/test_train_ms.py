@@ -162,13 +162,17 @@ def test_efficient_step_equals_reference_like_step(both_variants):
 
 
 def test_step_moves_every_parameter_that_has_a_gradient(tiny, both_variants):
-    """Every net is updated; the only parameters that stay put are those a freshly built net gives no gradient
-    yet (e.g. behind the zero-initialised output layers of the flows)."""
+    """Every net is updated. The only parameters without a gradient yet are those of a freshly built net's flows
+    and stochastic duration predictor (behind zero-initialised output layers) and the projections of the
+    two BERT slots this Chinese-only data fills with zeros."""
     result = both_variants[False]
+    no_gradient_expected = ("flow.flows.", "sdp.", "enc_p.ja_bert_proj.weight", "enc_p.en_bert_proj.weight")
     for prefix, start in tiny["start"].items():
-        with_grad = [n for n, has in result["grads"][prefix].items() if has]
-        assert len(with_grad) > 0.8 * len(result["grads"][prefix]), prefix
-        unchanged = [n for n in with_grad if torch.equal(result["state"][prefix][n], start[n])]
+        without = [n for n, has in result["grads"][prefix].items() if not has]
+        unexpected = [n for n in without if prefix != "G" or not n.startswith(no_gradient_expected)]
+        assert not unexpected, f"{prefix}: parameters without a gradient: {unexpected[:5]}"
+        unchanged = [n for n, has in result["grads"][prefix].items()
+                     if has and torch.equal(result["state"][prefix][n], start[n])]
         assert not unchanged, f"{prefix}: parameters with a gradient that did not move: {unchanged[:5]}"
     fwd = result["fwd"]
     assert fwd.y.shape == fwd.y_hat.shape == (2, 1, tiny["hps"].train.segment_size)
@@ -187,15 +191,19 @@ def test_mas_noise_scale_follows_the_step(tiny):
     assert trainer.g.raw.current_mas_noise_scale == 0.0
 
 
-def test_nonfinite_batch_skips_every_update(tiny):
+def test_nonfinite_audio_skips_the_updates_it_poisons(tiny):
+    """NaN audio makes the waveform discriminators' and the generator's losses NaN: those updates are skipped
+    (the generator's NaN loss even comes with a finite gradient norm). The duration discriminator never sees
+    the audio, so its update goes ahead."""
     trainer = _reset(tiny)
     batch = tiny["batch"]
     poisoned = batch._replace(wav=torch.full_like(batch.wav, float("nan")))
     metrics, _ = train_ms.train_step(trainer, poisoned, tiny["hps"], CPU)
-    assert sorted(metrics["skipped"]) == ["D", "DUR", "G", "WD"]
+    assert sorted(metrics["skipped"]) == ["D", "G", "WD"]
     for part in trainer.parts():
-        for key, value in part.raw.state_dict().items():
-            assert torch.equal(value, tiny["start"][part.prefix][key]), f"{part.prefix}.{key} changed"
+        same = all(torch.equal(v, tiny["start"][part.prefix][k]) for k, v in part.raw.state_dict().items())
+        assert same is (part.prefix != "DUR"), part.prefix
+        assert all(torch.isfinite(v).all() for v in part.raw.state_dict().values()), part.prefix
 
 
 def test_frozen_bert_projection_is_not_trained(dev_config):
