@@ -59,7 +59,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory, golden: dict, dev_confi
     port = _free_port()
     log = folder / "server.log"
     command = [sys.executable, "server.py", "--model", str(checkpoint), "--config", str(config_path)]
-    command += ["--bert-dir", f"ZH={bert_dir}", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--bert-dir", f"ZH={bert_dir}", "--bert-dir", f"EN={folder / 'missing-en'}"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     command += ["--max-text-length", str(MAX_TEXT_LENGTH), "--threads", "1"]
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
@@ -150,6 +151,14 @@ def test_invalid_requests_get_4xx_json(client: httpx.Client, name: str, method: 
     assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     assert message in response.json()["error"]
+
+
+def test_language_without_bert_model_is_503_json(client: httpx.Client) -> None:
+    # The server was pointed at an EN BERT folder that does not exist: a server-side gap, not a crash.
+    response = client.get("/voice", params={"text": "Hello there.", "speaker": "spk0", "language": "EN"})
+    assert response.status_code == 503, response.text
+    message = response.json()["error"]
+    assert "missing-en" in message and "deberta-v3-large" in message
 
 
 def test_malformed_post_bodies(client: httpx.Client) -> None:

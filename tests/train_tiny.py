@@ -22,7 +22,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLING_RATE = 22050
-ZH_PHONES = ["a", "b", "ch", "en", "i", "ong", "sh", "u", "x", "zh"]
+ZH_INITIALS = ["b", "ch", "d", "g", "j", "l", "m", "sh", "x", "zh"]
+ZH_FINALS = ["a", "ai", "an", "en", "i", "ong", "ou", "u"]
+ZH_CHARS = "你好世界今天天气很不错"
 
 
 def _wave(index: int, seconds: float) -> np.ndarray:
@@ -45,15 +47,22 @@ def make_dataset(folder: Path, n_train: int = 4, n_val: int = 1, n_speakers: int
         seconds = 0.5 + 0.05 * (index % 8)
         path = wav_dir / f"clip{index:02d}.wav"
         soundfile.write(path, _wave(index, seconds), SAMPLING_RATE, subtype="PCM_16")
-        n_words = 4 + index % 4
-        phones = [ZH_PHONES[(index + k) % len(ZH_PHONES)] for k in range(n_words)]
-        tones = [1 + (index + k) % 5 for k in range(n_words)]
-        word2ph = [1] * n_words
+        # Like the Chinese front end: "_" at both ends, an initial and a final per character, and one word2ph
+        # entry per character plus two for [CLS]/[SEP].
+        n_chars = 3 + index % 3
+        phones, tones = ["_"], [0]
+        for k in range(n_chars):
+            phones += [ZH_INITIALS[(index + k) % len(ZH_INITIALS)], ZH_FINALS[(index + 2 * k) % len(ZH_FINALS)]]
+            tones += [1 + (index + k) % 5] * 2
+        phones.append("_")
+        tones.append(0)
+        word2ph = [1] + [2] * n_chars + [1]
+        text = "".join(ZH_CHARS[(index + k) % len(ZH_CHARS)] for k in range(n_chars))
         # After blank insertion the clip has 2n + 1 phones; the BERT features cover those.
-        bert = torch.randn(1024, 2 * n_words + 1, generator=generator) * 0.1
+        bert = torch.randn(1024, 2 * len(phones) + 1, generator=generator) * 0.1
         torch.save(bert, path.with_suffix(".bert.pt"))
         speaker = f"spk{index % n_speakers}"
-        lines.append(f"{path}|{speaker}|ZH|text{index}|{' '.join(phones)}|{' '.join(map(str, tones))}|"
+        lines.append(f"{path}|{speaker}|ZH|{text}|{' '.join(phones)}|{' '.join(map(str, tones))}|"
                      f"{' '.join(map(str, word2ph))}")
     train_list, val_list = folder / "train.list", folder / "val.list"
     train_list.write_text("\n".join(lines[:n_train]) + "\n", encoding="utf-8")
