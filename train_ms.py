@@ -58,7 +58,13 @@ from torch.utils.data import DataLoader, Sampler
 import check_dataset
 import commons
 import utils
-from data_utils import DEFAULT_BUCKET_BOUNDARIES, Batch, DistributedBucketSampler, TextAudioSpeakerCollate, TextAudioSpeakerLoader
+from data_utils import (
+    DEFAULT_BUCKET_BOUNDARIES,
+    Batch,
+    DistributedBucketSampler,
+    TextAudioSpeakerCollate,
+    TextAudioSpeakerLoader,
+)
 from losses import WavLMLoss, discriminator_loss, feature_loss, generator_loss, kl_loss
 from mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator
@@ -302,13 +308,16 @@ def make_optimizer(params: Iterable[nn.Parameter], train: Any) -> torch.optim.Ad
 
 def freeze_bert_projections(net_g: SynthesizerTrn, train: Any) -> None:
     """``train.freeze_{ZH,JP,EN}_bert``: keep that language's BERT projection fixed."""
-    for flag, name in (("freeze_ZH_bert", "bert_proj"), ("freeze_JP_bert", "ja_bert_proj"), ("freeze_EN_bert", "en_bert_proj")):
+    flags = (("freeze_ZH_bert", "bert_proj"), ("freeze_JP_bert", "ja_bert_proj"), ("freeze_EN_bert", "en_bert_proj"))
+    for flag, name in flags:
         if train.get(flag, False):
             logger.info("%s: freezing enc_p.%s", flag, name)
             getattr(net_g.enc_p, name).requires_grad_(False)
 
 
-def build_nets(hps: Any) -> tuple[SynthesizerTrn, MultiPeriodDiscriminator, WavLMDiscriminator, DurationDiscriminator | None]:
+def build_nets(
+    hps: Any,
+) -> tuple[SynthesizerTrn, MultiPeriodDiscriminator, WavLMDiscriminator, DurationDiscriminator | None]:
     """The four nets exactly as the reference training script constructs them (same order of random draws)."""
     model, data = hps.model, hps.data
     noise_scaled = bool(model.get("use_noise_scaled_mas", False))
@@ -446,7 +455,9 @@ def prepare_pass(out: Any, batch: Batch, hps: Any, wl: WavLMLoss | None) -> Gene
     return fwd
 
 
-def generator_forward(trainer: Trainer, batch: Batch, hps: Any, rt: Runtime, reference_like: bool = False) -> GeneratorPass:
+def generator_forward(
+    trainer: Trainer, batch: Batch, hps: Any, rt: Runtime, reference_like: bool = False
+) -> GeneratorPass:
     """The synthesizer's training forward (under autocast) and everything derived from it."""
     net_g = trainer.g.raw
     if net_g.use_noise_scaled_mas:
@@ -478,7 +489,9 @@ def _indexed(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
     return {f"{prefix}/{i}": value for i, value in enumerate(values)}
 
 
-def discriminator_losses(trainer: Trainer, fwd: GeneratorPass, rt: Runtime, reference_like: bool = False) -> dict[str, Any]:
+def discriminator_losses(
+    trainer: Trainer, fwd: GeneratorPass, rt: Runtime, reference_like: bool = False
+) -> dict[str, Any]:
     """The three discriminators' losses on the real and the (detached) generated audio, with the reference's
     TensorBoard names."""
     with rt.autocast():
@@ -515,7 +528,9 @@ def frozen(modules: Iterable[nn.Module | None]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime, reference_like: bool = False) -> dict[str, Any]:
+def generator_losses(
+    trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime, reference_like: bool = False
+) -> dict[str, Any]:
     """The generator's loss terms, their sum ``loss/g/total`` and the per-discriminator terms."""
     train = hps.train
     # The discriminators only judge here; their parameters get no gradient (and the reference discarded it).
@@ -553,7 +568,9 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
     return losses
 
 
-def apply_gradients(loss: Tensor, part: Part, trainer: Trainer, rt: Runtime, max_norm: float | None = None) -> tuple[float, bool]:
+def apply_gradients(
+    loss: Tensor, part: Part, trainer: Trainer, rt: Runtime, max_norm: float | None = None
+) -> tuple[float, bool]:
     """zero_grad, backward, (optional) norm clipping, then the optimizer step unless the loss or the gradient
     is not finite on some rank. Returns (gradient norm, whether the step was applied)."""
     scaler = trainer.scaler
@@ -574,7 +591,9 @@ def apply_gradients(loss: Tensor, part: Part, trainer: Trainer, rt: Runtime, max
     return grad_norm, False
 
 
-def discriminator_step(trainer: Trainer, fwd: GeneratorPass, rt: Runtime, reference_like: bool = False) -> dict[str, Any]:
+def discriminator_step(
+    trainer: Trainer, fwd: GeneratorPass, rt: Runtime, reference_like: bool = False
+) -> dict[str, Any]:
     """Update the duration, multi-period and WavLM discriminators; return their losses and gradient norms."""
     metrics = discriminator_losses(trainer, fwd, rt, reference_like)
     amp_clip = AMP_MAX_GRAD_NORM_D if rt.amp_dtype is not None else None
@@ -590,7 +609,9 @@ def discriminator_step(trainer: Trainer, fwd: GeneratorPass, rt: Runtime, refere
     return metrics
 
 
-def generator_step(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime, reference_like: bool = False) -> dict[str, Any]:
+def generator_step(
+    trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime, reference_like: bool = False
+) -> dict[str, Any]:
     """Update the synthesizer on its summed loss; return the loss terms and the gradient norm."""
     metrics = generator_losses(trainer, fwd, hps, rt, reference_like)
     amp_clip = AMP_MAX_GRAD_NORM_G if rt.amp_dtype is not None else None
@@ -600,12 +621,15 @@ def generator_step(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime, 
     return metrics
 
 
-def train_step(trainer: Trainer, batch: Batch, hps: Any, rt: Runtime, reference_like: bool = False) -> tuple[dict[str, Any], GeneratorPass]:
+def train_step(
+    trainer: Trainer, batch: Batch, hps: Any, rt: Runtime, reference_like: bool = False
+) -> tuple[dict[str, Any], GeneratorPass]:
     """One reference iteration: generator forward, discriminator steps, generator step."""
     fwd = generator_forward(trainer, batch, hps, rt, reference_like)
     d_metrics = discriminator_step(trainer, fwd, rt, reference_like)
     g_metrics = generator_step(trainer, fwd, hps, rt, reference_like)
-    metrics = {tag: value.detach() if isinstance(value, Tensor) else value for tag, value in {**d_metrics, **g_metrics}.items()}
+    merged = {**d_metrics, **g_metrics}
+    metrics = {tag: value.detach() if isinstance(value, Tensor) else value for tag, value in merged.items()}
     metrics["skipped"] = d_metrics["skipped"] + g_metrics["skipped"]
     metrics["learning_rate"] = trainer.g.optimizer.param_groups[0]["lr"]
     return metrics, fwd
@@ -753,37 +777,42 @@ def fast_forward_schedule(part: Part, epochs_done: int) -> None:
 
 def resume(trainer: Trainer, g_path: str, hps: Any, rt: Runtime) -> list[dict[str, Any]] | None:
     """Continue from ``g_path`` and its siblings. Returns the saved per-rank RNG states (None for reference files)."""
-    step = utils.checkpoint_step(g_path)
+    step = utils.checkpoint_step(g_path) or 0
     g_ckpt = utils.read_checkpoint(g_path)
     exact = "train_state" in g_ckpt  # written by this script; reference files hold the 4 classic keys only
+    if exact:
+        trainer.state = TrainState.from_dict(g_ckpt["train_state"])
+    else:
+        # A reference checkpoint: the step comes from the file name, "iteration" is the epoch it was saved in.
+        trainer.state = TrainState(step=step, epoch=max(int(g_ckpt.get("iteration", 1)), 1), world_size=rt.world_size)
     skip_optimizer = not exact and bool(hps.train.get("skip_optimizer", False))
     for part in trainer.parts():
         ckpt, source = (g_ckpt, g_path) if part is trainer.g else _read_sibling(hps.model_dir, part.prefix, step)
         if ckpt is None:
             logger.warning("no %s_*.pth in %s: the %s net starts from fresh weights", part.prefix, hps.model_dir,
                            part.prefix)
+            fast_forward_schedule(part, trainer.state.epoch - 1)
             continue
         utils.load_state_dict_checked(part.raw, ckpt["model"], strict=True, source=source)
         if exact:
             part.optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scheduler") is not None:
                 part.scheduler.load_state_dict(ckpt["scheduler"])
-        elif not skip_optimizer and ckpt.get("optimizer") is not None:
-            part.optimizer.load_state_dict(ckpt["optimizer"])
+            else:
+                fast_forward_schedule(part, trainer.state.epoch - 1)
+        else:
+            if not skip_optimizer and ckpt.get("optimizer") is not None:
+                part.optimizer.load_state_dict(ckpt["optimizer"])
+            fast_forward_schedule(part, trainer.state.epoch - 1)
+    state = trainer.state
     if exact:
-        trainer.state = TrainState.from_dict(g_ckpt["train_state"])
         if g_ckpt.get("scaler"):
             trainer.scaler.load_state_dict(g_ckpt["scaler"])
-        logger.info("resuming from %s: step %d, epoch %d, batch %d of the epoch", g_path, trainer.state.step,
-                    trainer.state.epoch, trainer.state.batch_in_epoch)
+        logger.info("resuming from %s: step %d, epoch %d, batch %d of the epoch", g_path, state.step, state.epoch,
+                    state.batch_in_epoch)
         return g_ckpt.get("rng_states")
-    # A reference checkpoint: the step comes from the file name, "iteration" is the epoch it was saved in.
-    epoch = max(int(g_ckpt.get("iteration", 1)), 1)
-    trainer.state = TrainState(step=step or 0, epoch=epoch, world_size=rt.world_size)
-    for part in trainer.parts():
-        fast_forward_schedule(part, epoch - 1)
-    logger.info("resuming from reference checkpoint %s: step %d, epoch %d (optimizer state %s)", g_path,
-                trainer.state.step, epoch, "not loaded: train.skip_optimizer" if skip_optimizer else "loaded")
+    logger.info("resuming from reference checkpoint %s: step %d, epoch %d (optimizer state %s)", g_path, state.step,
+                state.epoch, "not loaded: train.skip_optimizer" if skip_optimizer else "loaded")
     return None
 
 
@@ -802,7 +831,9 @@ def load_base_model(trainer: Trainer, base_dir: str) -> None:
         logger.info("fine-tuning from base weights %s", path)
 
 
-def restore_or_initialise(trainer: Trainer, hps: Any, rt: Runtime, base_dir: str | None) -> list[dict[str, Any]] | None:
+def restore_or_initialise(
+    trainer: Trainer, hps: Any, rt: Runtime, base_dir: str | None
+) -> list[dict[str, Any]] | None:
     """Resume from the model folder when it has a G_ checkpoint; else start from the base model, if any."""
     g_path = utils.latest_checkpoint_path(hps.model_dir, "G_*.pth")
     if g_path is not None:
@@ -1038,8 +1069,8 @@ class Trainloop:
                                   "mel": f"{float(metrics['loss/g/mel']):.3f}"}, refresh=False)
             progress.update(1)
         if self.debug.path:
-            self.debug.write(event="step", step=state.step, rank=self.rt.rank, checksum=param_checksum(self.trainer.g.raw),
-                             lr=metrics["learning_rate"])
+            self.debug.write(event="step", step=state.step, rank=self.rt.rank,
+                             checksum=param_checksum(self.trainer.g.raw), lr=metrics["learning_rate"])
         if self.rt.is_main and state.step % hps.train.log_interval == 0:
             self._log(metrics, fwd)
         if state.step % hps.train.eval_interval == 0:
@@ -1093,6 +1124,19 @@ def run_dataset_check(hps: Any, rt: Runtime) -> None:
         raise RuntimeError("rank 0 found problems in the dataset (see its log)")
 
 
+def configure_kernels(device: torch.device) -> None:
+    """Backend flags, set once per process.
+
+    On the CPU the native convolution kernels replace oneDNN's: the first oneDNN call of a convolution in a
+    process can round differently from later calls, so a resumed run would drift from an uninterrupted one.
+    The native kernels are deterministic and, for this model on CPU, about as fast (bench/train_step.py).
+    """
+    if device.type == "cpu":
+        torch.backends.mkldnn.enabled = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
 def setup_logging(model_dir: str, rt: Runtime) -> None:
     """Console logging on every rank (warnings only off rank 0) and ``model_dir/train.log`` on rank 0."""
     root = logging.getLogger()
@@ -1114,7 +1158,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", help="model config JSON (default: train_ms.config_path of config.yml)")
     parser.add_argument("-m", "--model", help="dataset folder; checkpoints go to <model>/<train_ms.model> "
                                               "(default: the folders of config.yml)")
-    parser.add_argument("-y", "--yml_config", default=None, help="global settings (default: $BV2_CONFIG or config.yml)")
+    parser.add_argument("-y", "--yml_config", default=None,
+                        help="global settings (default: $BV2_CONFIG or config.yml)")
     parser.add_argument("--demo", action="store_true", help="prepare and train the bundled demo corpus")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--max-steps", type=int, default=None, help="stop (and save) after this many steps")
@@ -1128,15 +1173,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_demo(args: argparse.Namespace) -> None:
-    """``--demo``: build the demo dataset when missing and train it with configs/demo.json."""
-    from demo import prepare as demo_prepare
+def make_demo_wavlm(folder: Path, hidden: int, layers: int, seed: int = 1111) -> None:
+    """A tiny randomly initialised WavLM for the demo (the real one cannot be downloaded here).
 
-    if not (DEMO_DATASET_DIR / "filelists" / "train.list").is_file():
-        logger.info("preparing the demo corpus in %s", DEMO_DATASET_DIR)
-        demo_prepare.main([])
-    args.config = args.config or str(DEMO_CONFIG)
+    Like the demo's BERT stand-ins it carries no information; it only lets the WavLM losses run. Its shape
+    follows the reference kit's tiny WavLM: ``layers - 1`` transformer layers (WavLM reports the embeddings
+    as an extra hidden state) and a feature extractor with an overall stride of 320 samples.
+    """
+    from transformers import WavLMConfig, WavLMModel
+
+    config = WavLMConfig(
+        hidden_size=hidden, num_hidden_layers=layers - 1, num_attention_heads=2, intermediate_size=2 * hidden,
+        conv_dim=(16, 16, 16), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4, num_buckets=16, max_bucket_distance=64, feat_extract_norm="group",
+        do_stable_layer_norm=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        WavLMModel(config).save_pretrained(folder)
+    logger.warning("created a random tiny WavLM in %s for the demo (it carries no speech knowledge)", folder)
+
+
+def prepare_demo(args: argparse.Namespace) -> None:
+    """``--demo``: prepare the bundled demo corpus into Data/demo when needed, then train on it."""
+    prepared_config = DEMO_DATASET_DIR / "config.json"
+    if not (prepared_config.is_file() and (DEMO_DATASET_DIR / "filelists" / "train.list").is_file()):
+        from demo import prepare as demo_prepare
+
+        logger.info("preparing the demo corpus in %s (demo/prepare.py)", DEMO_DATASET_DIR)
+        if demo_prepare.main(["--out-dir", str(DEMO_DATASET_DIR), "--config", str(DEMO_CONFIG)]) != 0:
+            raise RuntimeError(f"demo/prepare.py reported problems; see its log (dataset folder {DEMO_DATASET_DIR})")
+    # The prepared copy of configs/demo.json has the speaker table filled in.
+    args.config = args.config or str(prepared_config)
     args.model = args.model or str(DEMO_DATASET_DIR)
+    slm = utils.get_hparams_from_file(args.config).model.slm
+    if not Path(slm.model).exists():
+        make_demo_wavlm(Path(slm.model), slm.hidden, slm.nlayers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1158,14 +1230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     hps.data.setdefault("all_in_mem", yml.train_ms.all_in_mem)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # numba (monotonic alignment) otherwise starts a thread per core whose idle spinning starves the training
+    # threads, e.g. ~5x slower steps with torchrun's one single-threaded process per core.
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
 
     rt = init_runtime(args.device, hps.train)
     os.makedirs(hps.model_dir, exist_ok=True)
     setup_logging(hps.model_dir, rt)
     if added:
         logger.info("environment defaults from %s: %s", yml.source, added)
-    if rt.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    configure_kernels(rt.device)
     stop = StopRequest()
     stop.install()
     try:
@@ -1185,7 +1259,10 @@ def train_from_config(hps: Any, rt: Runtime, yml: Any, args: argparse.Namespace,
         save_resolved_config(hps, hps.model_dir)
         utils.check_git_hash(hps.model_dir)
     run_dataset_check(hps, rt)
+    # The reference seeds torch only; seeding numpy and random too makes a whole run reproducible.
     torch.manual_seed(hps.train.seed)
+    np.random.seed(hps.train.seed)
+    random.seed(hps.train.seed)
 
     num_workers = args.num_workers if args.num_workers is not None else min(yml.train_ms.num_workers,
                                                                               max((os.cpu_count() or 1) - 1, 0))

@@ -71,6 +71,7 @@ def time_steps(trainer: train_ms.Trainer, batch: Batch, hps: utils.HParams, rt: 
 
 def bench_device(hps: utils.HParams, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
     rt = train_ms.Runtime(0, 0, 1, device, train_ms.resolve_amp_dtype(hps.train, device))
+    train_ms.configure_kernels(device)  # the kernels train_ms.py uses on this device
     torch.manual_seed(hps.train.seed)
     trainer = train_ms.build_trainer(hps, rt)
     trainer.wl = train_ms.build_wavlm_loss(hps, trainer, rt)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    parser.add_argument("--devices", nargs="+", default=None,
+                        help="cpu and/or cuda (default: cpu, plus cuda if present)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -112,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = bench_device(hps, device, args)
         results[name] = figures
         print(f"{name} ({torch.get_num_threads()} threads, batch {args.batch_size}, {Path(args.config).name}): "
-              f"{figures['ours_s_per_step']:.3f} s/step; reference-like step {figures['reference_like_s_per_step']:.3f} "
-              f"s/step; ratio {figures['speedup']:.2f}x")
+              f"{figures['ours_s_per_step']:.3f} s/step; reference-like step "
+              f"{figures['reference_like_s_per_step']:.3f} s/step; ratio {figures['speedup']:.2f}x")
     print(json.dumps(results))
     return 0
 
