@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))  # as train_ms.main does
 
     hps = utils.get_hparams_from_file(args.config)
     hps.model.slm.model = args.slm_model
