@@ -112,6 +112,17 @@ def _fill_batch(path, neg_cent, t_ys, t_xs, order, n_workers):  # pragma: no cov
             _fill_item(path[item], neg_cent[item], decisions, row_a, row_b, t_ys[item], t_xs[item])
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _fill_batch_serial(path, neg_cent, t_ys, t_xs):  # pragma: no cover - compiled
+    """One thread, no thread pool: numba's idle pool threads spin and steal CPU from torch in training."""
+    batch, max_y, max_x = neg_cent.shape
+    row_a = np.empty(max_x, np.float32)
+    row_b = np.empty(max_x, np.float32)
+    decisions = np.empty((max_y, max_x), np.uint8)
+    for item in range(batch):
+        _fill_item(path[item], neg_cent[item], decisions, row_a, row_b, t_ys[item], t_xs[item])
+
+
 def maximum_path_numpy(neg_cent: np.ndarray, t_ys: np.ndarray, t_xs: np.ndarray, n_workers: int) -> np.ndarray:
     """Alignment paths for a batch on up to ``n_workers`` threads.
 
@@ -124,5 +135,8 @@ def maximum_path_numpy(neg_cent: np.ndarray, t_ys: np.ndarray, t_xs: np.ndarray,
     band_cells = t_xs.astype(np.int64) * np.maximum(t_ys.astype(np.int64) - t_xs + 1, 1)
     order = np.argsort(-band_cells, kind="stable").astype(np.int64)
     path = np.empty(neg_cent.shape, dtype=np.float32)
-    _fill_batch(path, neg_cent, t_ys, t_xs, order, n_workers)
+    if n_workers == 1:
+        _fill_batch_serial(path, neg_cent, t_ys, t_xs)
+    else:
+        _fill_batch(path, neg_cent, t_ys, t_xs, order, n_workers)
     return path

@@ -266,7 +266,9 @@ def test_demo_config_is_small_and_consistent():
     assert set(demo["model"]["slm"]) == set(official["model"]["slm"])
     data, model, train = demo["data"], demo["model"], demo["train"]
     assert data["sampling_rate"] == 22050
-    assert train["segment_size"] == 8192 and 4 <= train["batch_size"] <= 8
+    # Short segments and ~300 steps in all keep the demo to minutes on a 2-core CPU.
+    assert 2048 <= train["segment_size"] <= 8192 and 4 <= train["batch_size"] <= 8
+    assert train["epochs"] <= 20
     assert train["log_interval"] <= 20 and train["eval_interval"] <= 100
     hop = data["hop_length"]
     upsample = 1
