@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import attentions
+from attentions import LayerNorm  # one channel-first layer norm, reachable under both reference names
 from commons import fused_add_tanh_sigmoid_multiply, get_padding, init_weights, remove_weight_norm, weight_norm
 from transforms import piecewise_rational_quadratic_transform
 
@@ -29,22 +30,6 @@ def _zero_(layer: nn.Conv1d) -> nn.Conv1d:
     layer.weight.data.zero_()
     layer.bias.data.zero_()
     return layer
-
-
-class LayerNorm(nn.Module):
-    """Layer norm over the channel axis of a [b, c, t] tensor (parameters ``gamma`` / ``beta``)."""
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.channels = channels
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.ones(channels))
-        self.beta = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.transpose(1, -1)  # [b, t, c]
-        x = F.layer_norm(x, (self.channels,), self.gamma, self.beta, self.eps)
-        return x.transpose(1, -1)  # [b, c, t]
 
 
 class ConvReluNorm(nn.Module):
