@@ -305,7 +305,7 @@ def prepare_text(
 
     import commons
 
-    norm_text, phones, tones, word2ph = clean_text(text, language)
+    norm_text, phones, tones, word2ph = clean_text(text, language, bert_dir=bert_dir)
     phone_ids, tone_ids, lang_ids = cleaned_text_to_sequence(phones, tones, language)
     if add_blank:
         phone_ids = commons.intersperse(phone_ids, 0)
