@@ -94,9 +94,8 @@ def test_multi_period_discriminator_matches_both_configs(kit_dir: Path, net_d_su
         assert net_d_summary["num_weight_g"] == reference["num_weight_g"] == 37
 
 
-def test_config_b_parameter_counts(dev_config: dict, symbols_json: dict) -> None:
-    """The kit's held-back config B (residual-coupling flow, ResBlock "2", 16 kHz) as the README describes it:
-    its published parameter counts check the paths config A does not use."""
+def _config_b(dev_config: dict) -> dict:
+    """The kit's held-back config B (residual-coupling flow, ResBlock "2", 16 kHz) as its README describes it."""
     config = json.loads(json.dumps(dev_config))
     config["data"].update(sampling_rate=16000, filter_length=512, hop_length=128, win_length=512, n_speakers=3)
     config["train"]["segment_size"] = 4096
@@ -117,6 +116,12 @@ def test_config_b_parameter_counts(dev_config: dict, symbols_json: dict) -> None
         n_flow_layer=2,
     )
     config["model"]["slm"].update(hidden=24, nlayers=3, initial_channel=8)
+    return config
+
+
+def test_config_b_parameter_counts(dev_config: dict, symbols_json: dict) -> None:
+    """Config B's published parameter counts check the paths config A does not use."""
+    config = _config_b(dev_config)
     net_g = build_net_g(config, len(symbols_json["symbols"]))
     assert sum(p.numel() for p in net_g.parameters()) == 598_829
     assert sum(p.numel() for p in build_net_dur_disc(config).parameters()) == 18_505
@@ -125,3 +130,26 @@ def test_config_b_parameter_counts(dev_config: dict, symbols_json: dict) -> None
     couplings = [flow for flow in net_g.flow.flows if hasattr(flow, "enc")]
     assert len(couplings) == 4
     assert all(len(flow.enc.in_layers) == 2 for flow in couplings)
+
+
+def test_config_b_runs_forward_and_infer(dev_config: dict, symbols_json: dict) -> None:
+    """Config B trains and speaks: forward gives segment-sized audio, infer whole hops, all finite."""
+    config = _config_b(dev_config)
+    torch.manual_seed(0)
+    net_g = build_net_g(config, len(symbols_json["symbols"])).eval()
+    hop, segment = config["data"]["hop_length"], config["train"]["segment_size"]
+    b, t_x, t_spec = 2, 15, 52
+    x = torch.randint(1, len(symbols_json["symbols"]), (b, t_x))
+    x_lengths = torch.tensor([t_x, 9])
+    tone = torch.zeros_like(x)
+    language = torch.ones_like(x)
+    bert = torch.randn(b, 1024, t_x)
+    spec = torch.randn(b, config["data"]["filter_length"] // 2 + 1, t_spec).abs()
+    spec_lengths = torch.tensor([t_spec, 38])
+    sid = torch.tensor([2, 0])
+    with torch.no_grad():
+        out = net_g(x, x_lengths, spec, spec_lengths, sid, tone, language, bert, bert, bert)
+        o, attn, y_mask, _ = net_g.infer(x, x_lengths, sid, tone, language, bert, bert, bert, noise_scale=0.5)
+    assert out[0].shape == (b, 1, segment) and torch.isfinite(out[0]).all()
+    assert out[2].shape == (b, 1, t_spec, t_x)
+    assert o.shape == (b, 1, y_mask.shape[-1] * hop) and torch.isfinite(o).all()
