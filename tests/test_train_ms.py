@@ -248,6 +248,7 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
     scheduler = train_ms.make_scheduler(optimizer, train)
     lrs = [optimizer.param_groups[0]["lr"]]
     for _ in range(4):
+        optimizer.step()  # no gradient, so a no-op; keeps the training loop's optimizer-then-scheduler order
         scheduler.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([1 / 3, 2 / 3 * 0.5, 0.25, 0.125, 0.0625])
@@ -255,7 +256,9 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
     restored = train_ms.make_scheduler(again, train)
     again.load_state_dict(optimizer.state_dict())
     restored.load_state_dict(scheduler.state_dict())
+    again.step()
     restored.step()
+    optimizer.step()
     scheduler.step()
     assert again.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     # Without warm-up it is the reference's ExponentialLR.
