@@ -85,8 +85,8 @@ def _missing_wavlm_message(folder: Path, problem: str) -> str:
     return (
         f"WavLM model folder {str(folder)!r} (resolved: {folder.resolve()}) {problem}. "
         "Put a WavLM checkpoint saved with transformers' save_pretrained there (config.json plus "
-        "model.safetensors or pytorch_model.bin), e.g. on a machine with network access run "
-        "AutoModel.from_pretrained('microsoft/wavlm-base-plus').save_pretrained(<that folder>), "
+        "model.safetensors or pytorch_model.bin), e.g. on a machine with network access load "
+        "microsoft/wavlm-base-plus with AutoModel and save_pretrained it into <that folder>, "
         "or point slm.model in the config at a folder that has it. Nothing is downloaded at run time."
     )
 
