@@ -25,9 +25,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from text.bert_features import parse_bert_dirs
 
-LANGUAGES = ("ZH", "JP", "EN")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,18 +165,6 @@ def generate(
                     results.append(result)
                     bar.update()
     return results
-
-
-def parse_bert_dirs(values: Sequence[str] | None) -> dict[str, str]:
-    """``DIR`` applies to every language, ``LANG=DIR`` to one."""
-    dirs: dict[str, str] = {}
-    for value in values or []:
-        language, sep, folder = value.partition("=")
-        if sep and language.upper() in LANGUAGES:
-            dirs[language.upper()] = folder
-        else:
-            dirs.update({lang: value for lang in LANGUAGES})
-    return dirs
 
 
 def resolve_device(device: str) -> str:

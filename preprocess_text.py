@@ -28,6 +28,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from text.bert_features import parse_bert_dirs
+
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION = "2.3"
@@ -63,18 +65,6 @@ def _default_cleaner(bert_dirs: Mapping[str, str] | None = None) -> Cleaner:
 
     dirs = dict(bert_dirs or {})
     return lambda text, language: clean_text(text, language, bert_dir=dirs.get(language))
-
-
-def parse_bert_dirs(values: Sequence[str] | None) -> dict[str, str]:
-    """``DIR`` applies to every language, ``LANG=DIR`` to one (same syntax as bert_gen.py)."""
-    dirs: dict[str, str] = {}
-    for value in values or []:
-        language, sep, folder = value.partition("=")
-        if sep and language.upper() in LANGUAGES:
-            dirs[language.upper()] = folder
-        else:
-            dirs.update({lang: value for lang in LANGUAGES})
-    return dirs
 
 
 def clean_transcription(

@@ -97,3 +97,18 @@ def get_bert_feature_with(
     loader = bert_loader(folder, str(torch.device(device)), spec.slow_tokenizer)
     return phone_level_features(loader.token_features(text), word2ph, text)
 
+
+
+BERT_LANGUAGES = ("ZH", "JP", "EN")
+
+
+def parse_bert_dirs(values: Sequence[str] | None) -> dict[str, str]:
+    """``--bert-dir`` values of the data scripts: ``DIR`` applies to every language, ``LANG=DIR`` to one."""
+    dirs: dict[str, str] = {}
+    for value in values or []:
+        language, sep, folder = value.partition("=")
+        if sep and language.upper() in BERT_LANGUAGES:
+            dirs[language.upper()] = folder
+        else:
+            dirs.update({lang: value for lang in BERT_LANGUAGES})
+    return dirs
