@@ -93,7 +93,8 @@ def process_line(job: Job, settings: Settings) -> Result:
         return Result(job.where, "error", str(err).removeprefix(f"{job.where}: "))
     if sum(word2ph) != n_phones:
         return Result(
-            job.where, "error",
+            job.where,
+            "error",
             f"sum(word2ph) = {sum(word2ph)} but the loader sees {n_phones} phones; re-clean the text",
         )
     path = bert_path_for(entry.wav)
@@ -109,7 +110,8 @@ def process_line(job: Job, settings: Settings) -> Result:
         return Result(job.where, "error", f"{path}: BERT failed ({type(err).__name__}: {err})")
     if features.dim() != 2 or features.shape[-1] != n_phones:
         return Result(
-            job.where, "error",
+            job.where,
+            "error",
             f"{path}: BERT features have shape {tuple(features.shape)} but the loader sees {n_phones} phones",
         )
     _save_atomic(features.detach().float().cpu().contiguous(), path)
@@ -157,9 +159,7 @@ def generate(
             threads = max(1, (os.cpu_count() or 1) // num_processes)
             # spawn: forking a process that already holds torch thread pools (or CUDA) is unsafe.
             context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(
-                num_processes, mp_context=context, initializer=_worker_init, initargs=(threads,)
-            )
+            pool = ProcessPoolExecutor(num_processes, mp_context=context, initializer=_worker_init, initargs=(threads,))
             with pool:
                 for result in pool.map(_run_job, [(job, settings) for job in jobs], chunksize=8):
                     results.append(result)
@@ -182,7 +182,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int, help="worker processes")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: bert_gen.device)")
     parser.add_argument(
-        "--bert-dir", action="append", metavar="[LANG=]DIR",
+        "--bert-dir",
+        action="append",
+        metavar="[LANG=]DIR",
         help="local BERT model folder, for every language or (LANG=DIR, repeatable) for one",
     )
     parser.add_argument("--force", action="store_true", help="recompute files that already have the right shape")
@@ -227,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s: %s", result.where, result.message)
     logger.info(
         "%d written, %d up to date, %d error(s)",
-        sum(r.status == "written" for r in results), sum(r.status == "skipped" for r in results), len(errors),
+        sum(r.status == "written" for r in results),
+        sum(r.status == "skipped" for r in results),
+        len(errors),
     )
     return 1 if errors else 0
 

@@ -166,7 +166,8 @@ def _check_text(entry: FilelistEntry, where: str, settings: _Settings) -> Iterab
         return
     if not settings.min_text_len <= len(phones) <= settings.max_text_len:
         yield Problem(
-            where, TEXT_LENGTH,
+            where,
+            TEXT_LENGTH,
             f"{len(phones)} phones, outside [{settings.min_text_len}, {settings.max_text_len}]: the loader skips it",
         )
     unknown = sorted({p for p in phones if p not in symbol_to_id})
@@ -184,14 +185,16 @@ def _check_text(entry: FilelistEntry, where: str, settings: _Settings) -> Iterab
     if entry.language == "ZH" and len(word2ph) != len(entry.norm_text) + 2:
         # The Chinese BERT gives one vector per character plus [CLS]/[SEP]; bert_gen needs one word2ph each.
         yield Problem(
-            where, WORD2PH_COUNT,
+            where,
+            WORD2PH_COUNT,
             f"{len(word2ph)} word2ph entries for {len(entry.norm_text)} characters of text (expected characters + 2)",
         )
     n_loader = 2 * len(phones) + 1 if settings.add_blank else len(phones)
     w2p = blanked_word2ph(word2ph) if settings.add_blank else list(word2ph)
     if sum(w2p) != n_loader:
         yield Problem(
-            where, WORD2PH_SUM,
+            where,
+            WORD2PH_SUM,
             f"sum(word2ph) = {sum(w2p)} but the loader sees {n_loader} phones"
             + (" (both after blank insertion)" if settings.add_blank else ""),
         )
@@ -212,7 +215,8 @@ def _check_audio(entry: FilelistEntry, where: str, settings: _Settings, fast: bo
         return
     if info.samplerate != settings.sampling_rate:
         yield Problem(
-            where, SAMPLING_RATE,
+            where,
+            SAMPLING_RATE,
             f"{path}: {info.samplerate} Hz, the config expects {settings.sampling_rate} Hz (run resample.py)",
         )
     if info.channels != 1:
@@ -262,17 +266,13 @@ def _check_bert(entry: FilelistEntry, where: str, settings: _Settings) -> Iterab
     shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
     if shape != (BERT_DIM, n_phones):
         found = shape if shape is not None else type(features).__name__
-        yield Problem(
-            where, BAD_BERT, f"{path}: shape {found}, expected ({BERT_DIM}, {n_phones}) (re-run bert_gen.py)"
-        )
+        yield Problem(where, BAD_BERT, f"{path}: shape {found}, expected ({BERT_DIM}, {n_phones}) (re-run bert_gen.py)")
 
 
 # --------------------------------------------------------------------------------------------- driver
 
 
-def _check_line(
-    line: str, where: str, settings: _Settings, fast: bool, seen: dict[str, str]
-) -> list[Problem]:
+def _check_line(line: str, where: str, settings: _Settings, fast: bool, seen: dict[str, str]) -> list[Problem]:
     try:
         entry = parse_filelist_line(line, where)
     except ValueError as err:
@@ -349,14 +349,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"Line format: {'|'.join(FILELIST_FIELDS)}.",
     )
     parser.add_argument(
-        "filelists", nargs="*",
+        "filelists",
+        nargs="*",
         help="filelists to check (default: data.training_files and data.validation_files of the model config)",
     )
     parser.add_argument("-c", "--config", help="model config JSON (default: train_ms.config_path of config.yml)")
     parser.add_argument("--yml", help="global settings file (default: $BV2_CONFIG or ./config.yml)")
     parser.add_argument("--fast", action="store_true", help="headers and shapes only; do not decode the audio")
     parser.add_argument(
-        "--boundaries", type=int, nargs="+", default=None,
+        "--boundaries",
+        type=int,
+        nargs="+",
+        default=None,
         help=f"bucket boundaries in frames (default: {' '.join(map(str, DEFAULT_BUCKET_BOUNDARIES))})",
     )
     return parser.parse_args(argv)

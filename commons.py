@@ -108,9 +108,7 @@ def generate_path(duration: Tensor, mask: Tensor) -> Tensor:
     return (covered - covered_by_earlier) * mask
 
 
-def clip_grad_value_(
-    parameters: Tensor | Iterable[Tensor], clip_value: float | None, norm_type: float = 2
-) -> float:
+def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float | None, norm_type: float = 2) -> float:
     """Clamp every gradient to [-clip_value, clip_value] in place; return the total gradient norm.
 
     The norm is measured before clamping, over parameters that have a gradient (others are skipped);

@@ -381,17 +381,14 @@ class ServerConfig:
         port = section.integer("port", 5000, minimum=1, maximum=65535)
         device = section.device("device", "auto")
         language = section.choice("language", "ZH", SERVER_LANGUAGES)
-        models = _sections_of(
-            section, "models", lambda item: ServerModelConfig.from_section(item, device, language)
-        )
+        models = _sections_of(section, "models", lambda item: ServerModelConfig.from_section(item, device, language))
         section.reject_unknown()
         return cls(port=port, device=device, language=language, models=tuple(models))
 
 
 def _sections_of(section: _Section, key: str, build: Callable[[_Section], T]) -> list[T]:
     return [
-        build(_Section(item, f"{section.key(key)}[{i}]", section.source))
-        for i, item in enumerate(section.list_of(key))
+        build(_Section(item, f"{section.key(key)}[{i}]", section.source)) for i, item in enumerate(section.list_of(key))
     ]
 
 

@@ -100,7 +100,7 @@ class Batch(NamedTuple):
     ja_bert: Tensor  # [b, 1024, t_text]
     en_bert: Tensor  # [b, 1024, t_text]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with every tensor moved to ``device``."""
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
 
@@ -268,7 +268,11 @@ class TextAudioSpeakerLoader(Dataset):
             self.lengths.append(length)
         logger.info(
             "%s: kept %d utterances, skipped %d outside %d..%d phones",
-            self.filelist, len(self.audiopaths_sid_text), skipped, self.min_text_len, self.max_text_len,
+            self.filelist,
+            len(self.audiopaths_sid_text),
+            skipped,
+            self.min_text_len,
+            self.max_text_len,
         )
 
     def __len__(self) -> int:
@@ -313,8 +317,15 @@ class TextAudioSpeakerLoader(Dataset):
     def _compute_spec(self, audio: Tensor) -> Tensor:
         if self.use_mel_spec_posterior:
             spec = mel_spectrogram_torch(
-                audio, self.filter_length, self.n_mel_channels, self.sampling_rate, self.hop_length,
-                self.win_length, self.mel_fmin, self.mel_fmax, center=False,
+                audio,
+                self.filter_length,
+                self.n_mel_channels,
+                self.sampling_rate,
+                self.hop_length,
+                self.win_length,
+                self.mel_fmin,
+                self.mel_fmax,
+                center=False,
             )
         else:
             spec = spectrogram_torch(
@@ -550,7 +561,10 @@ class DistributedBucketSampler(Sampler[list[int]]):
         if outside:
             logger.warning(
                 "%d of %d clips have a length outside the bucket boundaries (%d, %d] and will never be sampled",
-                outside, len(self.lengths), self.boundaries[0], self.boundaries[-1],
+                outside,
+                len(self.lengths),
+                self.boundaries[0],
+                self.boundaries[-1],
             )
 
         # Drop empty buckets from the top down, each with its upper boundary (the reference's bookkeeping).

@@ -145,9 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("the output file must end in .safetensors (infer.py recognises export files by it)")
         return 2
     try:
-        export_generator(
-            args.model, args.output, args.config, fold_weights=not args.keep_weight_norm, dtype=args.dtype
-        )
+        export_generator(args.model, args.output, args.config, fold_weights=not args.keep_weight_norm, dtype=args.dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         logger.error("%s", error)
         return 2

@@ -300,10 +300,9 @@ def prepare_text(
     bert_dir: str | Path | None = None,
 ) -> PreparedText:
     """Phone, tone and language ids and BERT features for one utterance, as the reference inference makes them."""
+    import commons
     from text import cleaned_text_to_sequence, get_bert
     from text.cleaner import clean_text
-
-    import commons
 
     norm_text, phones, tones, word2ph = clean_text(text, language, bert_dir=bert_dir)
     phone_ids, tone_ids, lang_ids = cleaned_text_to_sequence(phones, tones, language)
@@ -318,8 +317,7 @@ def prepare_text(
     n_phones = len(phone_ids)
     if tuple(features.shape) != (BERT_FEATURE_DIM, n_phones):
         raise ValueError(
-            f"BERT features have shape {tuple(features.shape)}, expected ({BERT_FEATURE_DIM}, {n_phones}) "
-            f"for {text!r}"
+            f"BERT features have shape {tuple(features.shape)}, expected ({BERT_FEATURE_DIM}, {n_phones}) for {text!r}"
         )
     slots = {slot: torch.zeros(BERT_FEATURE_DIM, n_phones, device=device) for slot in BERT_SLOTS.values()}
     slots[BERT_SLOTS[language]] = features.to(device=device, dtype=torch.float32)

@@ -133,8 +133,13 @@ def spec_to_mel_torch(
     with torch.autocast(device_type=spec.device.type, enabled=False):
         spec = spec.to(dtype)
         basis = mel_filter_bank(
-            int(n_fft), int(num_mels), int(sampling_rate), float(fmin),
-            None if fmax is None else float(fmax), spec.device, dtype,
+            int(n_fft),
+            int(num_mels),
+            int(sampling_rate),
+            float(fmin),
+            None if fmax is None else float(fmax),
+            spec.device,
+            dtype,
         )
         if spec.shape[-2] != basis.shape[-1]:
             raise ValueError(

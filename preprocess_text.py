@@ -51,12 +51,20 @@ class Report:
 
 
 def format_cleaned_line(wav: str, speaker: str, language: str, norm_text: str, phones, tones, word2ph) -> str:
-    return "|".join(
-        [
-            wav, speaker, language, norm_text, " ".join(phones),
-            " ".join(str(t) for t in tones), " ".join(str(n) for n in word2ph),
-        ]
-    ) + "\n"
+    return (
+        "|".join(
+            [
+                wav,
+                speaker,
+                language,
+                norm_text,
+                " ".join(phones),
+                " ".join(str(t) for t in tones),
+                " ".join(str(n) for n in word2ph),
+            ]
+        )
+        + "\n"
+    )
 
 
 def _default_cleaner(bert_dirs: Mapping[str, str] | None = None) -> Cleaner:
@@ -213,7 +221,10 @@ def preprocess(
     update_model_config(config_path, split, train_path, val_path)
     logger.info(
         "%d training and %d validation utterances, %d speaker(s); %s updated",
-        len(split.train), len(split.val), len(split.spk2id), config_path,
+        len(split.train),
+        len(split.val),
+        len(split.spk2id),
+        config_path,
     )
     return report
 
@@ -230,7 +241,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clean", dest="clean", action="store_true", default=None, help="run the text cleaner")
     parser.add_argument("--no-clean", dest="clean", action="store_false", help="re-use the cleaned list")
     parser.add_argument(
-        "--bert-dir", action="append", metavar="[LANG=]DIR",
+        "--bert-dir",
+        action="append",
+        metavar="[LANG=]DIR",
         help="BERT folder whose tokenizer splits English words (the one bert_gen.py will use); "
         "for every language or, as LANG=DIR (repeatable), for one",
     )
@@ -240,8 +253,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 _ARG_NAMES = (
-    "transcription_path", "cleaned_path", "train_path", "val_path", "config_path", "val_per_lang",
-    "max_val_total", "clean",
+    "transcription_path",
+    "cleaned_path",
+    "train_path",
+    "val_path",
+    "config_path",
+    "val_per_lang",
+    "max_val_total",
+    "clean",
 )
 
 
@@ -274,8 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _fill_defaults(_parse_args(argv))
     report = preprocess(
-        args.transcription_path, args.cleaned_path, args.train_path, args.val_path, args.config_path,
-        args.val_per_lang, args.max_val_total, clean=args.clean, seed=args.seed,
+        args.transcription_path,
+        args.cleaned_path,
+        args.train_path,
+        args.val_path,
+        args.config_path,
+        args.val_per_lang,
+        args.max_val_total,
+        clean=args.clean,
+        seed=args.seed,
         bert_dirs=parse_bert_dirs(args.bert_dir),
     )
     if report.problems:

@@ -156,8 +156,11 @@ def resolve_amp_dtype(train: Any, device: torch.device) -> torch.dtype | None:
     if not (bf16 or fp16):
         return None
     if device.type != "cuda":
-        logger.warning("mixed precision (%s) is used on CUDA only; training in float32 on %s",
-                       "bf16_run" if bf16 else "fp16_run", device)
+        logger.warning(
+            "mixed precision (%s) is used on CUDA only; training in float32 on %s",
+            "bf16_run" if bf16 else "fp16_run",
+            device,
+        )
         return None
     if bf16 and not torch.cuda.is_bf16_supported():
         raise ValueError("train.bf16_run is true but this GPU has no bfloat16 support; set fp16_run instead")
@@ -430,22 +433,59 @@ def _f32(x: Tensor) -> Tensor:
 
 def prepare_pass(out: Any, batch: Batch, hps: Any, wl: WavLMLoss | None) -> GeneratorPass:
     """Mels, the real segment and (when ``wl`` is given) the WavLM states, from the synthesizer's output."""
-    (y_hat, l_length, attn, ids_slice, x_mask, z_mask, (_z, z_p, m_p, logs_p, _m_q, logs_q),
-     (hidden_x, logw, logw_, logw_sdp), g) = out
+    (
+        y_hat,
+        l_length,
+        attn,
+        ids_slice,
+        x_mask,
+        z_mask,
+        (_z, z_p, m_p, logs_p, _m_q, logs_q),
+        (hidden_x, logw, logw_, logw_sdp),
+        g,
+    ) = out
     data = hps.data
     segment_frames = hps.train.segment_size // data.hop_length
     with torch.autocast(device_type=batch.spec.device.type, enabled=False):
-        mel = spec_to_mel_torch(batch.spec.float(), data.filter_length, data.n_mel_channels, data.sampling_rate,
-                                data.mel_fmin, data.mel_fmax)
+        mel = spec_to_mel_torch(
+            batch.spec.float(),
+            data.filter_length,
+            data.n_mel_channels,
+            data.sampling_rate,
+            data.mel_fmin,
+            data.mel_fmax,
+        )
         y_mel = commons.slice_segments(mel, ids_slice, segment_frames)
-        y_hat_mel = mel_spectrogram_torch(_f32(y_hat).squeeze(1), data.filter_length, data.n_mel_channels,
-                                          data.sampling_rate, data.hop_length, data.win_length, data.mel_fmin,
-                                          data.mel_fmax)
+        y_hat_mel = mel_spectrogram_torch(
+            _f32(y_hat).squeeze(1),
+            data.filter_length,
+            data.n_mel_channels,
+            data.sampling_rate,
+            data.hop_length,
+            data.win_length,
+            data.mel_fmin,
+            data.mel_fmax,
+        )
         y = commons.slice_segments(batch.wav, ids_slice * data.hop_length, hps.train.segment_size)
     fwd = GeneratorPass(
-        y=y, y_hat=_f32(y_hat), mel=mel, y_mel=y_mel, y_hat_mel=y_hat_mel, l_length=_f32(l_length), attn=attn,
-        x_mask=_f32(x_mask), z_mask=_f32(z_mask), z_p=_f32(z_p), m_p=_f32(m_p), logs_p=_f32(logs_p),
-        logs_q=_f32(logs_q), hidden_x=hidden_x, logw=logw, logw_=logw_, logw_sdp=logw_sdp, g=g,
+        y=y,
+        y_hat=_f32(y_hat),
+        mel=mel,
+        y_mel=y_mel,
+        y_hat_mel=y_hat_mel,
+        l_length=_f32(l_length),
+        attn=attn,
+        x_mask=_f32(x_mask),
+        z_mask=_f32(z_mask),
+        z_p=_f32(z_p),
+        m_p=_f32(m_p),
+        logs_p=_f32(logs_p),
+        logs_q=_f32(logs_q),
+        hidden_x=hidden_x,
+        logw=logw,
+        logw_=logw_,
+        logw_sdp=logw_sdp,
+        g=g,
     )
     if wl is not None:
         # The frozen, deterministic WavLM gives the same features in both steps: compute them once.
@@ -465,8 +505,18 @@ def generator_forward(
             net_g.mas_noise_scale_initial - net_g.noise_scale_delta * trainer.state.step, 0.0
         )
     with rt.autocast():
-        out = trainer.g.net(batch.text, batch.text_lengths, batch.spec, batch.spec_lengths, batch.sid, batch.tone,
-                            batch.language, batch.bert, batch.ja_bert, batch.en_bert)
+        out = trainer.g.net(
+            batch.text,
+            batch.text_lengths,
+            batch.spec,
+            batch.spec_lengths,
+            batch.sid,
+            batch.tone,
+            batch.language,
+            batch.bert,
+            batch.ja_bert,
+            batch.en_bert,
+        )
     return prepare_pass(out, batch, hps, None if reference_like else trainer.wl)
 
 
@@ -497,14 +547,22 @@ def discriminator_losses(
     with rt.autocast():
         y_d_real, y_d_fake, _, _ = trainer.d.net(fwd.y, fwd.y_hat.detach())
     loss_disc, losses_disc_r, losses_disc_g = discriminator_loss(y_d_real, y_d_fake)
-    losses: dict[str, Any] = {"loss/d/total": loss_disc, **_indexed("loss/d_r", losses_disc_r),
-                              **_indexed("loss/d_g", losses_disc_g)}
+    losses: dict[str, Any] = {
+        "loss/d/total": loss_disc,
+        **_indexed("loss/d_r", losses_disc_r),
+        **_indexed("loss/d_g", losses_disc_g),
+    }
     if trainer.dur is not None:
         with rt.autocast():
             dur_real, dur_fake = duration_discriminator_scores(trainer.dur.net, fwd, detach=True)
         loss_dur_disc, losses_dur_r, losses_dur_g = discriminator_loss(dur_real, dur_fake)
-        losses.update({"loss/dur_disc/total": loss_dur_disc, **_indexed("loss/dur_disc_r", losses_dur_r),
-                       **_indexed("loss/dur_disc_g", losses_dur_g)})
+        losses.update(
+            {
+                "loss/dur_disc/total": loss_dur_disc,
+                **_indexed("loss/dur_disc_r", losses_dur_r),
+                **_indexed("loss/dur_disc_g", losses_dur_g),
+            }
+        )
     if reference_like:
         losses["loss/wd/total"] = trainer.wl.discriminator(fwd.y.detach(), fwd.y_hat.detach()).mean()
     else:
@@ -556,14 +614,20 @@ def generator_losses(
                 loss_lm_gen = torch.mean((1 - trainer.wd.raw(slm_embeddings(fwd.slm_fake)).float()) ** 2)
         loss_gen_all = loss_gen + loss_fm + loss_mel + loss_dur + loss_kl + loss_lm + loss_lm_gen
         losses: dict[str, Any] = {
-            "loss/g/fm": loss_fm, "loss/g/mel": loss_mel, "loss/g/dur": loss_dur, "loss/g/kl": loss_kl,
-            "loss/g/lm": loss_lm, "loss/g/lm_gen": loss_lm_gen, **_indexed("loss/g", losses_gen),
+            "loss/g/fm": loss_fm,
+            "loss/g/mel": loss_mel,
+            "loss/g/dur": loss_dur,
+            "loss/g/kl": loss_kl,
+            "loss/g/lm": loss_lm,
+            "loss/g/lm_gen": loss_lm_gen,
+            **_indexed("loss/g", losses_gen),
         }
         if trainer.dur is not None:
             loss_dur_gen, losses_dur_gen = generator_loss(dur_fake)
             loss_gen_all = loss_gen_all + loss_dur_gen
-            losses.update({"loss/g/dur_gen": loss_dur_gen,
-                           **{f"loss/g/dur_gen_{i}": v for i, v in enumerate(losses_dur_gen)}})
+            losses.update(
+                {"loss/g/dur_gen": loss_dur_gen, **{f"loss/g/dur_gen_{i}": v for i, v in enumerate(losses_dur_gen)}}
+            )
     losses["loss/g/total"] = loss_gen_all
     return losses
 
@@ -586,8 +650,13 @@ def apply_gradients(
     if rt.all_ranks(finite):
         scaler.step(part.optimizer)
         return grad_norm, True
-    logger.warning("step %d: non-finite %s loss or gradient (loss %s, grad norm %s); skipping this update",
-                   trainer.state.step + 1, part.prefix, float(loss.detach()), grad_norm)
+    logger.warning(
+        "step %d: non-finite %s loss or gradient (loss %s, grad norm %s); skipping this update",
+        trainer.state.step + 1,
+        part.prefix,
+        float(loss.detach()),
+        grad_norm,
+    )
     return grad_norm, False
 
 
@@ -661,16 +730,26 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 def build_train_loader(hps: Any, rt: Runtime, num_workers: int) -> tuple[DataLoader, ResumableBatchSampler]:
     dataset = TextAudioSpeakerLoader(hps.data.training_files, hps.data)
-    sampler = DistributedBucketSampler(dataset, hps.train.batch_size, list(DEFAULT_BUCKET_BOUNDARIES),
-                                       num_replicas=rt.world_size, rank=rt.rank, shuffle=True)
+    sampler = DistributedBucketSampler(
+        dataset,
+        hps.train.batch_size,
+        list(DEFAULT_BUCKET_BOUNDARIES),
+        num_replicas=rt.world_size,
+        rank=rt.rank,
+        shuffle=True,
+    )
     batches = ResumableBatchSampler(sampler)
     extra = {"persistent_workers": True, "prefetch_factor": 4} if num_workers > 0 else {}
     loader = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=TextAudioSpeakerCollate(), num_workers=num_workers,
+        dataset,
+        batch_sampler=batches,
+        collate_fn=TextAudioSpeakerCollate(),
+        num_workers=num_workers,
         pin_memory=rt.device.type == "cuda",
         # Its own generator: creating an iterator (each epoch, or on resume mid-epoch) must not draw from the
         # global RNG, or a resumed run would diverge from an uninterrupted one.
-        generator=torch.Generator(), **extra,
+        generator=torch.Generator(),
+        **extra,
     )
     return loader, batches
 
@@ -684,8 +763,15 @@ def build_eval_loader(hps: Any) -> DataLoader | None:
     if len(dataset) == 0:
         logger.warning("validation file %s has no usable utterance: evaluation is skipped", path)
         return None
-    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, drop_last=False,
-                      collate_fn=TextAudioSpeakerCollate(), generator=torch.Generator())
+    return DataLoader(
+        dataset,
+        batch_size=1,
+        shuffle=False,
+        num_workers=0,
+        drop_last=False,
+        collate_fn=TextAudioSpeakerCollate(),
+        generator=torch.Generator(),
+    )
 
 
 # -------------------------------------------------------------------------------------- RNG and checkpoints
@@ -738,11 +824,18 @@ def save_training_checkpoint(trainer: Trainer, hps: Any, rt: Runtime, keep_ckpts
     for part in reversed(trainer.parts()):
         extra: dict[str, Any] = {"scheduler": part.scheduler}
         if part is trainer.g:
-            extra.update(train_state=state.to_dict(), scaler=trainer.scaler, rng_states=rng_states,
-                         config=hps.to_dict())
+            extra.update(
+                train_state=state.to_dict(), scaler=trainer.scaler, rng_states=rng_states, config=hps.to_dict()
+            )
         # The reference stores the constant configured learning rate and, under "iteration", the epoch.
-        utils.save_checkpoint(part.net, part.optimizer, hps.train.learning_rate, state.epoch,
-                              checkpoint_path(hps.model_dir, part.prefix, state.step), extra=extra)
+        utils.save_checkpoint(
+            part.net,
+            part.optimizer,
+            hps.train.learning_rate,
+            state.epoch,
+            checkpoint_path(hps.model_dir, part.prefix, state.step),
+            extra=extra,
+        )
     if keep_ckpts > 0:
         utils.clean_checkpoints(path_to_models=hps.model_dir, n_ckpts_to_keep=keep_ckpts)
 
@@ -789,8 +882,9 @@ def resume(trainer: Trainer, g_path: str, hps: Any, rt: Runtime) -> list[dict[st
     for part in trainer.parts():
         ckpt, source = (g_ckpt, g_path) if part is trainer.g else _read_sibling(hps.model_dir, part.prefix, step)
         if ckpt is None:
-            logger.warning("no %s_*.pth in %s: the %s net starts from fresh weights", part.prefix, hps.model_dir,
-                           part.prefix)
+            logger.warning(
+                "no %s_*.pth in %s: the %s net starts from fresh weights", part.prefix, hps.model_dir, part.prefix
+            )
             fast_forward_schedule(part, trainer.state.epoch - 1)
             continue
         utils.load_state_dict_checked(part.raw, ckpt["model"], strict=True, source=source)
@@ -808,11 +902,21 @@ def resume(trainer: Trainer, g_path: str, hps: Any, rt: Runtime) -> list[dict[st
     if exact:
         if g_ckpt.get("scaler"):
             trainer.scaler.load_state_dict(g_ckpt["scaler"])
-        logger.info("resuming from %s: step %d, epoch %d, batch %d of the epoch", g_path, state.step, state.epoch,
-                    state.batch_in_epoch)
+        logger.info(
+            "resuming from %s: step %d, epoch %d, batch %d of the epoch",
+            g_path,
+            state.step,
+            state.epoch,
+            state.batch_in_epoch,
+        )
         return g_ckpt.get("rng_states")
-    logger.info("resuming from reference checkpoint %s: step %d, epoch %d (optimizer state %s)", g_path, state.step,
-                state.epoch, "not loaded: train.skip_optimizer" if skip_optimizer else "loaded")
+    logger.info(
+        "resuming from reference checkpoint %s: step %d, epoch %d (optimizer state %s)",
+        g_path,
+        state.step,
+        state.epoch,
+        "not loaded: train.skip_optimizer" if skip_optimizer else "loaded",
+    )
     return None
 
 
@@ -824,16 +928,18 @@ def load_base_model(trainer: Trainer, base_dir: str) -> None:
     for part in trainer.parts():
         path = utils.latest_checkpoint_path(base_dir, f"{part.prefix}_*.pth")
         if path is None:
-            logger.warning("base model %s has no %s_*.pth; the %s net starts from fresh weights", base_dir,
-                           part.prefix, part.prefix)
+            logger.warning(
+                "base model %s has no %s_*.pth; the %s net starts from fresh weights",
+                base_dir,
+                part.prefix,
+                part.prefix,
+            )
             continue
         utils.load_state_dict_checked(part.raw, utils.read_checkpoint(path)["model"], strict=False, source=path)
         logger.info("fine-tuning from base weights %s", path)
 
 
-def restore_or_initialise(
-    trainer: Trainer, hps: Any, rt: Runtime, base_dir: str | None
-) -> list[dict[str, Any]] | None:
+def restore_or_initialise(trainer: Trainer, hps: Any, rt: Runtime, base_dir: str | None) -> list[dict[str, Any]] | None:
     """Resume from the model folder when it has a G_ checkpoint; else start from the base model, if any."""
     g_path = utils.latest_checkpoint_path(hps.model_dir, "G_*.pth")
     if g_path is not None:
@@ -849,8 +955,11 @@ def apply_rng_states(rng_states: list[dict[str, Any]] | None, rt: Runtime) -> No
     if rng_states is None:
         return
     if len(rng_states) != rt.world_size:
-        logger.warning("checkpoint was written by %d ranks, now %d: random generators are not restored",
-                       len(rng_states), rt.world_size)
+        logger.warning(
+            "checkpoint was written by %d ranks, now %d: random generators are not restored",
+            len(rng_states),
+            rt.world_size,
+        )
         return
     restore_rng_state(rng_states[rt.rank], rt.device)
 
@@ -886,25 +995,47 @@ def evaluate(trainer: Trainer, loader: DataLoader, hps: Any, rt: Runtime, writer
     try:
         for index, batch in enumerate(loader):
             batch = batch.to(rt.device)
-            mel = spec_to_mel_torch(batch.spec, data.filter_length, data.n_mel_channels, data.sampling_rate,
-                                    data.mel_fmin, data.mel_fmax)
+            mel = spec_to_mel_torch(
+                batch.spec, data.filter_length, data.n_mel_channels, data.sampling_rate, data.mel_fmin, data.mel_fmax
+            )
             images[f"gt/mel_{index}"] = _image(mel[0])
             audios[f"gt/audio_{index}"] = batch.wav[0, :, : batch.wav_lengths[0]].float().cpu()
             for use_sdp in (True, False):
                 y_hat, _attn, mask, *_ = net_g.infer(
-                    batch.text, batch.text_lengths, batch.sid, batch.tone, batch.language, batch.bert,
-                    batch.ja_bert, batch.en_bert, y=batch.spec, max_len=1000, sdp_ratio=1.0 if use_sdp else 0.0,
+                    batch.text,
+                    batch.text_lengths,
+                    batch.sid,
+                    batch.tone,
+                    batch.language,
+                    batch.bert,
+                    batch.ja_bert,
+                    batch.en_bert,
+                    y=batch.spec,
+                    max_len=1000,
+                    sdp_ratio=1.0 if use_sdp else 0.0,
                 )
                 y_hat_length = int(mask.sum([1, 2]).long()[0]) * data.hop_length
-                y_hat_mel = mel_spectrogram_torch(y_hat.squeeze(1).float(), data.filter_length, data.n_mel_channels,
-                                                  data.sampling_rate, data.hop_length, data.win_length,
-                                                  data.mel_fmin, data.mel_fmax)
+                y_hat_mel = mel_spectrogram_torch(
+                    y_hat.squeeze(1).float(),
+                    data.filter_length,
+                    data.n_mel_channels,
+                    data.sampling_rate,
+                    data.hop_length,
+                    data.win_length,
+                    data.mel_fmin,
+                    data.mel_fmax,
+                )
                 images[f"gen/mel_{index}"] = _image(y_hat_mel[0])
                 audios[f"gen/audio_{index}_{use_sdp}"] = y_hat[0, :, :y_hat_length].float().cpu()
     finally:
         trainer.g.net.train()
-    utils.summarize(writer=writer, global_step=trainer.state.step, images=images, audios=audios,
-                    audio_sampling_rate=data.sampling_rate)
+    utils.summarize(
+        writer=writer,
+        global_step=trainer.state.step,
+        images=images,
+        audios=audios,
+        audio_sampling_rate=data.sampling_rate,
+    )
     writer.flush()
 
 
@@ -981,8 +1112,17 @@ def update_nonfinite_streak(state: TrainState, skipped: Sequence[str], limit: in
 class Trainloop:
     """Owns the cadence: epochs, logging, evaluation, checkpoints, stopping."""
 
-    def __init__(self, trainer: Trainer, hps: Any, rt: Runtime, options: RunOptions, loader: DataLoader,
-                 batches: ResumableBatchSampler, eval_loader: DataLoader | None, stop: StopRequest) -> None:
+    def __init__(
+        self,
+        trainer: Trainer,
+        hps: Any,
+        rt: Runtime,
+        options: RunOptions,
+        loader: DataLoader,
+        batches: ResumableBatchSampler,
+        eval_loader: DataLoader | None,
+        stop: StopRequest,
+    ) -> None:
         self.trainer, self.hps, self.rt, self.options = trainer, hps, rt, options
         self.loader, self.batches, self.eval_loader, self.stop = loader, batches, eval_loader, stop
         self.last_saved_step = trainer.state.step if trainer.state.step > 0 else None
@@ -1013,8 +1153,13 @@ class Trainloop:
             return state.batch_in_epoch
         # Another world size deals other batches; skip the same share of the epoch.
         skip = state.batch_in_epoch * state.world_size // self.rt.world_size
-        logger.warning("resumed with %d ranks instead of %d: skipping %d batches of epoch %d", self.rt.world_size,
-                       state.world_size, skip, state.epoch)
+        logger.warning(
+            "resumed with %d ranks instead of %d: skipping %d batches of epoch %d",
+            self.rt.world_size,
+            state.world_size,
+            skip,
+            state.epoch,
+        )
         return skip
 
     def _run_epoch(self) -> bool:
@@ -1024,13 +1169,15 @@ class Trainloop:
         state.batch_in_epoch, state.world_size = skip, self.rt.world_size
         self.batches.start_epoch(state.epoch, skip)
         if self.debug.path:
-            self.debug.write(event="epoch", epoch=state.epoch, rank=self.rt.rank, skip=skip,
-                             batches=self.batches.epoch_batches())
+            self.debug.write(
+                event="epoch", epoch=state.epoch, rank=self.rt.rank, skip=skip, batches=self.batches.epoch_batches()
+            )
         trainer.set_train_mode()
         progress = self._progress(skip)
         for batch in self.loader:
-            metrics, fwd = train_step(trainer, batch.to(self.rt.device, non_blocking=True), self.hps, self.rt,
-                                      self.options.reference_like)
+            metrics, fwd = train_step(
+                trainer, batch.to(self.rt.device, non_blocking=True), self.hps, self.rt, self.options.reference_like
+            )
             state.step += 1
             state.batch_in_epoch += 1
             self._track_nonfinite(metrics)
@@ -1054,23 +1201,39 @@ class Trainloop:
         from tqdm import tqdm
 
         # disable=None: a bar on a terminal, none in log files (the logger reports every log_interval).
-        return tqdm(total=len(self.batches) + skip, initial=skip, desc=f"epoch {self.trainer.state.epoch}",
-                    disable=None, dynamic_ncols=True)
+        return tqdm(
+            total=len(self.batches) + skip,
+            initial=skip,
+            desc=f"epoch {self.trainer.state.epoch}",
+            disable=None,
+            dynamic_ncols=True,
+        )
 
     def _track_nonfinite(self, metrics: dict[str, Any]) -> None:
-        update_nonfinite_streak(self.trainer.state, metrics["skipped"], self.options.max_nonfinite_steps,
-                                self.hps.model_dir)
+        update_nonfinite_streak(
+            self.trainer.state, metrics["skipped"], self.options.max_nonfinite_steps, self.hps.model_dir
+        )
 
     def _after_step(self, metrics: dict[str, Any], fwd: GeneratorPass, progress: Any) -> None:
         state, hps = self.trainer.state, self.hps
         if progress is not None:
-            progress.set_postfix({"g": f"{float(metrics['loss/g/total']):.3f}",
-                                  "d": f"{float(metrics['loss/d/total']):.3f}",
-                                  "mel": f"{float(metrics['loss/g/mel']):.3f}"}, refresh=False)
+            progress.set_postfix(
+                {
+                    "g": f"{float(metrics['loss/g/total']):.3f}",
+                    "d": f"{float(metrics['loss/d/total']):.3f}",
+                    "mel": f"{float(metrics['loss/g/mel']):.3f}",
+                },
+                refresh=False,
+            )
             progress.update(1)
         if self.debug.path:
-            self.debug.write(event="step", step=state.step, rank=self.rt.rank,
-                             checksum=param_checksum(self.trainer.g.raw), lr=metrics["learning_rate"])
+            self.debug.write(
+                event="step",
+                step=state.step,
+                rank=self.rt.rank,
+                checksum=param_checksum(self.trainer.g.raw),
+                lr=metrics["learning_rate"],
+            )
         if self.rt.is_main and state.step % hps.train.log_interval == 0:
             self._log(metrics, fwd)
         if state.step % hps.train.eval_interval == 0:
@@ -1082,10 +1245,19 @@ class Trainloop:
         state = self.trainer.state
         scalars = scalar_values(metrics)
         done = 100.0 * state.batch_in_epoch / max(len(self.batches.batch_sampler), 1)
-        logger.info("Train Epoch: %d [%.0f%%] step %d: g %.4f, d %.4f, fm %.4f, mel %.4f, dur %.4f, kl %.4f, lr %.3g",
-                    state.epoch, done, state.step, scalars["loss/g/total"], scalars["loss/d/total"],
-                    scalars["loss/g/fm"], scalars["loss/g/mel"], scalars["loss/g/dur"], scalars["loss/g/kl"],
-                    scalars["learning_rate"])
+        logger.info(
+            "Train Epoch: %d [%.0f%%] step %d: g %.4f, d %.4f, fm %.4f, mel %.4f, dur %.4f, kl %.4f, lr %.3g",
+            state.epoch,
+            done,
+            state.step,
+            scalars["loss/g/total"],
+            scalars["loss/d/total"],
+            scalars["loss/g/fm"],
+            scalars["loss/g/mel"],
+            scalars["loss/g/dur"],
+            scalars["loss/g/kl"],
+            scalars["learning_rate"],
+        )
         utils.summarize(writer=self.writer, global_step=state.step, scalars=scalars, images=training_images(fwd))
 
     def _should_stop(self) -> bool:
@@ -1156,10 +1328,12 @@ def setup_logging(model_dir: str, rt: Runtime) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", help="model config JSON (default: train_ms.config_path of config.yml)")
-    parser.add_argument("-m", "--model", help="dataset folder; checkpoints go to <model>/<train_ms.model> "
-                                              "(default: the folders of config.yml)")
-    parser.add_argument("-y", "--yml_config", default=None,
-                        help="global settings (default: $BV2_CONFIG or config.yml)")
+    parser.add_argument(
+        "-m",
+        "--model",
+        help="dataset folder; checkpoints go to <model>/<train_ms.model> (default: the folders of config.yml)",
+    )
+    parser.add_argument("-y", "--yml_config", default=None, help="global settings (default: $BV2_CONFIG or config.yml)")
     parser.add_argument("--demo", action="store_true", help="prepare and train the bundled demo corpus")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--max-steps", type=int, default=None, help="stop (and save) after this many steps")
@@ -1167,8 +1341,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=None, help="override train_ms.num_workers")
     parser.add_argument("--keep-ckpts", type=int, default=None, help="override train_ms.keep_ckpts")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    parser.add_argument("--max-nonfinite-steps", type=int, default=DEFAULT_MAX_NONFINITE_STEPS,
-                        help="stop after this many iterations in a row with a non-finite loss")
+    parser.add_argument(
+        "--max-nonfinite-steps",
+        type=int,
+        default=DEFAULT_MAX_NONFINITE_STEPS,
+        help="stop after this many iterations in a row with a non-finite loss",
+    )
     parser.add_argument("--debug-dump", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1183,9 +1361,18 @@ def make_demo_wavlm(folder: Path, hidden: int, layers: int, seed: int = 1111) ->
     from transformers import WavLMConfig, WavLMModel
 
     config = WavLMConfig(
-        hidden_size=hidden, num_hidden_layers=layers - 1, num_attention_heads=2, intermediate_size=2 * hidden,
-        conv_dim=(16, 16, 16), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4, num_buckets=16, max_bucket_distance=64, feat_extract_norm="group",
+        hidden_size=hidden,
+        num_hidden_layers=layers - 1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        conv_dim=(16, 16, 16),
+        conv_kernel=(10, 8, 4),
+        conv_stride=(5, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        num_buckets=16,
+        max_bucket_distance=64,
+        feat_extract_norm="group",
         do_stable_layer_norm=False,
     )
     with torch.random.fork_rng(devices=[]):
@@ -1253,8 +1440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def train_from_config(hps: Any, rt: Runtime, yml: Any, args: argparse.Namespace, stop: StopRequest) -> None:
     """Build data, nets and state, then run the training loop."""
     if rt.is_main:
-        logger.info("training on %d rank(s), device %s, precision %s; model folder %s", rt.world_size, rt.device,
-                    rt.amp_dtype or torch.float32, hps.model_dir)
+        logger.info(
+            "training on %d rank(s), device %s, precision %s; model folder %s",
+            rt.world_size,
+            rt.device,
+            rt.amp_dtype or torch.float32,
+            hps.model_dir,
+        )
         logger.info("config: %s", json.dumps(hps.to_dict(), ensure_ascii=False))
         save_resolved_config(hps, hps.model_dir)
         utils.check_git_hash(hps.model_dir)
@@ -1264,8 +1456,11 @@ def train_from_config(hps: Any, rt: Runtime, yml: Any, args: argparse.Namespace,
     np.random.seed(hps.train.seed)
     random.seed(hps.train.seed)
 
-    num_workers = args.num_workers if args.num_workers is not None else min(yml.train_ms.num_workers,
-                                                                              max((os.cpu_count() or 1) - 1, 0))
+    num_workers = (
+        args.num_workers
+        if args.num_workers is not None
+        else min(yml.train_ms.num_workers, max((os.cpu_count() or 1) - 1, 0))
+    )
     loader, batches = build_train_loader(hps, rt, num_workers)
     eval_loader = build_eval_loader(hps) if rt.is_main else None
 

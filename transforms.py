@@ -38,13 +38,26 @@ def piecewise_rational_quadratic_transform(
     """
     if tails is None:
         return rational_quadratic_spline(
-            inputs, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, inverse=inverse,
-            min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
+            inputs,
+            unnormalized_widths,
+            unnormalized_heights,
+            unnormalized_derivatives,
+            inverse=inverse,
+            min_bin_width=min_bin_width,
+            min_bin_height=min_bin_height,
+            min_derivative=min_derivative,
         )
     return unconstrained_rational_quadratic_spline(
-        inputs, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, inverse=inverse,
-        tails=tails, tail_bound=tail_bound,
-        min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
+        inputs,
+        unnormalized_widths,
+        unnormalized_heights,
+        unnormalized_derivatives,
+        inverse=inverse,
+        tails=tails,
+        tail_bound=tail_bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
     )
 
 
@@ -84,9 +97,18 @@ def unconstrained_rational_quadratic_spline(
     # its result only inside the interval; outside the map is the identity with log-determinant 0.
     clamped = inputs.clamp(-tail_bound, tail_bound)
     spline_outputs, spline_logabsdet = rational_quadratic_spline(
-        clamped, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, inverse=inverse,
-        left=-tail_bound, right=tail_bound, bottom=-tail_bound, top=tail_bound,
-        min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
+        clamped,
+        unnormalized_widths,
+        unnormalized_heights,
+        unnormalized_derivatives,
+        inverse=inverse,
+        left=-tail_bound,
+        right=tail_bound,
+        bottom=-tail_bound,
+        top=tail_bound,
+        min_bin_width=min_bin_width,
+        min_bin_height=min_bin_height,
+        min_derivative=min_derivative,
         check_domain=False,
     )
     outputs = torch.where(inside, spline_outputs, inputs)
@@ -123,8 +145,10 @@ def rational_quadratic_spline(
     check_domain: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Monotonic rational-quadratic spline from [left, right] onto [bottom, top] (or back, if inverse)."""
-    if check_domain and inputs.numel() > 0 and (
-        torch.min(inputs) < (bottom if inverse else left) or torch.max(inputs) > (top if inverse else right)
+    if (
+        check_domain
+        and inputs.numel() > 0
+        and (torch.min(inputs) < (bottom if inverse else left) or torch.max(inputs) > (top if inverse else right))
     ):
         raise ValueError("Input to a transform is not within its domain")
     num_bins = unnormalized_widths.shape[-1]

@@ -206,7 +206,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _strip_ddp_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     # A state dict saved from the wrapper instead of the net has every key prefixed with "module.".
     if state_dict and all(key.startswith(_DDP_PREFIX) for key in state_dict):
-        return {key[len(_DDP_PREFIX):]: value for key, value in state_dict.items()}
+        return {key[len(_DDP_PREFIX) :]: value for key, value in state_dict.items()}
     return dict(state_dict)
 
 
@@ -437,9 +437,7 @@ def clean_checkpoints(path_to_models: str | os.PathLike[str] = "logs/44k/", n_ck
     for prefix in CHECKPOINT_PREFIXES:
         # An exact "<prefix>_<digits>.pth" match: "D" must not pick up "DUR_100.pth".
         pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)\.pth$")
-        steps = sorted(
-            (int(m.group(1)), name) for name in names if (m := pattern.match(name)) and int(m.group(1)) != 0
-        )
+        steps = sorted((int(m.group(1)), name) for name in names if (m := pattern.match(name)) and int(m.group(1)) != 0)
         for _, name in steps[:-n_ckpts_to_keep]:
             path = os.path.join(folder, name)
             os.remove(path)

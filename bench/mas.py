@@ -119,12 +119,17 @@ def run(repeats: int) -> list[dict]:
 
         baseline = times["naive, numba, 1 thread (reference-like)"]
         for name, seconds in times.items():
-            rows.append({
-                "shape": f"{BATCH}x{t_x}x{t_y}", "impl": name,
-                "median_ms": 1e3 * statistics.median(seconds), "min_ms": 1e3 * min(seconds),
-                "speedup_median": statistics.median(baseline) / statistics.median(seconds),
-                "speedup_min": min(baseline) / min(seconds), "same": same[name],
-            })
+            rows.append(
+                {
+                    "shape": f"{BATCH}x{t_x}x{t_y}",
+                    "impl": name,
+                    "median_ms": 1e3 * statistics.median(seconds),
+                    "min_ms": 1e3 * min(seconds),
+                    "speedup_median": statistics.median(baseline) / statistics.median(seconds),
+                    "speedup_min": min(baseline) / min(seconds),
+                    "same": same[name],
+                }
+            )
     return rows
 
 
@@ -137,16 +142,26 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     rows = run(args.repeats)
-    logger.info("cores %s, torch threads %s, numba threads %s (threading layer %s), 1-min load avg %.2f -> %.2f",
-                os.cpu_count(), torch.get_num_threads(), numba.get_num_threads(), numba.threading_layer(),
-                load_before, os.getloadavg()[0])
-    header = (f"{'B x text x frames':<18} {'implementation':<40} {'median ms':>10} {'min ms':>9} "
-              f"{'speedup vs ref-like (median / min)':>35} {'same path':>9}")
+    logger.info(
+        "cores %s, torch threads %s, numba threads %s (threading layer %s), 1-min load avg %.2f -> %.2f",
+        os.cpu_count(),
+        torch.get_num_threads(),
+        numba.get_num_threads(),
+        numba.threading_layer(),
+        load_before,
+        os.getloadavg()[0],
+    )
+    header = (
+        f"{'B x text x frames':<18} {'implementation':<40} {'median ms':>10} {'min ms':>9} "
+        f"{'speedup vs ref-like (median / min)':>35} {'same path':>9}"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         speedup = f"{row['speedup_median']:.2f}x / {row['speedup_min']:.2f}x"
-        lines.append(f"{row['shape']:<18} {row['impl']:<40} {row['median_ms']:>10.2f} {row['min_ms']:>9.2f} "
-                     f"{speedup:>35} {'yes' if row['same'] else 'NO':>9}")
+        lines.append(
+            f"{row['shape']:<18} {row['impl']:<40} {row['median_ms']:>10.2f} {row['min_ms']:>9.2f} "
+            f"{speedup:>35} {'yes' if row['same'] else 'NO':>9}"
+        )
     print("\n".join(lines))
     if not all(row["same"] for row in rows):
         raise SystemExit("paths differ between implementations")

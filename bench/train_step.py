@@ -47,16 +47,24 @@ def synthetic_batch(hps: utils.HParams, batch_size: int, seconds: float, generat
     text[:, ::2] = 0  # blanks, as add_blank inserts them
     full = lambda value: torch.full((batch_size,), value, dtype=torch.long)  # noqa: E731
     return Batch(
-        text=text, text_lengths=full(n_phones), spec=spec, spec_lengths=full(spec.size(-1)),
-        wav=waves.unsqueeze(1), wav_lengths=full(n_samples), sid=torch.arange(batch_size) % data.n_speakers,
-        tone=torch.zeros_like(text), language=torch.zeros_like(text),
+        text=text,
+        text_lengths=full(n_phones),
+        spec=spec,
+        spec_lengths=full(spec.size(-1)),
+        wav=waves.unsqueeze(1),
+        wav_lengths=full(n_samples),
+        sid=torch.arange(batch_size) % data.n_speakers,
+        tone=torch.zeros_like(text),
+        language=torch.zeros_like(text),
         bert=0.1 * torch.randn(batch_size, 1024, n_phones, generator=generator),
-        ja_bert=torch.zeros(batch_size, 1024, n_phones), en_bert=torch.zeros(batch_size, 1024, n_phones),
+        ja_bert=torch.zeros(batch_size, 1024, n_phones),
+        en_bert=torch.zeros(batch_size, 1024, n_phones),
     )
 
 
-def time_steps(trainer: train_ms.Trainer, batch: Batch, hps: utils.HParams, rt: train_ms.Runtime,
-               reference_like: bool, steps: int) -> list[float]:
+def time_steps(
+    trainer: train_ms.Trainer, batch: Batch, hps: utils.HParams, rt: train_ms.Runtime, reference_like: bool, steps: int
+) -> list[float]:
     seconds = []
     for _ in range(steps):
         if rt.device.type == "cuda":
@@ -91,15 +99,19 @@ def bench_device(hps: utils.HParams, device: torch.device, args: argparse.Namesp
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(KIT_DIR / "dev" / "config.json"))
-    parser.add_argument("--slm-model", default=str(KIT_DIR / "dev" / "tiny-wavlm"),
-                        help="WavLM folder (overrides model.slm.model of the config)")
+    parser.add_argument(
+        "--slm-model",
+        default=str(KIT_DIR / "dev" / "tiny-wavlm"),
+        help="WavLM folder (overrides model.slm.model of the config)",
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=1.5, help="clip length of the synthetic batch")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--devices", nargs="+", default=None,
-                        help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    parser.add_argument(
+        "--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -114,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(name)
         figures = bench_device(hps, device, args)
         results[name] = figures
-        print(f"{name} ({torch.get_num_threads()} threads, batch {args.batch_size}, {Path(args.config).name}): "
-              f"{figures['ours_s_per_step']:.3f} s/step; reference-like step "
-              f"{figures['reference_like_s_per_step']:.3f} s/step; ratio {figures['speedup']:.2f}x")
+        print(
+            f"{name} ({torch.get_num_threads()} threads, batch {args.batch_size}, {Path(args.config).name}): "
+            f"{figures['ours_s_per_step']:.3f} s/step; reference-like step "
+            f"{figures['reference_like_s_per_step']:.3f} s/step; ratio {figures['speedup']:.2f}x"
+        )
     print(json.dumps(results))
     return 0
 

@@ -133,8 +133,14 @@ class Espeak:
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         self.lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         data_path = espeakng_loader.get_data_path().encode()
         self.sampling_rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, 0)
@@ -192,9 +198,7 @@ def make_corpus(out_dir: Path, languages: Sequence[str], per_language: int) -> l
         relative = f"{speaker.name}/{language.lower()}_{index:02d}.flac"
         target = out_dir / "raw" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        soundfile.write(
-            target, audio, engine.sampling_rate, format="FLAC", subtype="PCM_16", compression_level=1.0
-        )
+        soundfile.write(target, audio, engine.sampling_rate, format="FLAC", subtype="PCM_16", compression_level=1.0)
         lines.append(f"{relative}|{speaker.name}|{language}|{text}\n")
     return lines
 

@@ -105,8 +105,15 @@ def prepare(
 
     train, val = lists / "train.list", lists / "val.list"
     report = preprocess_text.preprocess(
-        str(lists / "transcription.list"), str(lists / "transcription.list.cleaned"), str(train), str(val),
-        str(config_path), val_per_lang, max_val_total, clean=True, bert_dirs=bert_dirs,
+        str(lists / "transcription.list"),
+        str(lists / "transcription.list.cleaned"),
+        str(train),
+        str(val),
+        str(config_path),
+        val_per_lang,
+        max_val_total,
+        clean=True,
+        bert_dirs=bert_dirs,
     )
     settings = bert_gen.Settings(
         add_blank=bool(data.get("add_blank", True)), device="cpu", bert_dirs=bert_dirs, force=False
@@ -143,7 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"model config template not found: {args.config} (pass one with --config)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny BERTs are local; never reach for the hub
     failures = prepare(
-        args.out_dir, args.config, args.raw_dir, args.transcription, args.processes, args.val_per_lang,
+        args.out_dir,
+        args.config,
+        args.raw_dir,
+        args.transcription,
+        args.processes,
+        args.val_per_lang,
         args.max_val_total,
     )
     return 1 if failures else 0

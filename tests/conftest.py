@@ -15,7 +15,9 @@ KIT_DIR = Path(os.environ.get("BV2_REFERENCE_KIT", REPO_ROOT.parent / "shared" /
 def _kit_or_skip() -> Path:
     if KIT_DIR.is_dir():
         return KIT_DIR
-    message = f"reference kit not found at {KIT_DIR} (set BV2_REFERENCE_KIT or place ../shared/reference beside the clone)"
+    message = (
+        f"reference kit not found at {KIT_DIR} (set BV2_REFERENCE_KIT or place ../shared/reference beside the clone)"
+    )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + "; under CI the kit is required")
     pytest.skip(message)

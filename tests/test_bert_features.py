@@ -73,8 +73,11 @@ def test_word2ph_length_mismatch_is_reported(tiny_dirs: dict[str, Path]) -> None
 
 @pytest.mark.parametrize(
     "language, hub_name",
-    [("ZH", "hfl/chinese-roberta-wwm-ext-large"), ("JP", "ku-nlp/deberta-v2-large-japanese-char-wwm"),
-     ("EN", "microsoft/deberta-v3-large")],
+    [
+        ("ZH", "hfl/chinese-roberta-wwm-ext-large"),
+        ("JP", "ku-nlp/deberta-v2-large-japanese-char-wwm"),
+        ("EN", "microsoft/deberta-v3-large"),
+    ],
 )
 def test_missing_folder_names_path_and_model(tmp_path: Path, language: str, hub_name: str) -> None:
     missing = tmp_path / "no-bert-here"

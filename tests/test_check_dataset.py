@@ -33,8 +33,14 @@ GOOD = {
 
 def _hparams(**data_overrides) -> dict:
     data = {
-        "sampling_rate": SR, "hop_length": HOP, "filter_length": 1024, "win_length": 1024, "add_blank": True,
-        "spk2id": {"spk0": 0, "spk1": 1}, "training_files": "", "validation_files": "",
+        "sampling_rate": SR,
+        "hop_length": HOP,
+        "filter_length": 1024,
+        "win_length": 1024,
+        "add_blank": True,
+        "spk2id": {"spk0": 0, "spk1": 1},
+        "training_files": "",
+        "validation_files": "",
     }
     data.update(data_overrides)
     return {"data": data}
@@ -60,10 +66,17 @@ class CorpusBuilder:
     def add(self, kinds: set[str], wav: Path | str, bert_phones: int | None = -1, raw: str | None = None, **fields):
         f = dict(GOOD, **fields)
         if raw is None:
-            raw = "|".join([
-                str(wav), f["speaker"], f["language"], f["text"], " ".join(f["phones"]),
-                " ".join(map(str, f["tones"])), " ".join(map(str, f["word2ph"])),
-            ])
+            raw = "|".join(
+                [
+                    str(wav),
+                    f["speaker"],
+                    f["language"],
+                    f["text"],
+                    " ".join(f["phones"]),
+                    " ".join(map(str, f["tones"])),
+                    " ".join(map(str, f["word2ph"])),
+                ]
+            )
         if bert_phones is not None:
             self.bert(Path(wav), 2 * len(f["phones"]) + 1 if bert_phones == -1 else bert_phones)
         self.lines.append(raw)
@@ -174,7 +187,11 @@ def test_cli_exit_codes_and_report(broken, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     run = subprocess.run(
         [sys.executable, "check_dataset.py", str(filelist), "--config", str(config)],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert run.returncode == 1, run.stderr
     for line, kinds in expected.items():
@@ -186,7 +203,11 @@ def test_cli_exit_codes_and_report(broken, tmp_path: Path) -> None:
     clean.write_text(filelist.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     run = subprocess.run(
         [sys.executable, "check_dataset.py", str(clean), "--config", str(config)],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout == ""

@@ -53,7 +53,11 @@ def test_shipped_config_loads_with_paths_under_dataset_path():
     assert train.base.model_dir == os.path.join("Data/", "base_model")
     assert (train.keep_ckpts, train.spec_cache, train.all_in_mem) == (8, True, False)
     assert train.env.as_environ() == {
-        "MASTER_ADDR": "localhost", "MASTER_PORT": "10086", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "RANK": "0",
+        "MASTER_ADDR": "localhost",
+        "MASTER_PORT": "10086",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "RANK": "0",
     }
     assert (cfg.server.port, cfg.server.language, cfg.server.models) == (5000, "ZH", ())
     # Reference attribute names stay available.
@@ -106,14 +110,21 @@ def test_server_models_take_defaults_from_the_server_section(tmp_path):
     data["server"]["models"] = [
         {"model": "Data/models/G_100.pth", "config": "Data/config.json"},
         {
-            "model": "m.pth", "config": "c.json", "device": "cuda:1", "language": "JP",
+            "model": "m.pth",
+            "config": "c.json",
+            "device": "cuda:1",
+            "language": "JP",
             "speakers": [{"speaker": "spk0", "sdp_ratio": 0.5, "length_scale": 1.2}],
         },
     ]
     server = load_config(write_yml(tmp_path, data)).server
     first, second = server.models
     assert (first.model, first.config, first.device, first.language, first.speakers) == (
-        "Data/models/G_100.pth", "Data/config.json", "cpu", "ZH", (),
+        "Data/models/G_100.pth",
+        "Data/config.json",
+        "cpu",
+        "ZH",
+        (),
     )
     assert (second.device, second.language) == ("cuda:1", "JP")
     assert second.speakers[0] == config.SpeakerPreset("spk0", 0.5, 0.6, 0.8, 1.2)
@@ -163,7 +174,10 @@ def test_bad_values_name_the_setting_and_the_file(tmp_path, setting, value, mess
 
 def test_bad_value_inside_a_server_model_names_its_index(tmp_path):
     data = shipped_settings()
-    data["server"]["models"] = [{"model": "a.pth", "config": "a.json"}, {"model": "b.pth", "config": "b.json", "device": "tpu"}]
+    data["server"]["models"] = [
+        {"model": "a.pth", "config": "a.json"},
+        {"model": "b.pth", "config": "b.json", "device": "tpu"},
+    ]
     path = write_yml(tmp_path, data)
     with pytest.raises(ValueError, match=r"'server\.models\[1\]\.device'") as info:
         load_config(path)
@@ -279,4 +293,6 @@ def test_demo_config_is_small_and_consistent():
     # The text encoder injects the speaker at layer 2, so it needs at least 3 layers.
     assert model["n_layers"] >= 3 and model["hidden_channels"] <= 64
     assert model["slm"]["model"] == "./slm/tiny-wavlm"
-    assert data["n_speakers"] == len(data["spk2id"]) and sorted(data["spk2id"].values()) == list(range(data["n_speakers"]))
+    assert data["n_speakers"] == len(data["spk2id"]) and sorted(data["spk2id"].values()) == list(
+        range(data["n_speakers"])
+    )

@@ -87,20 +87,38 @@ class _Trainer:
         net_g, net_d, net_dur_disc = n["net_g"], n["net_d"], n["net_dur_disc"]
         hop, segment_size = data["hop_length"], train["segment_size"]
         out = net_g(
-            inputs["x"], inputs["x_lengths"], inputs["spec"], inputs["spec_lengths"], inputs["sid"],
-            inputs["tone"], inputs["language"], inputs["bert"], inputs["ja_bert"], inputs["en_bert"],
+            inputs["x"],
+            inputs["x_lengths"],
+            inputs["spec"],
+            inputs["spec_lengths"],
+            inputs["sid"],
+            inputs["tone"],
+            inputs["language"],
+            inputs["bert"],
+            inputs["ja_bert"],
+            inputs["en_bert"],
         )
         y_hat, l_length, _attn, ids_slice, x_mask, z_mask, latents, durations, g = out
         _z, z_p, m_p, logs_p, _m_q, logs_q = latents
         hidden_x, logw, logw_, logw_sdp = durations
         mel = spec_to_mel_torch(
-            inputs["spec"], data["filter_length"], data["n_mel_channels"], data["sampling_rate"],
-            data["mel_fmin"], data["mel_fmax"],
+            inputs["spec"],
+            data["filter_length"],
+            data["n_mel_channels"],
+            data["sampling_rate"],
+            data["mel_fmin"],
+            data["mel_fmax"],
         )
         y_mel = commons.slice_segments(mel, ids_slice, segment_size // hop)
         y_hat_mel = mel_spectrogram_torch(
-            y_hat.squeeze(1), data["filter_length"], data["n_mel_channels"], data["sampling_rate"], hop,
-            data["win_length"], data["mel_fmin"], data["mel_fmax"],
+            y_hat.squeeze(1),
+            data["filter_length"],
+            data["n_mel_channels"],
+            data["sampling_rate"],
+            hop,
+            data["win_length"],
+            data["mel_fmin"],
+            data["mel_fmax"],
         )
         y = commons.slice_segments(inputs["y"], ids_slice * hop, segment_size)
 
@@ -180,4 +198,3 @@ def test_full_backward_moves_every_trainable_parameter(dev_config: dict, golden:
     # The WavLM feature extractor is frozen: it has no trainable parameters and none of it moved.
     assert not any(p.requires_grad for p in wl.wavlm.parameters())
     assert all(p.grad is None for p in wl.wavlm.parameters())
-

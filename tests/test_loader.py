@@ -16,8 +16,8 @@ from data_utils import (
     FilelistEntry,
     Sample,
     TextAudioSpeakerLoader,
-    blanked_word2ph,
     bert_path_for,
+    blanked_word2ph,
     parse_filelist_line,
     spec_path_for,
 )

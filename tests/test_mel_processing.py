@@ -41,7 +41,14 @@ def test_spec_to_mel_second_filter_setting(mel_golden: dict) -> None:
 def test_mel_spectrogram_matches_golden(mel_golden: dict) -> None:
     g = mel_golden
     mel = mel_spectrogram_torch(
-        g["y"], g["n_fft"], g["num_mels"], g["sampling_rate"], g["hop_size"], g["win_size"], g["fmin"], g["fmax"],
+        g["y"],
+        g["n_fft"],
+        g["num_mels"],
+        g["sampling_rate"],
+        g["hop_size"],
+        g["win_size"],
+        g["fmin"],
+        g["fmax"],
         center=False,
     )
     assert mel.shape == g["mel"].shape
@@ -87,8 +94,14 @@ def test_two_parameter_sets_in_one_process_get_their_own_banks(mel_golden: dict,
 
     def other_mel() -> torch.Tensor:
         return mel_spectrogram_torch(
-            wave, other["n_fft"], other["num_mels"], other["sampling_rate"], other["hop_size"], other["win_size"],
-            other["fmin"], other["fmax"],
+            wave,
+            other["n_fft"],
+            other["num_mels"],
+            other["sampling_rate"],
+            other["hop_size"],
+            other["win_size"],
+            other["fmin"],
+            other["fmax"],
         )
 
     if first == "dev":

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import monotonic_align
 from kit import net_d_state_dict
 from model_nets import (
     assert_exact,
@@ -19,6 +17,8 @@ from model_nets import (
     build_net_wd,
     patch_random_to_zeros,
 )
+
+import monotonic_align
 
 GOLDEN_SETS = ["golden", "golden_perturbed"]
 INFER_CASES = ["sdp0", "sdp1", "ls13"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from model_nets import build_net_d, build_net_dur_disc, build_net_g, build_net_wd, state_dict_layout
 
 CONFIGS = {

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
+from model_nets import assert_exact, assert_float_close, build_net_g, patch_random_to_zeros
 
 import attentions
 import models
-from model_nets import assert_exact, assert_float_close, build_net_g, patch_random_to_zeros
 
 TEXT_INPUTS = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
 ZERO_NOISE = {"noise_scale": 0.0, "noise_scale_w": 0.0}

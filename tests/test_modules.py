@@ -24,7 +24,7 @@ def net_g_keys(dev_dir: Path) -> list[tuple[str, list[int]]]:
 
 
 def reference_entries(net_g_keys: list[tuple[str, list[int]]], prefix: str) -> list[tuple[str, list[int]]]:
-    return [(name[len(prefix):], shape) for name, shape in net_g_keys if name.startswith(prefix)]
+    return [(name[len(prefix) :], shape) for name, shape in net_g_keys if name.startswith(prefix)]
 
 
 def our_entries(module: nn.Module) -> list[tuple[str, list[int]]]:
@@ -127,7 +127,10 @@ FLOW_CASES = {
     "ResidualCouplingLayer": (lambda: modules.ResidualCouplingLayer(4, 8, 5, 1, 3, gin_channels=6), 4, True),
     "ResidualCouplingLayer mean_only": (lambda: modules.ResidualCouplingLayer(4, 8, 3, 2, 2, mean_only=True), 4, False),
     "TransformerCouplingLayer": (
-        lambda: modules.TransformerCouplingLayer(4, 8, 3, 3, 2, 0.0, 16, mean_only=False, gin_channels=6), 4, True),
+        lambda: modules.TransformerCouplingLayer(4, 8, 3, 3, 2, 0.0, 16, mean_only=False, gin_channels=6),
+        4,
+        True,
+    ),
     "ConvFlow": (lambda: modules.ConvFlow(2, 8, 3, n_layers=3, tail_bound=2.0), 2, False),
     "ElementwiseAffine": (lambda: modules.ElementwiseAffine(3), 3, False),
     "Flip": (lambda: modules.Flip(), 3, False),
@@ -260,7 +263,7 @@ def test_remove_weight_norm_keeps_outputs(build, channels: int) -> None:
 def test_weight_g_from_the_reference_loads(golden: dict) -> None:
     """A WN stack takes the reference's weight_g / weight_v tensors directly."""
     prefix = "enc_q.enc."
-    state = {k[len(prefix):]: v for k, v in golden["weights_g"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in golden["weights_g"].items() if k.startswith(prefix)}
     wn = modules.WN(32, 5, 1, 16, gin_channels=32)
     wn.load_state_dict(state, strict=True)
 
@@ -277,7 +280,7 @@ def test_transformer_coupling_flow_matches_reference(which: str, request: pytest
         flows.append(modules.TransformerCouplingLayer(32, 32, 5, 4, 2, 0.1, 64, mean_only=True, gin_channels=32))
         flows.append(modules.Flip())
     prefix = "flow.flows."
-    flows.load_state_dict({k[len(prefix):]: v for k, v in data["weights_g"].items() if k.startswith(prefix)})
+    flows.load_state_dict({k[len(prefix) :]: v for k, v in data["weights_g"].items() if k.startswith(prefix)})
     flows.eval()
     forward = data["forward"]
     y_mask, g = forward["y_mask"], forward["g"]
@@ -295,12 +298,12 @@ def test_transformer_coupling_flow_matches_reference(which: str, request: pytest
 def test_wn_posterior_stack_matches_reference(which: str, request: pytest.FixtureRequest) -> None:
     """m_q, logs_q = split(proj(WN(pre(spec)))) with the posterior encoder's weights (kernel 5, 16 layers)."""
     data = request.getfixturevalue(which)
-    weights = {k[len("enc_q."):]: v for k, v in data["weights_g"].items() if k.startswith("enc_q.")}
+    weights = {k[len("enc_q.") :]: v for k, v in data["weights_g"].items() if k.startswith("enc_q.")}
     pre = nn.Conv1d(513, 32, 1)
     wn = modules.WN(32, 5, 1, 16, gin_channels=32)
     proj = nn.Conv1d(32, 64, 1)
     for name, module in (("pre", pre), ("enc", wn), ("proj", proj)):
-        module.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
+        module.load_state_dict({k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")})
     forward = data["forward"]
     y_mask = forward["y_mask"]
     with torch.no_grad():

@@ -138,8 +138,7 @@ def test_brute_force_optimum_on_small_grids() -> None:
         mask = lengths_mask([t_y], [t_x])
         path = monotonic_align.maximum_path(neg_cent, mask)
         best = max(
-            sum(float(neg_cent[0, y, x]) for y, x in enumerate(columns))
-            for columns in monotonic_columns(t_y, t_x)
+            sum(float(neg_cent[0, y, x]) for y, x in enumerate(columns)) for columns in monotonic_columns(t_y, t_x)
         )
         assert float((path * neg_cent).double().sum()) == pytest.approx(best, abs=1e-4)
 

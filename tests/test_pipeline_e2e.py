@@ -162,8 +162,14 @@ def test_preprocess_text_reports_bad_lines(tmp_path: Path) -> None:
     config.write_text(json.dumps({"data": {"spk2id": {"old": 0}}}), encoding="utf-8")
     fake_clean = lambda text, lang: (text, ["_", "n", "i", "_"], [0, 3, 3, 0], [1, 2, 1])  # noqa: E731
     report = preprocess_text.preprocess(
-        str(transcription), str(tmp_path / "t.cleaned"), str(tmp_path / "train.list"), str(tmp_path / "val.list"),
-        str(config), val_per_lang=0, max_val_total=4, cleaner=fake_clean,
+        str(transcription),
+        str(tmp_path / "t.cleaned"),
+        str(tmp_path / "train.list"),
+        str(tmp_path / "val.list"),
+        str(config),
+        val_per_lang=0,
+        max_val_total=4,
+        cleaner=fake_clean,
     )
     joined = "\n".join(report.problems)
     assert f"{transcription}:2: expected 4" in joined
@@ -184,9 +190,22 @@ def test_resample_keeps_layout_and_writes_mono_16bit(tmp_path: Path) -> None:
     soundfile.write(raw / "y.flac", stereo[:, 0], 44100)
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, "resample.py", "--sr", "22050", "--in_dir", str(tmp_path / "raw"), "--out_dir", str(out),
-         "--processes", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "resample.py",
+            "--sr",
+            "22050",
+            "--in_dir",
+            str(tmp_path / "raw"),
+            "--out_dir",
+            str(out),
+            "--processes",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     for name in ("x.wav", "y.wav"):
@@ -195,8 +214,10 @@ def test_resample_keeps_layout_and_writes_mono_16bit(tmp_path: Path) -> None:
     assert resample.find_jobs(tmp_path / "raw", out, 22050) == []  # up to date now
 
 
-@pytest.mark.parametrize("script", ["resample.py", "preprocess_text.py", "bert_gen.py", "check_dataset.py",
-                                    "demo/prepare.py", "demo/make_corpus.py"])
+@pytest.mark.parametrize(
+    "script",
+    ["resample.py", "preprocess_text.py", "bert_gen.py", "check_dataset.py", "demo/prepare.py", "demo/make_corpus.py"],
+)
 def test_scripts_have_help(script: str) -> None:
     run = subprocess.run([sys.executable, script, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "usage:" in run.stdout

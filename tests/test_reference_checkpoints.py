@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from model_nets import build_net_dur_disc, build_net_g, build_net_wd
 
 BETAS = (0.8, 0.99)

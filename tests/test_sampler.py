@@ -47,8 +47,7 @@ def test_matches_reference(golden: dict, case: str, rank: int) -> None:
 def test_ranks_cover_every_bucketed_item(golden: dict) -> None:
     recorded = golden["sampler"]["all_buckets"]
     samplers = [
-        DistributedBucketSampler(_fake_dataset(recorded["lengths"]), 4, recorded["boundaries_in"], 2, r)
-        for r in (0, 1)
+        DistributedBucketSampler(_fake_dataset(recorded["lengths"]), 4, recorded["boundaries_in"], 2, r) for r in (0, 1)
     ]
     seen = {i for s in samplers for batch in s for i in batch}
     assert seen == {i for bucket in samplers[0].buckets for i in bucket}

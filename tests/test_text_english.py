@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from text import cleaned_text_to_sequence
-from text import english
+from text import cleaned_text_to_sequence, english
 from text.cleaner import clean_text
 from text.symbols import symbols
 
@@ -54,8 +53,27 @@ def test_g2p_sentence() -> None:
     norm_text, phones, tones, word2ph = clean_text("Hello, world! Don't stop.", "EN", bert_dir="/nonexistent")
     assert norm_text == "Hello, world! Don't stop."
     assert phones == [
-        "_", "hh", "ah", "l", "ow", ",", "w", "er", "l", "d", "!",
-        "d", "ow", "n", "t", "s", "t", "aa", "p", ".", "_",
+        "_",
+        "hh",
+        "ah",
+        "l",
+        "ow",
+        ",",
+        "w",
+        "er",
+        "l",
+        "d",
+        "!",
+        "d",
+        "ow",
+        "n",
+        "t",
+        "s",
+        "t",
+        "aa",
+        "p",
+        ".",
+        "_",
     ]
     assert tones == [0, 3, 1, 3, 2, 0, 3, 2, 3, 3, 0, 3, 2, 3, 3, 3, 3, 2, 3, 0, 0]
     # One entry per basic-tokenizer piece (Don ' t are three tokens sharing "don't"'s phones).

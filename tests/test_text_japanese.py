@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from text import cleaned_text_to_sequence
-from text import japanese
+from text import cleaned_text_to_sequence, japanese
 from text.cleaner import clean_text
 
 
@@ -18,8 +17,19 @@ def test_text_normalize() -> None:
 
 @pytest.mark.parametrize(
     "number, kanji",
-    [(0, "零"), (7, "七"), (10, "十"), (11, "十一"), (100, "百"), (1000, "千"), (1999, "千九百九十九"),
-     (10000, "一万"), (20345, "二万三百四十五"), (100000000, "一億"), (110000, "十一万")],
+    [
+        (0, "零"),
+        (7, "七"),
+        (10, "十"),
+        (11, "十一"),
+        (100, "百"),
+        (1000, "千"),
+        (1999, "千九百九十九"),
+        (10000, "一万"),
+        (20345, "二万三百四十五"),
+        (100000000, "一億"),
+        (110000, "十一万"),
+    ],
 )
 def test_integer_to_kanji(number: int, kanji: str) -> None:
     assert japanese.integer_to_kanji(number) == kanji
@@ -42,8 +52,33 @@ def test_g2p_greeting() -> None:
 def test_g2p_long_vowels_and_particles() -> None:
     _, phones, tones, word2ph = clean_text("私はコーヒーが好きです。", "JP")
     assert phones == [
-        "_", "w", "a", "t", "a", "sh", "i", "w", "a", "k", "o", "o", "h", "i", "i", "g", "a",
-        "s", "u", "k", "i", "d", "e", "s", "u", ".", "_",
+        "_",
+        "w",
+        "a",
+        "t",
+        "a",
+        "sh",
+        "i",
+        "w",
+        "a",
+        "k",
+        "o",
+        "o",
+        "h",
+        "i",
+        "i",
+        "g",
+        "a",
+        "s",
+        "u",
+        "k",
+        "i",
+        "d",
+        "e",
+        "s",
+        "u",
+        ".",
+        "_",
     ]
     assert set(tones) <= {0, 1}
     assert sum(word2ph) == len(phones) == len(tones)
@@ -52,7 +87,26 @@ def test_g2p_long_vowels_and_particles() -> None:
 def test_g2p_geminate_and_moraic_nasal() -> None:
     _, phones, _, _ = clean_text("ちょっと待ってください。", "JP")
     assert phones == [
-        "_", "ch", "o", "q", "t", "o", "m", "a", "q", "t", "e", "k", "u", "d", "a", "s", "a", "i", ".", "_",
+        "_",
+        "ch",
+        "o",
+        "q",
+        "t",
+        "o",
+        "m",
+        "a",
+        "q",
+        "t",
+        "e",
+        "k",
+        "u",
+        "d",
+        "a",
+        "s",
+        "a",
+        "i",
+        ".",
+        "_",
     ]
     _, phones, _, _ = clean_text("東京タワーは本当に高いですね？", "JP")
     assert phones[1:7] == ["t", "o", "o", "ky", "o", "o"]

@@ -13,9 +13,22 @@ from text import symbols as S
 from text.cleaner import clean_text
 
 TABLE_NAMES = [
-    "symbols", "punctuation", "pu_symbols", "pad", "zh_symbols", "ja_symbols", "en_symbols",
-    "num_zh_tones", "num_ja_tones", "num_en_tones", "num_tones", "language_id_map",
-    "language_tone_start_map", "num_languages", "sil_phonemes_ids", "symbol_to_id",
+    "symbols",
+    "punctuation",
+    "pu_symbols",
+    "pad",
+    "zh_symbols",
+    "ja_symbols",
+    "en_symbols",
+    "num_zh_tones",
+    "num_ja_tones",
+    "num_en_tones",
+    "num_tones",
+    "language_id_map",
+    "language_tone_start_map",
+    "num_languages",
+    "sil_phonemes_ids",
+    "symbol_to_id",
 ]
 
 

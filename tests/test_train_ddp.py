@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from train_tiny import REPO_ROOT, free_port, make_dataset, read_jsonl, subprocess_env, tiny_config, write_run_files
 
 N_CLIPS = 4
@@ -17,9 +16,25 @@ MAX_STEPS = 2  # 4 clips, 2 ranks x batch 2: 1 batch per epoch, so the run cross
 
 
 def _train_args(files: dict[str, Path], dump: Path) -> list[str]:
-    return ["train_ms.py", "-c", str(files["config"]), "-m", str(files["dataset"]), "-y", str(files["yml"]),
-            "--device", "cpu", "--num-workers", "0", "--threads", "1", "--max-steps", str(MAX_STEPS),
-            "--debug-dump", str(dump)]
+    return [
+        "train_ms.py",
+        "-c",
+        str(files["config"]),
+        "-m",
+        str(files["dataset"]),
+        "-y",
+        str(files["yml"]),
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--threads",
+        "1",
+        "--max-steps",
+        str(MAX_STEPS),
+        "--debug-dump",
+        str(dump),
+    ]
 
 
 def _setup(tmp_path: Path, dev_config: dict) -> dict[str, Path]:
@@ -36,8 +51,10 @@ def _check_ranks_agree(dump: Path, files: dict[str, Path]) -> None:
     assert len({r["checksum"] for r in steps[0]}) == MAX_STEPS  # and they did change every step
 
     for epoch in (1, 2):
-        batches = {rank: next(r["batches"] for r in records[rank] if r["event"] == "epoch" and r["epoch"] == epoch)
-                   for rank in (0, 1)}
+        batches = {
+            rank: next(r["batches"] for r in records[rank] if r["event"] == "epoch" and r["epoch"] == epoch)
+            for rank in (0, 1)
+        }
         clips = {rank: [i for batch in batches[rank] for i in batch] for rank in (0, 1)}
         assert not set(clips[0]) & set(clips[1]), f"epoch {epoch}: ranks share clips {clips}"
         assert sorted(clips[0] + clips[1]) == list(range(N_CLIPS))
@@ -48,16 +65,18 @@ def _check_ranks_agree(dump: Path, files: dict[str, Path]) -> None:
 
 
 def _run(command: list[str], timeout: float = 900) -> None:
-    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{command} exited with {result.returncode}\n{result.stderr[-6000:]}"
 
 
 def test_torchrun_two_processes(tmp_path, dev_config):
     files = _setup(tmp_path, dev_config)
     dump = tmp_path / "dump"
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          *_train_args(files, dump)])
+    _run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *_train_args(files, dump)]
+    )
     _check_ranks_agree(dump, files)
 
 
@@ -67,12 +86,22 @@ def test_torchrun_two_nodes_c10d_rendezvous(tmp_path, dev_config):
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = []
     for node_rank in (0, 1):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                   f"--node_rank={node_rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
-                   "--rdzv_id=train_ms_test", *_train_args(files, dump)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            f"--node_rank={node_rank}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={endpoint}",
+            "--rdzv_id=train_ms_test",
+            *_train_args(files, dump),
+        ]
         log = open(tmp_path / f"node{node_rank}.log", "w", encoding="utf-8")  # noqa: SIM115
-        nodes.append((subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=log,
-                                       stderr=subprocess.STDOUT), log))
+        nodes.append(
+            (subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT), log)
+        )
     try:
         for process, log in nodes:
             returncode = process.wait(timeout=900)

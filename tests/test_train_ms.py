@@ -9,11 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing import event_accumulator
-
-import train_ms
-import utils
-from data_utils import Batch
-from models import DurationDiscriminator, MultiPeriodDiscriminator, WavLMDiscriminator
 from train_tiny import (
     load_model,
     make_dataset,
@@ -24,6 +19,11 @@ from train_tiny import (
     wait_for,
     write_run_files,
 )
+
+import train_ms
+import utils
+from data_utils import Batch
+from models import DurationDiscriminator, MultiPeriodDiscriminator, WavLMDiscriminator
 
 CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -54,8 +54,11 @@ def golden_trainer(golden: dict, dev_config: dict) -> train_ms.Trainer:
     for net in (net_d, net_dur, net_wd):
         net.eval()
     trainer = train_ms.Trainer(
-        g=None, d=train_ms.Part("D", net_d, None, None), wd=train_ms.Part("WD", net_wd, None, None),
-        dur=train_ms.Part("DUR", net_dur, None, None), scaler=torch.amp.GradScaler("cpu", enabled=False),
+        g=None,
+        d=train_ms.Part("D", net_d, None, None),
+        wd=train_ms.Part("WD", net_wd, None, None),
+        dur=train_ms.Part("DUR", net_dur, None, None),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
         state=train_ms.TrainState(),
     )
     trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
@@ -66,11 +69,31 @@ def _golden_pass(
     golden: dict, hps: utils.HParams, trainer: train_ms.Trainer, reference_like: bool
 ) -> train_ms.GeneratorPass:
     f, i = golden["forward"], golden["inputs"]
-    out = (f["o"], f["l_length"], f["attn"], f["ids_slice"], f["x_mask"], f["y_mask"],
-           (f["z"], f["z_p"], f["m_p"], f["logs_p"], f["m_q"], f["logs_q"]),
-           (f["x"], f["logw"], f["logw_"], f["logw_sdp"]), f["g"])
-    batch = Batch(i["x"], i["x_lengths"], i["spec"], i["spec_lengths"], i["y"], i["y_lengths"], i["sid"], i["tone"],
-                  i["language"], i["bert"], i["ja_bert"], i["en_bert"])
+    out = (
+        f["o"],
+        f["l_length"],
+        f["attn"],
+        f["ids_slice"],
+        f["x_mask"],
+        f["y_mask"],
+        (f["z"], f["z_p"], f["m_p"], f["logs_p"], f["m_q"], f["logs_q"]),
+        (f["x"], f["logw"], f["logw_"], f["logw_sdp"]),
+        f["g"],
+    )
+    batch = Batch(
+        i["x"],
+        i["x_lengths"],
+        i["spec"],
+        i["spec_lengths"],
+        i["y"],
+        i["y_lengths"],
+        i["sid"],
+        i["tone"],
+        i["language"],
+        i["bert"],
+        i["ja_bert"],
+        i["en_bert"],
+    )
     return train_ms.prepare_pass(out, batch, hps, None if reference_like else trainer.wl)
 
 
@@ -100,9 +123,16 @@ def test_iteration_loss_terms_match_reference(golden, golden_trainer, dev_config
         _close(d[f"loss/dur_disc_g/{k}"], expected["losses_dur_disc_g"][k], f"losses_dur_disc_g[{k}]")
         _close(g[f"loss/g/dur_gen_{k}"], expected["losses_dur_gen"][k], f"losses_dur_gen[{k}]")
     _close(d["loss/wd/total"], expected["loss_slm"], "loss_slm")
-    for tag, key in (("loss/g/dur", "loss_dur"), ("loss/g/mel", "loss_mel"), ("loss/g/kl", "loss_kl"),
-                     ("loss/g/fm", "loss_fm"), ("loss/g/lm", "loss_lm"), ("loss/g/lm_gen", "loss_lm_gen"),
-                     ("loss/g/dur_gen", "loss_dur_gen"), ("loss/g/total", "loss_gen_all")):
+    for tag, key in (
+        ("loss/g/dur", "loss_dur"),
+        ("loss/g/mel", "loss_mel"),
+        ("loss/g/kl", "loss_kl"),
+        ("loss/g/fm", "loss_fm"),
+        ("loss/g/lm", "loss_lm"),
+        ("loss/g/lm_gen", "loss_lm_gen"),
+        ("loss/g/dur_gen", "loss_dur_gen"),
+        ("loss/g/total", "loss_gen_all"),
+    ):
         _close(g[tag], expected[key], key)
     _close(sum(g[f"loss/g/{k}"] for k in range(6)), expected["loss_gen"], "loss_gen")
 
@@ -152,8 +182,10 @@ def both_variants(tiny) -> dict:
         trainer.dur.raw.eval()
         torch.manual_seed(5)
         metrics, fwd = train_ms.train_step(trainer, tiny["batch"], tiny["hps"], CPU, reference_like)
-        grads = {p.prefix: {n: q.grad is not None and bool(q.grad.abs().sum() > 0)
-                            for n, q in p.raw.named_parameters()} for p in trainer.parts()}
+        grads = {
+            p.prefix: {n: q.grad is not None and bool(q.grad.abs().sum() > 0) for n, q in p.raw.named_parameters()}
+            for p in trainer.parts()
+        }
         results[reference_like] = {"metrics": metrics, "state": _snapshot(trainer), "grads": grads, "fwd": fwd}
     return results
 
@@ -165,8 +197,9 @@ def test_efficient_step_equals_reference_like_step(both_variants):
     assert fast["metrics"].keys() == ref["metrics"].keys()
     for tag, value in fast["metrics"].items():
         if tag != "skipped":
-            torch.testing.assert_close(torch.tensor(float(value)), torch.tensor(float(ref["metrics"][tag])),
-                                       rtol=1e-5, atol=1e-6, msg=tag)
+            torch.testing.assert_close(
+                torch.tensor(float(value)), torch.tensor(float(ref["metrics"][tag])), rtol=1e-5, atol=1e-6, msg=tag
+            )
     for prefix in ("D", "WD", "DUR"):
         for key, value in fast["state"][prefix].items():
             torch.testing.assert_close(value, ref["state"][prefix][key], rtol=0, atol=1e-7, msg=f"{prefix}.{key}")
@@ -183,8 +216,9 @@ def test_step_moves_every_parameter_that_has_a_gradient(tiny, both_variants):
         without = [n for n, has in result["grads"][prefix].items() if not has]
         unexpected = [n for n in without if prefix != "G" or not n.startswith(no_gradient_expected)]
         assert not unexpected, f"{prefix}: parameters without a gradient: {unexpected[:5]}"
-        unchanged = [n for n, has in result["grads"][prefix].items()
-                     if has and torch.equal(result["state"][prefix][n], start[n])]
+        unchanged = [
+            n for n, has in result["grads"][prefix].items() if has and torch.equal(result["state"][prefix][n], start[n])
+        ]
         assert not unchanged, f"{prefix}: parameters with a gradient that did not move: {unchanged[:5]}"
     fwd = result["fwd"]
     assert fwd.y.shape == fwd.y_hat.shape == (2, 1, tiny["hps"].train.segment_size)
@@ -219,8 +253,11 @@ def test_nonfinite_audio_skips_the_updates_it_poisons(tiny):
 
 
 def test_frozen_bert_projection_is_not_trained(dev_config):
-    hps = utils.HParams(**tiny_config(dev_config, {"training_files": "t", "validation_files": "v"},
-                                      freeze_ZH_bert=True, freeze_EN_bert=True))
+    hps = utils.HParams(
+        **tiny_config(
+            dev_config, {"training_files": "t", "validation_files": "v"}, freeze_ZH_bert=True, freeze_EN_bert=True
+        )
+    )
     trainer = train_ms.build_trainer(hps, CPU)
     net_g = trainer.g.raw
     optimized = {id(p) for group in trainer.g.optimizer.param_groups for p in group["params"]}
@@ -263,8 +300,9 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
     assert again.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     # Without warm-up it is the reference's ExponentialLR.
     plain = utils.HParams(learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.99995, warmup_epochs=0)
-    assert isinstance(train_ms.make_scheduler(train_ms.make_optimizer([param], plain), plain),
-                      torch.optim.lr_scheduler.ExponentialLR)
+    assert isinstance(
+        train_ms.make_scheduler(train_ms.make_optimizer([param], plain), plain), torch.optim.lr_scheduler.ExponentialLR
+    )
 
 
 def test_config_errors_name_the_setting(dev_config):
@@ -274,18 +312,36 @@ def test_config_errors_name_the_setting(dev_config):
     config = tiny_config(dev_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True, fp16_run=True)
     with pytest.raises(ValueError, match="bf16_run and train.fp16_run"):
         train_ms.resolve_amp_dtype(utils.HParams(**config).train, torch.device("cuda"))
-    assert train_ms.resolve_amp_dtype(utils.HParams(**config | {"train": {"bf16_run": True}}).train,
-                                      torch.device("cpu")) is None
+    assert (
+        train_ms.resolve_amp_dtype(utils.HParams(**config | {"train": {"bf16_run": True}}).train, torch.device("cpu"))
+        is None
+    )
 
 
 # ------------------------------------------------------------------------------------- a real training run
 
 SCALAR_TAGS = [
-    "loss/g/total", "loss/d/total", "loss/wd/total", "learning_rate", "grad_norm_d", "grad_norm_g", "grad_norm_dur",
-    "grad_norm_wd", "loss/g/fm", "loss/g/mel", "loss/g/dur", "loss/g/kl", "loss/g/lm", "loss/g/lm_gen",
-    "loss/g/dur_gen", "loss/dur_disc/total",
-    *[f"loss/g/{i}" for i in range(6)], *[f"loss/d_r/{i}" for i in range(6)], *[f"loss/d_g/{i}" for i in range(6)],
-    *[f"loss/dur_disc_r/{i}" for i in range(2)], *[f"loss/dur_disc_g/{i}" for i in range(2)],
+    "loss/g/total",
+    "loss/d/total",
+    "loss/wd/total",
+    "learning_rate",
+    "grad_norm_d",
+    "grad_norm_g",
+    "grad_norm_dur",
+    "grad_norm_wd",
+    "loss/g/fm",
+    "loss/g/mel",
+    "loss/g/dur",
+    "loss/g/kl",
+    "loss/g/lm",
+    "loss/g/lm_gen",
+    "loss/g/dur_gen",
+    "loss/dur_disc/total",
+    *[f"loss/g/{i}" for i in range(6)],
+    *[f"loss/d_r/{i}" for i in range(6)],
+    *[f"loss/d_g/{i}" for i in range(6)],
+    *[f"loss/dur_disc_r/{i}" for i in range(2)],
+    *[f"loss/dur_disc_g/{i}" for i in range(2)],
 ]
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_tiny import kill, make_dataset, run_training, start_training, tiny_config, wait_for, write_run_files
 
 import train_ms
 import utils
-from train_tiny import kill, make_dataset, run_training, start_training, tiny_config, wait_for, write_run_files
 
 CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 PREFIXES = ("G", "D", "WD", "DUR")

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from kit import net_d_state_dict
 from torch.nn import functional as F
 
 import commons
-from kit import net_d_state_dict
 from losses import WavLMLoss, discriminator_loss, feature_loss, generator_loss, kl_loss
 from mel_processing import mel_spectrogram_torch, spec_to_mel_torch
 
@@ -91,8 +91,16 @@ def step_loss_terms(config: dict, nets: dict, wl: WavLMLoss, inputs: dict) -> di
     hop, segment_size = data["hop_length"], train["segment_size"]
     with zero_random():
         out = net_g(
-            inputs["x"], inputs["x_lengths"], inputs["spec"], inputs["spec_lengths"], inputs["sid"],
-            inputs["tone"], inputs["language"], inputs["bert"], inputs["ja_bert"], inputs["en_bert"],
+            inputs["x"],
+            inputs["x_lengths"],
+            inputs["spec"],
+            inputs["spec_lengths"],
+            inputs["sid"],
+            inputs["tone"],
+            inputs["language"],
+            inputs["bert"],
+            inputs["ja_bert"],
+            inputs["en_bert"],
         )
     y_hat, l_length, attn, ids_slice, x_mask, z_mask, latents, durations, g = out
     _z, z_p, m_p, logs_p, _m_q, logs_q = latents
@@ -100,13 +108,23 @@ def step_loss_terms(config: dict, nets: dict, wl: WavLMLoss, inputs: dict) -> di
 
     t = {"forward_o": y_hat, "ids_slice": ids_slice}
     t["mel"] = spec_to_mel_torch(
-        inputs["spec"], data["filter_length"], data["n_mel_channels"], data["sampling_rate"],
-        data["mel_fmin"], data["mel_fmax"],
+        inputs["spec"],
+        data["filter_length"],
+        data["n_mel_channels"],
+        data["sampling_rate"],
+        data["mel_fmin"],
+        data["mel_fmax"],
     )
     t["y_mel"] = commons.slice_segments(t["mel"], ids_slice, segment_size // hop)
     t["y_hat_mel"] = mel_spectrogram_torch(
-        y_hat.squeeze(1), data["filter_length"], data["n_mel_channels"], data["sampling_rate"], hop,
-        data["win_length"], data["mel_fmin"], data["mel_fmax"],
+        y_hat.squeeze(1),
+        data["filter_length"],
+        data["n_mel_channels"],
+        data["sampling_rate"],
+        hop,
+        data["win_length"],
+        data["mel_fmin"],
+        data["mel_fmax"],
     )
     y = commons.slice_segments(inputs["y"], ids_slice * hop, segment_size)
     t["y_seg"] = y
@@ -136,8 +154,14 @@ def step_loss_terms(config: dict, nets: dict, wl: WavLMLoss, inputs: dict) -> di
     t["loss_lm_gen"] = wl.generator(y_hat.squeeze(1))
     t["loss_dur_gen"], t["losses_dur_gen"] = generator_loss(dur_g)
     t["loss_gen_all"] = (
-        t["loss_gen"] + t["loss_fm"] + t["loss_mel"] + t["loss_dur"] + t["loss_kl"]
-        + t["loss_lm"] + t["loss_lm_gen"] + t["loss_dur_gen"]
+        t["loss_gen"]
+        + t["loss_fm"]
+        + t["loss_mel"]
+        + t["loss_dur"]
+        + t["loss_kl"]
+        + t["loss_lm"]
+        + t["loss_lm_gen"]
+        + t["loss_dur_gen"]
     )
     return t
 
@@ -150,11 +174,26 @@ def _as_tensor(value) -> torch.Tensor:
 
 TENSOR_TERMS = ["y_seg", "mel", "y_mel", "y_hat_mel"]
 LIST_TERMS = [
-    "losses_disc_r", "losses_disc_g", "losses_dur_disc_r", "losses_dur_disc_g", "losses_gen", "losses_dur_gen",
+    "losses_disc_r",
+    "losses_disc_g",
+    "losses_dur_disc_r",
+    "losses_dur_disc_g",
+    "losses_gen",
+    "losses_dur_gen",
 ]
 SCALAR_TERMS = [
-    "loss_disc", "loss_dur_disc", "loss_slm", "loss_dur", "loss_mel", "loss_kl", "loss_fm", "loss_gen",
-    "loss_lm", "loss_lm_gen", "loss_dur_gen", "loss_gen_all",
+    "loss_disc",
+    "loss_dur_disc",
+    "loss_slm",
+    "loss_dur",
+    "loss_mel",
+    "loss_kl",
+    "loss_fm",
+    "loss_gen",
+    "loss_lm",
+    "loss_lm_gen",
+    "loss_dur_gen",
+    "loss_gen_all",
 ]
 
 

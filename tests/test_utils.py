@@ -149,7 +149,9 @@ def test_get_hparams_from_file_names_file_and_line_on_bad_json(tmp_path):
 def test_save_zero_load_restores_weights_optimizer_and_scheduler(tmp_path):
     net, optim, sched, x = make_training_state()
     path = tmp_path / "G_3.pth"
-    utils.save_checkpoint(net, optim, sched.get_last_lr()[0], 3, path, extra={"scheduler": sched, "train_state": {"step": 3, "epoch": 1}})
+    utils.save_checkpoint(
+        net, optim, sched.get_last_lr()[0], 3, path, extra={"scheduler": sched, "train_state": {"step": 3, "epoch": 1}}
+    )
 
     saved = torch.load(path, weights_only=True)
     assert list(saved)[:4] == CLASSIC_KEYS
@@ -199,7 +201,10 @@ def test_ddp_prefix_is_handled_on_either_side(tmp_path):
     utils.load_checkpoint(tmp_path / "G_1.pth", wrapped)
     assert torch.equal(wrapped.module.conv.weight, net.conv.weight)
     # A file holding `module.`-prefixed keys (saved from a wrapper's own state_dict) loads into a bare net.
-    torch.save({"model": FakeDDP(net).state_dict(), "iteration": 1, "optimizer": None, "learning_rate": 2e-4}, tmp_path / "G_2.pth")
+    torch.save(
+        {"model": FakeDDP(net).state_dict(), "iteration": 1, "optimizer": None, "learning_rate": 2e-4},
+        tmp_path / "G_2.pth",
+    )
     bare = fresh_training_state()[0]
     utils.load_checkpoint(tmp_path / "G_2.pth", bare)
     assert torch.equal(bare.norm.weight, net.norm.weight)
@@ -436,8 +441,13 @@ def test_summarize_forwards_everything_to_the_writer():
 
     image = np.zeros((4, 5, 3), dtype=np.uint8)
     utils.summarize(
-        Writer(), 7, scalars={"loss/g/total": 1.5}, histograms={"h": torch.ones(3)}, images={"img": image},
-        audios={"gen/audio": torch.zeros(10)}, audio_sampling_rate=16000,
+        Writer(),
+        7,
+        scalars={"loss/g/total": 1.5},
+        histograms={"h": torch.ones(3)},
+        images={"img": image},
+        audios={"gen/audio": torch.zeros(10)},
+        audio_sampling_rate=16000,
     )
     names = [c[0] for c in calls]
     assert names == ["add_scalar", "add_histogram", "add_image", "add_audio"]

@@ -62,8 +62,9 @@ def make_dataset(folder: Path, n_train: int = 4, n_val: int = 1, n_speakers: int
         bert = torch.randn(1024, 2 * len(phones) + 1, generator=generator) * 0.1
         torch.save(bert, path.with_suffix(".bert.pt"))
         speaker = f"spk{index % n_speakers}"
-        lines.append(f"{path}|{speaker}|ZH|{text}|{' '.join(phones)}|{' '.join(map(str, tones))}|"
-                     f"{' '.join(map(str, word2ph))}")
+        lines.append(
+            f"{path}|{speaker}|ZH|{text}|{' '.join(phones)}|{' '.join(map(str, tones))}|{' '.join(map(str, word2ph))}"
+        )
     train_list, val_list = folder / "train.list", folder / "val.list"
     train_list.write_text("\n".join(lines[:n_train]) + "\n", encoding="utf-8")
     val_list.write_text("\n".join(lines[n_train:]) + "\n", encoding="utf-8")
@@ -74,8 +75,16 @@ def tiny_config(dev_config: dict, filelists: dict[str, str], **train: Any) -> di
     """The kit's dev model config with a shorter segment, the tiny filelists and the given train settings."""
     config = json.loads(json.dumps(dev_config))
     config["data"].update(filelists)
-    config["train"].update({"segment_size": 2048, "batch_size": 2, "log_interval": 10, "eval_interval": 10,
-                            "epochs": 1000, "skip_optimizer": False})
+    config["train"].update(
+        {
+            "segment_size": 2048,
+            "batch_size": 2,
+            "log_interval": 10,
+            "eval_interval": 10,
+            "epochs": 1000,
+            "skip_optimizer": False,
+        }
+    )
     config["train"].update(train)
     return config
 
@@ -109,13 +118,34 @@ def subprocess_env() -> dict[str, str]:
 
 
 def train_command(files: dict[str, Path], *extra: str) -> list[str]:
-    return [sys.executable, "train_ms.py", "-c", str(files["config"]), "-m", str(files["dataset"]),
-            "-y", str(files["yml"]), "--device", "cpu", "--num-workers", "0", "--threads", "1", *extra]
+    return [
+        sys.executable,
+        "train_ms.py",
+        "-c",
+        str(files["config"]),
+        "-m",
+        str(files["dataset"]),
+        "-y",
+        str(files["yml"]),
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def run_training(files: dict[str, Path], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(files, *extra), cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        train_command(files, *extra),
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if result.returncode != 0:
         raise AssertionError(f"train_ms.py exited with {result.returncode}\n--- stderr ---\n{result.stderr[-6000:]}")
     return result
@@ -123,8 +153,14 @@ def run_training(files: dict[str, Path], *extra: str, timeout: float = 600) -> s
 
 def start_training(files: dict[str, Path], *extra: str, log_path: Path) -> subprocess.Popen:
     handle = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller via the process
-    return subprocess.Popen(train_command(files, *extra), cwd=REPO_ROOT, env=subprocess_env(), stdout=handle,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        train_command(files, *extra),
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None, what: str = "condition") -> None:

@@ -6,7 +6,8 @@ loaded on first use by the language modules, never at import.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from text.symbols import language_id_map, language_tone_start_map, symbol_to_id
 
@@ -47,9 +48,9 @@ def get_bert(
     norm_text: str,
     word2ph: Sequence[int],
     language: str,
-    device: "str | torch.device",
+    device: str | torch.device,
     bert_dir: str | None = None,
-) -> "torch.Tensor":
+) -> torch.Tensor:
     """BERT features of `norm_text` expanded to phone level: a `[1024, sum(word2ph)]` tensor.
 
     `bert_dir` is the local transformers folder of the language's BERT model; None uses the

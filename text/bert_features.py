@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -53,9 +53,7 @@ class BertLoader:
 
         self.folder = folder
         self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            folder, local_files_only=True, use_fast=not slow_tokenizer
-        )
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, use_fast=not slow_tokenizer)
         # The base encoder gives the same hidden states as the masked-LM model the reference loads.
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
         logger.info("loaded BERT from %s on %s", folder, device)
@@ -96,7 +94,6 @@ def get_bert_feature_with(
     check_bert_dir(folder, spec)
     loader = bert_loader(folder, str(torch.device(device)), spec.slow_tokenizer)
     return phone_level_features(loader.token_features(text), word2ph, text)
-
 
 
 BERT_LANGUAGES = ("ZH", "JP", "EN")

@@ -15,22 +15,47 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from text.symbols import punctuation, zh_symbols
 
 logger = logging.getLogger(__name__)
 
 _PUNCTUATION_MAP = {
-    "：": ",", "；": ",", "，": ",", "。": ".", "！": "!", "？": "?", "\n": ".", "·": ",", "、": ",",
-    "...": "…", "$": ".", "“": "'", "”": "'", '"': "'", "‘": "'", "’": "'", "（": "'", "）": "'",
-    "(": "'", ")": "'", "《": "'", "》": "'", "【": "'", "】": "'", "[": "'", "]": "'", "—": "-",
-    "～": "-", "~": "-", "「": "'", "」": "'",
+    "：": ",",
+    "；": ",",
+    "，": ",",
+    "。": ".",
+    "！": "!",
+    "？": "?",
+    "\n": ".",
+    "·": ",",
+    "、": ",",
+    "...": "…",
+    "$": ".",
+    "“": "'",
+    "”": "'",
+    '"': "'",
+    "‘": "'",
+    "’": "'",
+    "（": "'",
+    "）": "'",
+    "(": "'",
+    ")": "'",
+    "《": "'",
+    "》": "'",
+    "【": "'",
+    "】": "'",
+    "[": "'",
+    "]": "'",
+    "—": "-",
+    "～": "-",
+    "~": "-",
+    "「": "'",
+    "」": "'",
 }
 _PUNCTUATION_RE = re.compile("|".join(re.escape(p) for p in _PUNCTUATION_MAP))
-_NOT_HANZI_OR_PUNCTUATION_RE = re.compile(
-    "[^\u4e00-\u9fa5" + "".join(re.escape(p) for p in punctuation) + "]+"
-)
+_NOT_HANZI_OR_PUNCTUATION_RE = re.compile("[^\u4e00-\u9fa5" + "".join(re.escape(p) for p in punctuation) + "]+")
 # Sentence pieces end after every punctuation mark; each piece is segmented on its own.
 _PIECE_SPLIT_RE = re.compile("(?<=[" + "".join(re.escape(p) for p in punctuation) + r"])\s*")
 _LATIN_RE = re.compile("[a-zA-Z]+")
@@ -42,12 +67,32 @@ _CHARACTER_REPLACEMENTS = {"嗯": "恩", "呣": "母"}
 _CONTRACTED_FINALS = {"uei": "ui", "iou": "iu", "uen": "un"}
 # Zero-initial syllables written with y/w: the final as it is spoken after the glide.
 _Y_GLIDE_FINALS = {
-    "i": "i", "in": "in", "ing": "ing", "ia": "a", "ian": "En", "iang": "ang", "iao": "ao", "ie": "E",
-    "iou": "ou", "iong": "ong", "io": "o", "v": "v", "van": "van", "ve": "ve", "vn": "vn",
+    "i": "i",
+    "in": "in",
+    "ing": "ing",
+    "ia": "a",
+    "ian": "En",
+    "iang": "ang",
+    "iao": "ao",
+    "ie": "E",
+    "iou": "ou",
+    "iong": "ong",
+    "io": "o",
+    "v": "v",
+    "van": "van",
+    "ve": "ve",
+    "vn": "vn",
 }
 _W_GLIDE_FINALS = {
-    "u": "u", "ua": "a", "uai": "ai", "uan": "an", "uang": "ang", "uei": "ei", "uen": "en",
-    "ueng": "eng", "uo": "o",
+    "u": "u",
+    "ua": "a",
+    "uai": "ai",
+    "uan": "an",
+    "uang": "ang",
+    "uei": "ei",
+    "uen": "en",
+    "ueng": "eng",
+    "uo": "o",
 }
 # Other zero-initial syllables (a, o, e, er, ...) get a pseudo-initial from their first vowel.
 _OPEN_SYLLABLE_INITIALS = {"a": "AA", "o": "OO", "e": "EE"}
@@ -120,9 +165,7 @@ def _word_initials_finals(word: str) -> tuple[list[str], list[str]]:
     return initials, finals
 
 
-def _syllables_to_phones(
-    initials: list[str], finals: list[str], piece: str
-) -> tuple[list[str], list[int], list[int]]:
+def _syllables_to_phones(initials: list[str], finals: list[str], piece: str) -> tuple[list[str], list[int], list[int]]:
     phones: list[str] = []
     tones: list[int] = []
     word2ph: list[int] = []

@@ -16,8 +16,8 @@ Characters/words outside the vocabulary become one [UNK] token each, which keeps
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -63,9 +63,7 @@ def _save_tokenizer(folder: Path, language: str, vocab: list[str]) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def build_tiny_bert(
-    folder: str | Path, language: str, seed: int = 0, texts: Iterable[str] = ()
-) -> Path:
+def build_tiny_bert(folder: str | Path, language: str, seed: int = 0, texts: Iterable[str] = ()) -> Path:
     """Write a tiny random BERT for `language` ("ZH", "JP", "EN") into `folder` and return it.
 
     `texts` adds their characters (ZH/JP) or words (EN) to the vocabulary.

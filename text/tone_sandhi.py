@@ -14,7 +14,7 @@ The rules and the two word lists below follow the behaviour of the reference fro
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pypinyin import Style, lazy_pinyin
 
@@ -124,10 +124,7 @@ class ToneSandhi:
         while i < len(seg):
             word, pos = seg[i]
             is_v_yi_v = (
-                word == "一"
-                and 0 < i < len(seg) - 1
-                and seg[i - 1][0] == seg[i + 1][0]
-                and seg[i - 1][1] == "v"
+                word == "一" and 0 < i < len(seg) - 1 and seg[i - 1][0] == seg[i + 1][0] and seg[i - 1][1] == "v"
             )
             if is_v_yi_v and out:
                 out[-1][0] = out[-1][0] + "一" + out[-1][0]
@@ -155,9 +152,7 @@ class ToneSandhi:
         return out
 
     @staticmethod
-    def _merge_third_tone_runs(
-        seg: list[Segment], joins: Callable[[list[str], list[str]], bool]
-    ) -> list[Segment]:
+    def _merge_third_tone_runs(seg: list[Segment], joins: Callable[[list[str], list[str]], bool]) -> list[Segment]:
         # Join a word to its predecessor when `joins` holds on their finals, unless the
         # predecessor was itself just joined, is a reduplication, or the result exceeds 3 chars.
         finals = [_finals_tone3(word) for word, _ in seg]
@@ -176,16 +171,12 @@ class ToneSandhi:
         return out
 
     def _merge_third_tone_words(self, seg: list[Segment]) -> list[Segment]:
-        return self._merge_third_tone_runs(
-            seg, lambda left, right: _all_third_tone(left) and _all_third_tone(right)
-        )
+        return self._merge_third_tone_runs(seg, lambda left, right: _all_third_tone(left) and _all_third_tone(right))
 
     def _merge_third_tone_boundary(self, seg: list[Segment]) -> list[Segment]:
         return self._merge_third_tone_runs(
             seg,
-            lambda left, right: bool(left and right)
-            and _tone(left[-1]) == "3"
-            and _tone(right[0]) == "3",
+            lambda left, right: bool(left and right) and _tone(left[-1]) == "3" and _tone(right[0]) == "3",
         )
 
     @staticmethod
@@ -256,20 +247,14 @@ class ToneSandhi:
         last = len(finals) - 1
         if word[-1] in _SENTENCE_PARTICLES or word[-1] in _STRUCTURAL_PARTICLES:
             _set_tone(finals, last, "5")
-        elif (
-            len(word) > 1
-            and word[-1] in "们子"
-            and pos in {"r", "n"}
-            and word not in self.must_not_neutral_words
-        ):
+        elif len(word) > 1 and word[-1] in "们子" and pos in {"r", "n"} and word not in self.must_not_neutral_words:
             _set_tone(finals, last, "5")
         elif len(word) > 1 and word[-1] in "上下里" and pos in {"s", "l", "f"}:  # 桌上, 家里
             _set_tone(finals, last, "5")
         elif len(word) > 1 and word[-1] in "来去" and word[-2] in _DIRECTION_PREFIXES:  # 上来
             _set_tone(finals, last, "5")
         elif word == "个" or (
-            ge_index >= 1
-            and (word[ge_index - 1].isnumeric() or word[ge_index - 1] in _MEASURE_WORD_PRECEDERS)
+            ge_index >= 1 and (word[ge_index - 1].isnumeric() or word[ge_index - 1] in _MEASURE_WORD_PRECEDERS)
         ):  # 个 as a measure word
             _set_tone(finals, ge_index, "5")
         elif self._is_neutral_word(word):
