@@ -3,17 +3,28 @@
 ``maximum_path(neg_cent, mask)`` takes the log-likelihood of every (frame, token) pair, ``neg_cent``
 [b, t_y, t_x], and the attention mask [b, t_y, t_x], and returns the 0/1 path with the largest total, as a
 tensor of ``neg_cent``'s dtype on its device. Frames per item are read from ``mask[:, :, 0]`` and tokens from
-``mask[:, 0, :]``, like the reference. CPU tensors go to a multi-threaded numba kernel (``core``); tensors on
-other devices stay there and use a vectorised torch implementation.
+``mask[:, 0, :]``, like the reference. CPU tensors go to a multi-threaded numba kernel (``core``); CUDA tensors
+stay on the device and go to a Triton kernel (``triton_kernel``) where Triton is installed; tensors on other
+devices, or on CUDA without Triton, use a vectorised torch implementation. All give the same paths.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.util
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["maximum_path", "maximum_path_cpu", "maximum_path_torch", "path_lengths"]
+__all__ = [
+    "maximum_path",
+    "maximum_path_cpu",
+    "maximum_path_cuda",
+    "maximum_path_torch",
+    "path_lengths",
+    "triton_available",
+]
 
 _UNREACHABLE = -1e9
 
@@ -30,7 +41,26 @@ def maximum_path(neg_cent: Tensor, mask: Tensor) -> Tensor:
     """Best monotonic alignment path, [b, t_y, t_x] 0/1 in neg_cent's dtype and device."""
     if neg_cent.device.type == "cpu":
         return maximum_path_cpu(neg_cent, mask)
+    if neg_cent.device.type == "cuda" and triton_available():
+        return maximum_path_cuda(neg_cent, mask)
     return maximum_path_torch(neg_cent, mask)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton can be imported (it ships with torch's CUDA wheels on Linux x86_64)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def maximum_path_cuda(neg_cent: Tensor, mask: Tensor) -> Tensor:
+    """Triton kernel on neg_cent's device (CUDA, or the CPU under ``TRITON_INTERPRET=1``); no host copies."""
+    if neg_cent.numel() == 0:
+        return torch.zeros_like(neg_cent)
+    from monotonic_align.triton_kernel import maximum_path_triton
+
+    t_ys, t_xs = path_lengths(mask.detach())
+    path = maximum_path_triton(neg_cent.detach(), t_ys, t_xs)
+    return path.to(dtype=neg_cent.dtype)
 
 
 def maximum_path_cpu(neg_cent: Tensor, mask: Tensor, n_threads: int | None = None) -> Tensor:

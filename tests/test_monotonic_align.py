@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +200,88 @@ def test_yardstick_is_plain_numpy() -> None:
     path = maximum_path_naive(neg_cent, np.array([3]), np.array([2]))
     # Columns [0, 0, 1] total -1; the only other monotonic path, [0, 1, 1], totals -2.
     assert path[0].tolist() == [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+
+
+# --- The Triton kernel (CUDA), run on the CPU by Triton's interpreter --------------------------------------------
+
+_TRITON_RUNNER = """
+import sys
+import torch
+import monotonic_align
+cases = torch.load(sys.argv[1], weights_only=True)
+paths = [monotonic_align.maximum_path_cuda(neg_cent, mask) for neg_cent, mask in cases]
+torch.save(paths, sys.argv[2])
+"""
+
+
+def triton_interpreter_paths(cases: list[tuple[torch.Tensor, torch.Tensor]], tmp_path) -> list[torch.Tensor]:
+    """maximum_path_cuda's paths for every (neg_cent, mask), computed in a subprocess with TRITON_INTERPRET=1.
+
+    The interpreter must be chosen before Triton is imported, hence the fresh interpreter process.
+    """
+    if importlib.util.find_spec("triton") is None:
+        message = "triton is not installed (it comes with torch's Linux x86_64 wheels)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; under CI the Triton kernel must be tested")
+        pytest.skip(message)
+    inputs, outputs = tmp_path / "cases.pt", tmp_path / "paths.pt"
+    torch.save(cases, inputs)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _TRITON_RUNNER, str(inputs), str(outputs)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(outputs, weights_only=True)
+
+
+def triton_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(21)
+    cases = {}
+    for t_ys, t_xs in [
+        ([12, 9, 5], [5, 3, 5]),
+        ([6, 1, 9], [1, 1, 1]),  # length-1 items: one token, one frame
+        ([33, 20, 2], [13, 7, 2]),
+        ([40, 40], [39, 1]),
+        ([150], [140]),  # a row wider than 128 columns: several warps share it
+    ]:
+        mask = lengths_mask(t_ys, t_xs)
+        # Padding carries costs too (as in the model): the kernel must not read them except where the
+        # reference's wrap-around walk does.
+        cases[f"random {t_ys}x{t_xs}"] = (torch.randn(mask.shape, generator=generator) * 3.0 - 10.0, mask)
+    for seed in range(2):
+        mask = lengths_mask([15, 12, 9], [6, 12, 4])
+        cases[f"ties {seed}"] = (torch.randint(-2, 2, mask.shape, generator=generator).float(), mask)
+    mask = lengths_mask([3, 8, 2, 5], [6, 4, 5, 5], max_y=8, max_x=6)  # t_x > t_y: the reference's walk
+    cases["more tokens than frames"] = (torch.randn(mask.shape, generator=generator), mask)
+    mask = lengths_mask([5, 0, 4], [3, 0, 0], max_y=6, max_x=4)  # empty items, padded beyond every item
+    cases["empty items"] = (torch.randn(mask.shape, generator=generator), mask)
+    cases["all equal"] = (torch.zeros(1, 6, 3), lengths_mask([6], [3]))
+    values = torch.randn(1, 7, 4, generator=generator)
+    values[0, 3, 1] = float("nan")
+    cases["nan cost"] = (values, lengths_mask([7], [4]))
+    return cases
+
+
+def test_triton_kernel_matches_the_numba_kernel_under_the_interpreter(tmp_path) -> None:
+    cases = triton_cases()
+    paths = triton_interpreter_paths(list(cases.values()), tmp_path)
+    for (name, (neg_cent, mask)), path in zip(cases.items(), paths):
+        expected = monotonic_align.maximum_path_cpu(neg_cent, mask, n_threads=1)
+        assert path.dtype == neg_cent.dtype, name
+        assert torch.equal(path, expected), f"Triton path differs from the numba kernel: {name}"
+        if name != "nan cost":
+            assert torch.equal(path, naive_paths(neg_cent, mask)), name
+
+
+def test_cpu_tensors_never_take_the_triton_path(monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("CPU tensors must use the numba kernel")
+
+    monkeypatch.setattr(monotonic_align, "maximum_path_cuda", fail)
+    mask = lengths_mask([5], [3])
+    assert monotonic_align.maximum_path(torch.randn(1, 5, 3), mask).sum() == 5
