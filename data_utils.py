@@ -11,6 +11,7 @@ spectrogram as ``clip.spec.pt`` (``clip.mel.pt`` with a mel posterior encoder).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import os
 import random
@@ -42,6 +43,12 @@ __all__ = [
     "spec_path_for",
     "blanked_word2ph",
     "frames_from_file_size",
+    "UNUSED_BERT_CHOICES",
+    "DEFAULT_UNUSED_BERT",
+    "unused_bert_regime",
+    "fill_bert_slots",
+    "item_noise_generator",
+    "EpochIndex",
     "TextAudioSpeakerLoader",
     "TextAudioSpeakerCollate",
     "DistributedBucketSampler",
@@ -56,6 +63,10 @@ _FILELIST_SHUFFLE_SEED = 1234
 _INT16_SCALE = 32768.0
 # Which BERT slot of the text encoder a language's features feed.
 _BERT_SLOT = {"ZH": 0, "JP": 1, "EN": 2}
+# data.unused_bert: what fills the two BERT slots of the languages an utterance is not in. "randn" (standard normal
+# noise, fresh per item) is what Bert-VITS2 2.3 does in training and inference; "zeros" is deterministic.
+UNUSED_BERT_CHOICES = ("randn", "zeros")
+DEFAULT_UNUSED_BERT = "randn"
 
 
 class FilelistEntry(NamedTuple):
@@ -198,6 +209,70 @@ def _as_dict(value: Any) -> dict:
     return dict(vars(value))
 
 
+# --------------------------------------------------------------------------------------------- unused BERT
+
+
+def unused_bert_regime(data_hparams: Any) -> str:
+    """``data.unused_bert`` of a model config ("randn" when absent, as for the reference's configs)."""
+    value = _hparam(data_hparams, "unused_bert", None)
+    if value is None:
+        return DEFAULT_UNUSED_BERT
+    if value not in UNUSED_BERT_CHOICES:
+        raise ValueError(f"data.unused_bert must be one of {', '.join(map(repr, UNUSED_BERT_CHOICES))}, got {value!r}")
+    return value
+
+
+def fill_bert_slots(
+    features: Tensor, language: str, regime: str, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(bert, ja_bert, en_bert): ``features`` [1024, t] in ``language``'s slot, the other two by ``regime``.
+
+    "randn" draws the noise from ``generator`` (CPU; None: torch's global RNG) in slot order ZH, JP, EN, skipping
+    the used slot, the order in which the reference draws it.
+    """
+    if language not in _BERT_SLOT:
+        raise ValueError(f"unknown language {language!r} (expected one of {list(_BERT_SLOT)})")
+    if regime not in UNUSED_BERT_CHOICES:
+        raise ValueError(f"unused BERT regime must be one of {list(UNUSED_BERT_CHOICES)}, got {regime!r}")
+    slots = []
+    for slot_language in _BERT_SLOT:
+        if slot_language == language:
+            slots.append(features)
+        elif regime == "randn":
+            slots.append(torch.randn(tuple(features.shape), generator=generator, dtype=features.dtype))
+        else:
+            slots.append(torch.zeros_like(features))
+    return slots[0], slots[1], slots[2]
+
+
+def item_noise_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A CPU generator seeded by (training seed, epoch, dataset index): an item's noise is the same whichever
+    worker loads it and whether or not the run was resumed."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(digest, "little"))
+    return generator
+
+
+class EpochIndex(int):
+    """A dataset index that carries the epoch it was sampled in.
+
+    The bucket sampler yields these, so the epoch reaches the dataset inside DataLoader worker processes (which
+    keep their own copy of the dataset with persistent workers) without any extra channel. It compares, hashes
+    and serialises as the plain index.
+    """
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int) -> EpochIndex:
+        value = super().__new__(cls, index)
+        value.epoch = int(epoch)
+        return value
+
+    def __getnewargs__(self) -> tuple[int, int]:
+        return int(self), self.epoch
+
+
 # --------------------------------------------------------------------------------------------- dataset
 
 
@@ -213,9 +288,10 @@ class TextAudioSpeakerLoader(Dataset):
        :class:`DistributedBucketSampler` buckets by.
 
     BERT features: ``clip.bert.pt`` [1024, n_phones after blank insertion] goes into the slot of the clip's
-    language; the other two slots are **zeros**. The reference fills them with fresh ``torch.randn`` noise at
-    every load; zeros make items deterministic and reproducible across workers, and the model cannot learn
-    from either since the noise carries no information.
+    language; the other two slots follow ``data.unused_bert``: "randn" (default, the reference's behaviour)
+    draws standard-normal noise at every load, from a generator seeded by (``seed``, epoch, index) so that
+    workers and resumed runs draw the same noise (the epoch comes with an :class:`EpochIndex` from the
+    sampler; a plain index counts as epoch 0); "zeros" leaves zeros.
 
     Audio is read with soundfile as float32 (16-bit samples / ``max_wav_value``, as the reference);
     a clip at another sampling rate than ``sampling_rate`` or with more than one channel raises ``ValueError``.
@@ -223,8 +299,12 @@ class TextAudioSpeakerLoader(Dataset):
     is older than the wav or has the wrong shape. ``all_in_mem`` preloads every item at construction.
     """
 
-    def __init__(self, audiopaths_sid_text: str | os.PathLike, hparams: Any, all_in_mem: bool | None = None):
+    def __init__(
+        self, audiopaths_sid_text: str | os.PathLike, hparams: Any, all_in_mem: bool | None = None, seed: int = 0
+    ):
         self.filelist = str(audiopaths_sid_text)
+        self.unused_bert = unused_bert_regime(hparams)
+        self.seed = int(seed)
         self.max_wav_value = float(_hparam(hparams, "max_wav_value", 32768.0))
         self.sampling_rate = int(_required_hparam(hparams, "sampling_rate"))
         self.filter_length = int(_required_hparam(hparams, "filter_length"))
@@ -279,9 +359,19 @@ class TextAudioSpeakerLoader(Dataset):
         return len(self.audiopaths_sid_text)
 
     def __getitem__(self, index: int) -> Sample:
-        if self.preloaded is not None:
-            return self.preloaded[index]
-        return self._load_item(index)
+        position = int(index)
+        sample = self.preloaded[position] if self.preloaded is not None else self._load_item(position)
+        if self.unused_bert == "randn":
+            sample = self._with_noise(sample, position, getattr(index, "epoch", 0))
+        return sample
+
+    def _with_noise(self, sample: Sample, index: int, epoch: int) -> Sample:
+        """The sample with its two unused BERT slots drawn from the item's own generator."""
+        language = self.audiopaths_sid_text[index].language
+        features = (sample.bert, sample.ja_bert, sample.en_bert)[_BERT_SLOT[language]]
+        generator = item_noise_generator(self.seed, epoch, index)
+        bert, ja_bert, en_bert = fill_bert_slots(features, language, "randn", generator)
+        return sample._replace(bert=bert, ja_bert=ja_bert, en_bert=en_bert)
 
     def _load_item(self, index: int) -> Sample:
         entry = self.audiopaths_sid_text[index]
@@ -386,7 +476,8 @@ class TextAudioSpeakerLoader(Dataset):
         """(bert, ja_bert, en_bert, phone ids, tone ids, language ids) of one utterance.
 
         ``text`` (the normalised text) is unused here, as in the reference; the BERT features were computed
-        from it by bert_gen.py. ``word2ph`` is not modified.
+        from it by bert_gen.py. ``word2ph`` is not modified. The unused slots are zeros here; ``__getitem__``
+        replaces them with noise under ``data.unused_bert = "randn"``.
         """
         del text
         if language_str not in _BERT_SLOT:
@@ -403,12 +494,11 @@ class TextAudioSpeakerLoader(Dataset):
         n_phones = len(phone_ids)
 
         features = self._load_bert(wav_path, n_phones, sum(word2ph))
-        slots = [torch.zeros(features.shape[0], n_phones) for _ in _BERT_SLOT]
-        slots[_BERT_SLOT[language_str]] = features
+        bert, ja_bert, en_bert = fill_bert_slots(features, language_str, "zeros")
         return (
-            slots[0],
-            slots[1],
-            slots[2],
+            bert,
+            ja_bert,
+            en_bert,
             torch.LongTensor(phone_ids),
             torch.LongTensor(tone_ids),
             torch.LongTensor(lang_ids),
@@ -606,6 +696,8 @@ class DistributedBucketSampler(Sampler[list[int]]):
         batches: list[list[int]] = []
         for bucket, order, padded in zip(self.buckets, orders, self.num_samples_per_bucket):
             batches.extend(self._rank_batches(bucket, order, padded))
+        # The indices carry the epoch to the dataset (its per-item noise seed), also into worker processes.
+        batches = [[EpochIndex(index, self.epoch) for index in batch] for batch in batches]
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         self.batches = batches

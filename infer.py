@@ -10,12 +10,18 @@ turns text into phone ids and BERT features the way the reference `infer.py` doe
         --bert-dir bert/chinese-roberta-wwm-ext-large -o out.wav
 
 Python API: `load_synthesizer(...)` returns a `Synthesizer` whose `synthesize(text, speaker, language, ...)`
-gives `(sampling_rate, waveform)`; `infer_waveform(net_g, ...)` runs the generator on prepared tensors.
+gives `(sampling_rate, waveform)`; `synthesize_parts([(text, language), ...], speaker, ...)` speaks an explicit
+list of parts in one voice; `infer_waveform(net_g, ...)` runs the generator on prepared tensors.
+
+Languages: "ZH", "JP", "EN"; "mix" (the reference webui's tagged form `[speaker]<zh>你好<en>hello|<jp>…`) and
+"auto" (parts split at punctuation and script changes, each identified as ZH, JP or EN). Parts in different
+languages are joined at feature level into one generator pass, as Bert-VITS2 2.3 does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import pickle
@@ -23,7 +29,7 @@ import re
 import struct
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,9 +40,17 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 LANGUAGES = ("ZH", "JP", "EN")
+# What `Synthesizer.synthesize` accepts: one language, tagged parts ("mix") or identified parts ("auto").
+MIX, AUTO = "mix", "auto"
+REQUEST_LANGUAGES = (*LANGUAGES, MIX, AUTO)
 BERT_FEATURE_DIM = 1024
-# Which keyword of `SynthesizerTrn.infer` carries the features of each language; the other two get zeros.
+# Which keyword of `SynthesizerTrn.infer` carries the features of each language; the other two are "unused" and
+# get what the model was trained with (data.unused_bert: noise or zeros).
 BERT_SLOTS = {"ZH": "bert", "JP": "ja_bert", "EN": "en_bert"}
+# A joined part loses its leading blank, "_" pad and blank (all parts but the first) and its trailing pad and
+# blank (all parts but the last), so no pause appears at the seams (the reference's skip_start/skip_end).
+SKIP_START = 3
+SKIP_END = 2
 
 EXPORT_FORMAT = "bert-vits2-2.3-generator"
 # Parts of the generator that `SynthesizerTrn.infer` never runs: the posterior encoder (training only), the
@@ -52,10 +66,12 @@ INFERENCE_UNUSED_PREFIXES = (
 )
 
 DEFAULT_SENTENCE_PAUSE = 0.2  # seconds of silence between sentences of a long text (the reference webui's default)
+DEFAULT_PARAGRAPH_PAUSE = 1.0  # seconds between paragraphs (lines) of a long text (the reference webui's default)
 
 # Sentence ends: CJK and ASCII terminators (a "." only when followed by a space or the end, so "3.5" stays whole).
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;…\n])|(?<=\.)(?=\s|$)")
 _CLAUSE_END = re.compile(r"(?<=[，,、：:])")
+_SENTENCE_TERMINATORS = "。！？!?；;….\n"
 MAX_SENTENCE_CHARS = 200
 
 
@@ -285,10 +301,29 @@ def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]
 
 
 def check_language(language: str) -> str:
+    """One of the model's languages "ZH", "JP", "EN" (case-insensitive)."""
     code = str(language).upper()
     if code not in LANGUAGES:
         raise ValueError(f"unknown language {language!r}: use one of {', '.join(LANGUAGES)}")
     return code
+
+
+def check_request_language(language: str) -> str:
+    """ "ZH", "JP", "EN", "mix" or "auto" from any capitalisation of them."""
+    code = str(language).strip()
+    if code.lower() in (MIX, AUTO):
+        return code.lower()
+    if code.upper() in LANGUAGES:
+        return code.upper()
+    raise ValueError(f"unknown language {language!r}: use one of {', '.join(REQUEST_LANGUAGES)}")
+
+
+def unused_bert_of(config: Mapping[str, Any] | Any) -> str:
+    """The model's `data.unused_bert` regime; configs without it (the reference's) mean "randn"."""
+    from data_utils import unused_bert_regime
+
+    data = config["data"] if isinstance(config, Mapping) else config.data
+    return unused_bert_regime(data)
 
 
 def prepare_text(
@@ -298,9 +333,18 @@ def prepare_text(
     add_blank: bool = True,
     device: str | torch.device = "cpu",
     bert_dir: str | Path | None = None,
+    style_text: str | None = None,
+    style_weight: float = 0.7,
+    unused_bert: str = "randn",
+    generator: torch.Generator | None = None,
 ) -> PreparedText:
-    """Phone, tone and language ids and BERT features for one utterance, as the reference inference makes them."""
+    """Phone, tone and language ids and BERT features for one utterance, as the reference inference makes them.
+
+    The two BERT slots of the languages the text is not in are filled by `unused_bert`: "randn" draws standard
+    normal noise from `generator` (the reference's behaviour), "zeros" leaves zeros.
+    """
     import commons
+    from data_utils import fill_bert_slots
     from text import cleaned_text_to_sequence, get_bert
     from text.cleaner import clean_text
 
@@ -313,20 +357,46 @@ def prepare_text(
         # Every word's phones now come with a blank each, and the leading blank belongs to the first word.
         word2ph = [2 * count for count in word2ph]
         word2ph[0] += 1
-    features = get_bert(norm_text, word2ph, language, device, bert_dir=bert_dir)
+    style = style_text.strip() if style_text else None
+    features = get_bert(
+        norm_text, word2ph, language, device, bert_dir=bert_dir, style_text=style, style_weight=style_weight
+    )
     n_phones = len(phone_ids)
     if tuple(features.shape) != (BERT_FEATURE_DIM, n_phones):
         raise ValueError(
             f"BERT features have shape {tuple(features.shape)}, expected ({BERT_FEATURE_DIM}, {n_phones}) for {text!r}"
         )
-    slots = {slot: torch.zeros(BERT_FEATURE_DIM, n_phones, device=device) for slot in BERT_SLOTS.values()}
-    slots[BERT_SLOTS[language]] = features.to(device=device, dtype=torch.float32)
+    slots = fill_bert_slots(features.float().cpu(), language, unused_bert, generator)
+    bert, ja_bert, en_bert = (slot.to(device=device, dtype=torch.float32) for slot in slots)
     return PreparedText(
         phones=torch.tensor(phone_ids, dtype=torch.long, device=device),
         tones=torch.tensor(tone_ids, dtype=torch.long, device=device),
         lang_ids=torch.tensor(lang_ids, dtype=torch.long, device=device),
-        **slots,
+        bert=bert,
+        ja_bert=ja_bert,
+        en_bert=en_bert,
     )
+
+
+def join_prepared(parts: Sequence[PreparedText]) -> PreparedText:
+    """One utterance from parts prepared separately (each in its own language), joined at feature level.
+
+    Every part but the first loses its first `SKIP_START` entries (blank, "_" pad, blank) and every part but the
+    last its last `SKIP_END` (pad, blank), in all six sequences, so the seams carry no pause.
+    """
+    if not parts:
+        raise ValueError("nothing to join: no parts")
+    last = len(parts) - 1
+    trimmed: list[PreparedText] = []
+    for index, part in enumerate(parts):
+        start = SKIP_START if index > 0 else 0
+        stop = part.phones.numel() - (SKIP_END if index < last else 0)
+        if stop <= start:
+            raise ValueError(f"part {index} is too short to join ({part.phones.numel()} phones)")
+        trimmed.append(PreparedText(*(tensor[..., start:stop] for tensor in part)))
+    if len(trimmed) == 1:
+        return trimmed[0]
+    return PreparedText(*(torch.cat(tensors, dim=-1) for tensors in zip(*trimmed)))
 
 
 def check_inference_params(sdp_ratio: float, noise_scale: float, noise_scale_w: float, length_scale: float) -> None:
@@ -337,6 +407,181 @@ def check_inference_params(sdp_ratio: float, noise_scale: float, noise_scale_w: 
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     if not (np.isfinite(length_scale) and length_scale > 0.0):
         raise ValueError(f"length_scale must be a finite number > 0, got {length_scale}")
+
+
+def check_pauses(sentence_pause: float, paragraph_pause: float) -> None:
+    for name, value in (("sentence_pause", sentence_pause), ("paragraph_pause", paragraph_pause)):
+        if not (np.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Planning a request: paragraphs of utterances (one generator pass each) made of (text, language) parts
+
+
+class Utterance(NamedTuple):
+    """One generator pass: a speaker and the parts joined at feature level."""
+
+    speaker: str
+    parts: tuple[tuple[str, str], ...]  # (text, "ZH" | "JP" | "EN" | "auto")
+
+
+Plan = list[list[Utterance]]  # paragraphs of utterances
+
+
+def _ends_sentence(text: str) -> bool:
+    stripped = text.rstrip()
+    return bool(stripped) and stripped[-1] in _SENTENCE_TERMINATORS
+
+
+def plan_parts(
+    parts: Sequence[tuple[str, str]], speaker: str, split: bool = True, max_chars: int = MAX_SENTENCE_CHARS
+) -> Plan:
+    """Group (text, language) parts into paragraphs of utterances.
+
+    Without `split` all parts form one utterance. With it, a line break starts a paragraph and a sentence end
+    starts an utterance, also inside a part: "你好。今天|hello" gives the utterances [你好。] and [今天, hello].
+    """
+    if not split:
+        kept = tuple((text.strip(), language) for text, language in parts if text.strip())
+        return [[Utterance(speaker, kept)]] if kept else []
+    paragraphs: list[list[list[tuple[str, str]]]] = [[]]
+    open_utterance = False  # whether the next piece of text continues the last utterance
+    for text, language in parts:
+        for line_number, line in enumerate(text.split("\n")):
+            if line_number > 0:
+                open_utterance = False
+                if paragraphs[-1]:
+                    paragraphs.append([])
+            sentences = split_sentences(line, max_chars)
+            for index, sentence in enumerate(sentences):
+                if open_utterance and index == 0:
+                    paragraphs[-1][-1].append((sentence, language))
+                else:
+                    paragraphs[-1].append([(sentence, language)])
+            if sentences:
+                open_utterance = not _ends_sentence(line)
+            elif _ends_sentence(line):
+                open_utterance = False
+    return [[Utterance(speaker, tuple(parts)) for parts in paragraph] for paragraph in paragraphs if paragraph]
+
+
+def join_plans(plans: Iterable[Plan]) -> Plan:
+    """Plans spoken one after another: the last paragraph of one and the first of the next run on."""
+    joined: Plan = []
+    for plan in plans:
+        if joined and plan:
+            joined[-1].extend(plan[0])
+            joined.extend(plan[1:])
+        else:
+            joined.extend(plan)
+    return joined
+
+
+class MixPiece(NamedTuple):
+    speaker: str
+    parts: list[tuple[str, str]]
+
+
+_MIX_TOKEN = re.compile(r"\[([^\[\]<>]*)\]|<([^<>\[\]]*)>")
+_MIX_STRAY = re.compile(r"[<>\[\]]")
+_MIX_LANGUAGE_TAGS = {"ZH": "ZH", "JP": "JP", "JA": "JP", "EN": "EN"}
+MIX_FORMAT_HINT = "write mix text as [speaker]<zh>你好<en>hello|<jp>こんにちは (the speaker tag is optional)"
+
+
+def parse_mix(text: str, default_speaker: str | None = None) -> list[MixPiece]:
+    """Pieces of the reference webui's mix form, each a speaker and its (text, language) parts.
+
+    `[name]` switches the speaker (`default_speaker` until the first one), `<zh>`, `<jp>` (or `<ja>`) and `<en>`
+    switch the language of the text that follows, `|` ends a piece. Malformed text raises ValueError naming the
+    problem and its character position.
+    """
+    pieces: list[MixPiece] = []
+    current: list[tuple[str, str]] = []
+    speaker = default_speaker
+    speaker_tag: tuple[str, int] | None = None  # the last [name] and where, until text follows it
+    language: str | None = None
+
+    def close_piece() -> None:
+        nonlocal current
+        if current:
+            if speaker is None:
+                raise ValueError(f"mix text: no speaker for {current[0][0]!r}; start with [speaker] or pass one")
+            pieces.append(MixPiece(speaker, current))
+            current = []
+
+    def add_text(chunk: str, where: int) -> None:
+        nonlocal speaker_tag
+        stray = _MIX_STRAY.search(chunk)
+        if stray:
+            raise ValueError(
+                f"mix text: unmatched {stray.group()!r} at position {where + stray.start()}; {MIX_FORMAT_HINT}"
+            )
+        if language is None:
+            if chunk.strip(" |\t\r\n"):
+                raise ValueError(
+                    f"mix text: {chunk.strip()[:20]!r} at position {where} has no language tag before it; "
+                    + MIX_FORMAT_HINT
+                )
+            return
+        for index, segment in enumerate(chunk.split("|")):
+            if index > 0:
+                close_piece()
+            if segment.strip():
+                current.append((segment.strip(), language))
+                speaker_tag = None
+
+    position = 0
+    for match in _MIX_TOKEN.finditer(text):
+        add_text(text[position : match.start()], position)
+        position = match.end()
+        if match.group(1) is not None:
+            if speaker_tag is not None:
+                raise ValueError(f"mix text: speaker tag [{speaker_tag[0]}] at position {speaker_tag[1]} has no text")
+            name = match.group(1).strip()
+            if not name:
+                raise ValueError(f"mix text: empty speaker tag [] at position {match.start()}")
+            close_piece()
+            speaker, speaker_tag, language = name, (name, match.start()), None
+        else:
+            tag = match.group(2).strip().upper()
+            if tag not in _MIX_LANGUAGE_TAGS:
+                raise ValueError(
+                    f"mix text: unknown language tag <{match.group(2)}> at position {match.start()}; "
+                    "use <zh>, <jp> or <en>"
+                )
+            language = _MIX_LANGUAGE_TAGS[tag]
+    add_text(text[position:], position)
+    if speaker_tag is not None:
+        raise ValueError(f"mix text: speaker tag [{speaker_tag[0]}] at position {speaker_tag[1]} has no text")
+    close_piece()
+    if not pieces:
+        raise ValueError(f"mix text has no tagged text to speak; {MIX_FORMAT_HINT}")
+    return pieces
+
+
+def expand_auto(parts: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Parts with language "auto" replaced by their language-identified sub-parts."""
+    from text.language_id import split_by_language
+
+    expanded: list[tuple[str, str]] = []
+    for text, language in parts:
+        expanded.extend(split_by_language(text) if language == AUTO else [(text, language)])
+    return expanded
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Within the block torch's global RNG (the generator's noise) starts from `seed`; None leaves it alone."""
+    if seed is None:
+        yield
+        return
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 class Synthesizer:
@@ -354,6 +599,8 @@ class Synthesizer:
         self.device = torch.device(device)
         self.bert_dirs = {check_language(lang): Path(path) for lang, path in (bert_dirs or {}).items()}
         self.speaker_ids: dict[str, int] = {str(name): int(i) for name, i in config["data"].get("spk2id", {}).items()}
+        # What the unused BERT slots got in training; the model expects the same at inference.
+        self.unused_bert = unused_bert_of(config)
 
     @property
     def sampling_rate(self) -> int:
@@ -363,12 +610,25 @@ class Synthesizer:
     def speakers(self) -> list[str]:
         return list(self.speaker_ids)
 
+    @property
+    def languages(self) -> list[str]:
+        """The values `synthesize` accepts as `language`."""
+        return list(REQUEST_LANGUAGES)
+
     def speaker_id(self, speaker: str) -> int:
         if speaker not in self.speaker_ids:
             raise ValueError(f"unknown speaker {speaker!r}; known speakers: {', '.join(self.speakers)}")
         return self.speaker_ids[speaker]
 
-    def prepare(self, text: str, language: str) -> PreparedText:
+    def prepare(
+        self,
+        text: str,
+        language: str,
+        *,
+        style_text: str | None = None,
+        style_weight: float = 0.7,
+        generator: torch.Generator | None = None,
+    ) -> PreparedText:
         code = check_language(language)
         return prepare_text(
             text,
@@ -376,7 +636,26 @@ class Synthesizer:
             add_blank=bool(self.config["data"].get("add_blank", True)),
             device=self.device,
             bert_dir=self.bert_dirs.get(code),  # None: the text package's default folder under bert/
+            style_text=style_text,
+            style_weight=style_weight,
+            unused_bert=self.unused_bert,
+            generator=generator,
         )
+
+    def prepare_parts(
+        self,
+        parts: Sequence[tuple[str, str]],
+        *,
+        style_text: str | None = None,
+        style_weight: float = 0.7,
+        generator: torch.Generator | None = None,
+    ) -> PreparedText:
+        """One utterance from (text, language) parts, each prepared in its language, joined at feature level."""
+        prepared = [
+            self.prepare(text, language, style_text=style_text, style_weight=style_weight, generator=generator)
+            for text, language in parts
+        ]
+        return join_prepared(prepared)
 
     def infer_prepared(
         self,
@@ -409,43 +688,164 @@ class Synthesizer:
             raise RuntimeError("the generator produced non-finite samples (damaged or incomplete weights?)")
         return audio
 
+    def plan(self, text: str, speaker: str, language: str, split: bool = True) -> Plan:
+        """The paragraphs of utterances `synthesize` speaks for `text`; "auto" parts are identified here."""
+        code = check_request_language(language)
+        if code == MIX:
+            plan = join_plans(plan_parts(piece.parts, piece.speaker, split) for piece in parse_mix(text, speaker))
+        else:
+            plan = plan_parts([(text, code)], speaker, split)
+        return self._resolve_auto(plan)
+
+    def _resolve_auto(self, plan: Plan) -> Plan:
+        resolved = [[Utterance(u.speaker, tuple(expand_auto(u.parts))) for u in paragraph] for paragraph in plan]
+        return [[u for u in paragraph if u.parts] for paragraph in resolved if any(u.parts for u in paragraph)]
+
+    def render(
+        self,
+        plan: Plan,
+        *,
+        sdp_ratio: float,
+        noise_scale: float,
+        noise_scale_w: float,
+        length_scale: float,
+        style_text: str | None,
+        style_weight: float,
+        sentence_pause: float,
+        paragraph_pause: float,
+        seed: int | None,
+    ) -> tuple[int, np.ndarray]:
+        """Speak a plan: utterances joined by sentence pauses, paragraphs by paragraph pauses.
+
+        The waveform is not normalised: every utterance keeps the generator's own level, so loudness does not
+        jump between pieces (the reference scales each piece to full scale on its own).
+        """
+        if not plan:
+            raise ValueError("the text has nothing to pronounce")
+        check_inference_params(sdp_ratio, noise_scale, noise_scale_w, length_scale)
+        check_pauses(sentence_pause, paragraph_pause)
+        from text.bert_features import check_style_weight
+
+        check_style_weight(style_weight)
+        speaker_ids = {u.speaker: self.speaker_id(u.speaker) for paragraph in plan for u in paragraph}
+        # The unused-BERT noise comes from its own generator: seeded, one request is reproducible.
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        pieces: list[np.ndarray] = []
+        with seeded_rng(seed, self.device):
+            for paragraph_index, paragraph in enumerate(plan):
+                for index, utterance in enumerate(paragraph):
+                    if pieces:
+                        pause = paragraph_pause if index == 0 else sentence_pause
+                        pieces.append(np.zeros(int(round(pause * self.sampling_rate)), dtype=np.float32))
+                    start = time.perf_counter()
+                    prepared = self.prepare_parts(
+                        utterance.parts, style_text=style_text, style_weight=style_weight, generator=generator
+                    )
+                    audio = self.infer_prepared(
+                        prepared,
+                        speaker_ids[utterance.speaker],
+                        sdp_ratio=sdp_ratio,
+                        noise_scale=noise_scale,
+                        noise_scale_w=noise_scale_w,
+                        length_scale=length_scale,
+                    )
+                    logger.debug(
+                        "paragraph %d, utterance %d (%s): %d samples in %.3f s",
+                        paragraph_index,
+                        index,
+                        "+".join(language for _, language in utterance.parts),
+                        audio.size,
+                        time.perf_counter() - start,
+                    )
+                    pieces.append(audio)
+        return self.sampling_rate, np.concatenate(pieces).astype(np.float32, copy=False)
+
     def synthesize(
         self,
         text: str,
         speaker: str,
         language: str,
-        sdp_ratio: float = 0.2,
+        sdp_ratio: float = 0.5,
         noise_scale: float = 0.6,
-        noise_scale_w: float = 0.8,
+        noise_scale_w: float = 0.9,
         length_scale: float = 1.0,
         *,
+        style_text: str | None = None,
+        style_weight: float = 0.7,
         split: bool = True,
-        pause: float = DEFAULT_SENTENCE_PAUSE,
+        sentence_pause: float = DEFAULT_SENTENCE_PAUSE,
+        paragraph_pause: float = DEFAULT_PARAGRAPH_PAUSE,
+        seed: int | None = None,
     ) -> tuple[int, np.ndarray]:
-        """Speak `text`: (sampling rate, float32 waveform). With `split`, sentence by sentence with pauses."""
-        code = check_language(language)
-        speaker_id = self.speaker_id(speaker)
-        check_inference_params(sdp_ratio, noise_scale, noise_scale_w, length_scale)
-        sentences = split_sentences(text) if split else ([text.strip()] if text.strip() else [])
-        if not sentences:
-            raise ValueError("the text has nothing to pronounce")
-        silence = np.zeros(int(round(pause * self.sampling_rate)), dtype=np.float32)
-        pieces: list[np.ndarray] = []
-        for index, sentence in enumerate(sentences):
-            start = time.perf_counter()
-            audio = self.infer_prepared(
-                self.prepare(sentence, code),
-                speaker_id,
-                sdp_ratio=sdp_ratio,
-                noise_scale=noise_scale,
-                noise_scale_w=noise_scale_w,
-                length_scale=length_scale,
-            )
-            logger.debug("sentence %d: %d samples in %.3f s", index, audio.size, time.perf_counter() - start)
-            if index:
-                pieces.append(silence)
-            pieces.append(audio)
-        return self.sampling_rate, np.concatenate(pieces).astype(np.float32, copy=False)
+        """Speak `text`: (sampling rate, float32 waveform).
+
+        `language`: "ZH", "JP", "EN", "mix" (tagged parts, see `parse_mix`; `speaker` is the voice until the
+        first [speaker] tag) or "auto" (parts identified by `text.language_id`). With `split`, paragraph by
+        paragraph and sentence by sentence with pauses. A non-empty `style_text` pulls the BERT features towards
+        its mean by `style_weight`. `seed` makes the result reproducible.
+        """
+        self.speaker_id(speaker)
+        plan = self.plan(text, speaker, language, split)
+        return self.render(
+            plan,
+            sdp_ratio=sdp_ratio,
+            noise_scale=noise_scale,
+            noise_scale_w=noise_scale_w,
+            length_scale=length_scale,
+            style_text=style_text,
+            style_weight=style_weight,
+            sentence_pause=sentence_pause,
+            paragraph_pause=paragraph_pause,
+            seed=seed,
+        )
+
+    def synthesize_parts(
+        self,
+        parts: Sequence[tuple[str, str]],
+        speaker: str,
+        sdp_ratio: float = 0.5,
+        noise_scale: float = 0.6,
+        noise_scale_w: float = 0.9,
+        length_scale: float = 1.0,
+        *,
+        style_text: str | None = None,
+        style_weight: float = 0.7,
+        split: bool = True,
+        sentence_pause: float = DEFAULT_SENTENCE_PAUSE,
+        paragraph_pause: float = DEFAULT_PARAGRAPH_PAUSE,
+        seed: int | None = None,
+    ) -> tuple[int, np.ndarray]:
+        """Speak an explicit list of (text, language) parts, language "ZH", "JP", "EN" or "auto" per part.
+
+        Consecutive parts are joined at feature level into one generator pass; with `split`, sentence ends and
+        line breaks inside the parts still start new utterances and paragraphs.
+        """
+        self.speaker_id(speaker)
+        checked: list[tuple[str, str]] = []
+        for index, item in enumerate(parts):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+                raise ValueError(f"part {index}: expected a (text, language) pair, got {item!r}")
+            code = check_request_language(item[1])
+            if code == MIX:
+                raise ValueError(f"part {index}: language 'mix' is for tagged text; give each part its language")
+            checked.append((item[0], code))
+        plan = self._resolve_auto(plan_parts(checked, speaker, split))
+        return self.render(
+            plan,
+            sdp_ratio=sdp_ratio,
+            noise_scale=noise_scale,
+            noise_scale_w=noise_scale_w,
+            length_scale=length_scale,
+            style_text=style_text,
+            style_weight=style_weight,
+            sentence_pause=sentence_pause,
+            paragraph_pause=paragraph_pause,
+            seed=seed,
+        )
 
 
 def load_synthesizer(
@@ -493,11 +893,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", help="model config.json (optional for an export file)")
     parser.add_argument("-t", "--text", required=True)
     parser.add_argument("-s", "--speaker", required=True, help="speaker name from the config's spk2id")
-    parser.add_argument("-l", "--language", default="ZH", help="ZH, JP or EN")
-    parser.add_argument("--sdp-ratio", type=float, default=0.2)
+    parser.add_argument(
+        "-l",
+        "--language",
+        default="ZH",
+        help="ZH, JP, EN, mix ([speaker]<zh>…<en>…|… tagged text) or auto (each part's language identified)",
+    )
+    parser.add_argument("--sdp-ratio", type=float, default=0.5)
     parser.add_argument("--noise-scale", type=float, default=0.6)
-    parser.add_argument("--noise-scale-w", type=float, default=0.8)
+    parser.add_argument("--noise-scale-w", type=float, default=0.9)
     parser.add_argument("--length-scale", type=float, default=1.0)
+    parser.add_argument("--style-text", default=None, help="text whose mean BERT feature colours the speech")
+    parser.add_argument("--style-weight", type=float, default=0.7, help="weight of the style text, within [0, 1]")
     parser.add_argument(
         "--bert-dir",
         action="append",
@@ -505,7 +912,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="BERT folder: PATH (for --language) or LANG=PATH; repeatable. Default: the text package's location",
     )
     parser.add_argument("--no-split", action="store_true", help="do not split long text into sentences")
-    parser.add_argument("--pause", type=float, default=DEFAULT_SENTENCE_PAUSE, help="seconds between sentences")
+    parser.add_argument(
+        "--sentence-pause",
+        "--pause",
+        type=float,
+        default=DEFAULT_SENTENCE_PAUSE,
+        help="seconds of silence between sentences",
+    )
+    parser.add_argument(
+        "--paragraph-pause", type=float, default=DEFAULT_PARAGRAPH_PAUSE, help="seconds of silence between paragraphs"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=None, help="seed the noise for a reproducible result")
     parser.add_argument("--subtype", default=None, help="soundfile subtype, e.g. PCM_16 (default) or FLOAT")
@@ -516,14 +932,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     try:
         synthesizer = load_synthesizer(
             args.model,
             args.config,
             device=args.device,
-            bert_dirs=parse_bert_dirs(args.bert_dir, default_language=args.language),
+            bert_dirs=parse_bert_dirs(
+                args.bert_dir, default_language=args.language if args.language.upper() in LANGUAGES else None
+            ),
         )
         start = time.perf_counter()
         sampling_rate, audio = synthesizer.synthesize(
@@ -534,8 +950,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             noise_scale=args.noise_scale,
             noise_scale_w=args.noise_scale_w,
             length_scale=args.length_scale,
+            style_text=args.style_text,
+            style_weight=args.style_weight,
             split=not args.no_split,
-            pause=args.pause,
+            sentence_pause=args.sentence_pause,
+            paragraph_pause=args.paragraph_pause,
+            seed=args.seed,
         )
         elapsed = time.perf_counter() - start
         write_audio(args.output, audio, sampling_rate, args.subtype)

@@ -64,6 +64,14 @@ def synthesizer(model_files: tuple[Path, Path], zh_bert_dir: Path) -> infer.Synt
     return infer.load_synthesizer(checkpoint, config_path, bert_dirs={"ZH": zh_bert_dir})
 
 
+@pytest.fixture(scope="module")
+def zeros_synthesizer(synthesizer: infer.Synthesizer) -> infer.Synthesizer:
+    """The same generator, as if trained with data.unused_bert = "zeros": deterministic features."""
+    config = json.loads(json.dumps(synthesizer.config))
+    config["data"]["unused_bert"] = "zeros"
+    return infer.Synthesizer(synthesizer.net_g, config, bert_dirs=synthesizer.bert_dirs)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_infer_waveform_reproduces_golden(golden: dict, dev_config: dict, case: str) -> None:
     net = infer.build_generator(dev_config)
@@ -149,11 +157,11 @@ def test_split_sentences() -> None:
     ]
 
 
-def test_prepare_text_layout(synthesizer: infer.Synthesizer) -> None:
+def test_prepare_text_layout(synthesizer: infer.Synthesizer, zeros_synthesizer: infer.Synthesizer) -> None:
     from text import cleaned_text_to_sequence
     from text.cleaner import clean_text
 
-    prepared = synthesizer.prepare("你好，世界。", "ZH")
+    prepared = zeros_synthesizer.prepare("你好，世界。", "ZH")
     n = prepared.phones.numel()
     _, phones, tones, word2ph = clean_text("你好，世界。", "ZH")
     phone_ids, tone_ids, _ = cleaned_text_to_sequence(phones, tones, "ZH")
@@ -166,6 +174,16 @@ def test_prepare_text_layout(synthesizer: infer.Synthesizer) -> None:
     assert prepared.bert.shape == prepared.ja_bert.shape == prepared.en_bert.shape == (1024, n)
     assert prepared.bert.abs().sum() > 0
     assert torch.count_nonzero(prepared.ja_bert) == 0 and torch.count_nonzero(prepared.en_bert) == 0
+    # A config without data.unused_bert (the reference's) means standard-normal noise in the unused slots,
+    # drawn from the generator passed in: reproducible with a seed.
+    assert synthesizer.unused_bert == "randn" and zeros_synthesizer.unused_bert == "zeros"
+    noisy = synthesizer.prepare("你好，世界。", "ZH", generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(noisy.bert, prepared.bert)
+    for slot in (noisy.ja_bert, noisy.en_bert):
+        assert abs(slot.mean().item()) < 0.05 and abs(slot.std().item() - 1.0) < 0.05
+    assert not torch.equal(noisy.ja_bert, noisy.en_bert)
+    again = synthesizer.prepare("你好，世界。", "ZH", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again.ja_bert, noisy.ja_bert) and torch.equal(again.en_bert, noisy.en_bert)
 
 
 def test_synthesize_from_text(synthesizer: infer.Synthesizer, dev_config: dict) -> None:
@@ -180,17 +198,26 @@ def test_synthesize_from_text(synthesizer: infer.Synthesizer, dev_config: dict) 
     assert np.sqrt(np.mean(audio**2)) > 1e-4
 
 
-def test_long_text_is_spoken_sentence_by_sentence(synthesizer: infer.Synthesizer) -> None:
+def test_long_text_is_spoken_sentence_by_sentence(zeros_synthesizer: infer.Synthesizer) -> None:
+    synthesizer = zeros_synthesizer
     deterministic = {"sdp_ratio": 0.3, "noise_scale": 0.0, "noise_scale_w": 0.0}
     _, first = synthesizer.synthesize("你好。", "spk0", "ZH", **deterministic)
     _, second = synthesizer.synthesize("今天天气很好！", "spk0", "ZH", **deterministic)
-    text = "你好。今天天气很好！"
-    sampling_rate, both = synthesizer.synthesize(text, "spk0", "ZH", **deterministic, pause=0.1)
-    gap = int(round(0.1 * sampling_rate))
-    assert both.size == first.size + gap + second.size
-    np.testing.assert_allclose(both[: first.size], first, atol=1e-5)
-    assert not both[first.size : first.size + gap].any()
-    np.testing.assert_allclose(both[first.size + gap :], second, atol=1e-5)
+    _, third = synthesizer.synthesize("再见。", "spk0", "ZH", **deterministic)
+    text = "你好。今天天气很好！\n\n再见。"
+    sampling_rate, whole = synthesizer.synthesize(
+        text, "spk0", "ZH", **deterministic, sentence_pause=0.1, paragraph_pause=0.3
+    )
+    gap, paragraph_gap = int(round(0.1 * sampling_rate)), int(round(0.3 * sampling_rate))
+    assert whole.size == first.size + gap + second.size + paragraph_gap + third.size
+    np.testing.assert_allclose(whole[: first.size], first, atol=1e-5)
+    assert not whole[first.size : first.size + gap].any()
+    at = first.size + gap
+    np.testing.assert_allclose(whole[at : at + second.size], second, atol=1e-5)
+    at += second.size
+    assert not whole[at : at + paragraph_gap].any()
+    # No normalisation: every piece keeps its own level, exactly as when spoken alone.
+    np.testing.assert_allclose(whole[at + paragraph_gap :], third, atol=1e-5)
 
 
 def test_clear_errors(synthesizer: infer.Synthesizer, model_files: tuple[Path, Path], tmp_path: Path) -> None:

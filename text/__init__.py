@@ -50,14 +50,20 @@ def get_bert(
     language: str,
     device: str | torch.device,
     bert_dir: str | None = None,
+    style_text: str | None = None,
+    style_weight: float = 0.7,
 ) -> torch.Tensor:
     """BERT features of `norm_text` expanded to phone level: a `[1024, sum(word2ph)]` tensor.
 
     `bert_dir` is the local transformers folder of the language's BERT model; None uses the
-    reference's default location under `bert/` in the repository root.
+    reference's default location under `bert/` in the repository root. A non-empty `style_text`
+    (in the same language) mixes every phone's feature with the mean feature of the style text:
+    `(1 - style_weight) * feature + style_weight * mean`, as Bert-VITS2 2.3 does.
     """
     import importlib
 
     _check_language(language, _BERT_MODULES)
     module = importlib.import_module(_BERT_MODULES[language])
-    return module.get_bert_feature(norm_text, word2ph, device, bert_dir=bert_dir)
+    return module.get_bert_feature(
+        norm_text, word2ph, device, bert_dir=bert_dir, style_text=style_text, style_weight=style_weight
+    )

@@ -83,17 +83,41 @@ def phone_level_features(token_features: torch.Tensor, word2ph: Sequence[int], t
     return torch.repeat_interleave(token_features, repeats, dim=0).T  # [hidden, n_phones]
 
 
+def check_style_weight(style_weight: float) -> float:
+    weight = float(style_weight)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"style_weight must be within [0, 1], got {style_weight}")
+    return weight
+
+
+def mix_style(features: torch.Tensor, style_token_features: torch.Tensor, style_weight: float) -> torch.Tensor:
+    """The reference's style mixing: every phone's feature becomes ``(1 - w) * feature + w * style_mean``.
+
+    ``style_mean`` is the mean over all tokens of the style text, [CLS] and [SEP] included.
+    ``features`` is [hidden, n_phones], ``style_token_features`` [n_style_tokens + 2, hidden].
+    """
+    weight = check_style_weight(style_weight)
+    style_mean = style_token_features.mean(dim=0)
+    return features * (1.0 - weight) + style_mean.unsqueeze(1) * weight
+
+
 def get_bert_feature_with(
     spec: BertModelSpec,
     text: str,
     word2ph: Sequence[int],
     device: str | torch.device,
     bert_dir: str | Path | None,
+    style_text: str | None = None,
+    style_weight: float = 0.7,
 ) -> torch.Tensor:
+    """Phone-level features of ``text``; a non-empty ``style_text`` pulls them towards its mean feature."""
     folder = resolve_bert_dir(bert_dir, spec)
     check_bert_dir(folder, spec)
     loader = bert_loader(folder, str(torch.device(device)), spec.slow_tokenizer)
-    return phone_level_features(loader.token_features(text), word2ph, text)
+    features = phone_level_features(loader.token_features(text), word2ph, text)
+    if style_text:  # None or "" means no style, as in the reference
+        features = mix_style(features, loader.token_features(style_text), style_weight)
+    return features
 
 
 BERT_LANGUAGES = ("ZH", "JP", "EN")

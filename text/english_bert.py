@@ -23,7 +23,12 @@ def resolve_bert_dir(bert_dir: str | Path | None) -> Path:
 
 
 def get_bert_feature(
-    norm_text: str, word2ph: Sequence[int], device: str | torch.device = "cpu", bert_dir: str | Path | None = None
+    norm_text: str,
+    word2ph: Sequence[int],
+    device: str | torch.device = "cpu",
+    bert_dir: str | Path | None = None,
+    style_text: str | None = None,
+    style_weight: float = 0.7,
 ) -> torch.Tensor:
     """`[1024, sum(word2ph)]` features; word2ph must come from english.g2p with the same tokenizer."""
-    return get_bert_feature_with(SPEC, norm_text, word2ph, device, bert_dir)
+    return get_bert_feature_with(SPEC, norm_text, word2ph, device, bert_dir, style_text, style_weight)

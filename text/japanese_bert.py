@@ -17,9 +17,20 @@ SPEC = BertModelSpec(
 
 
 def get_bert_feature(
-    norm_text: str, word2ph: Sequence[int], device: str | torch.device = "cpu", bert_dir: str | Path | None = None
+    norm_text: str,
+    word2ph: Sequence[int],
+    device: str | torch.device = "cpu",
+    bert_dir: str | Path | None = None,
+    style_text: str | None = None,
+    style_weight: float = 0.7,
 ) -> torch.Tensor:
-    """`[1024, sum(word2ph)]` features of the text as g2p split it into words (see japanese.bert_text)."""
-    from text.japanese import bert_text
+    """`[1024, sum(word2ph)]` features of the text as g2p split it into words (see japanese.bert_text).
 
-    return get_bert_feature_with(SPEC, bert_text(norm_text), word2ph, device, bert_dir)
+    A style text is prepared like the main text (normalised, then split into words by the same g2p) so the
+    Japanese BERT sees the same kind of input.
+    """
+    from text.japanese import bert_text, text_normalize
+
+    if style_text:
+        style_text = bert_text(text_normalize(style_text))
+    return get_bert_feature_with(SPEC, bert_text(norm_text), word2ph, device, bert_dir, style_text, style_weight)
