@@ -350,21 +350,31 @@ class SpeakerPreset:
 @dataclass(frozen=True)
 class ServerModelConfig:
     model: str
+    # Empty for an export file (.safetensors, .onnx), which carries its own config.
     config: str
     device: str
     language: str
     speakers: tuple[SpeakerPreset, ...] = ()
+    # How requests name the model besides its index; empty: derived from the model file's name.
+    name: str = ""
 
     @classmethod
     def from_section(cls, section: _Section, default_device: str, default_language: str) -> ServerModelConfig:
         speakers = _sections_of(section, "speakers", SpeakerPreset.from_section)
         model = cls(
             model=section.string("model", "", allow_empty=False),
-            config=section.string("config", "", allow_empty=False),
+            config=section.string("config", ""),
             device=section.device("device", default_device),
             language=section.choice("language", default_language, SERVER_LANGUAGES),
             speakers=tuple(speakers),
+            name=section.string("name", ""),
         )
+        if model.name.isdigit():
+            # A number would be read as a model index in requests.
+            raise section.error("name", "a name that is not a number", model.name)
+        names = [preset.speaker for preset in model.speakers]
+        if len(set(names)) != len(names):
+            raise section.error("speakers", "a list naming each speaker once", names)
         section.reject_unknown()
         return model
 
@@ -375,6 +385,12 @@ class ServerConfig:
     device: str
     language: str
     models: tuple[ServerModelConfig, ...] = ()
+    # Loopback unless told otherwise: the server has no authentication.
+    host: str = "127.0.0.1"
+    # Requests admitted at once (waiting + being synthesized); beyond it the server answers 503 + Retry-After.
+    queue_size: int = 8
+    max_text_length: int = 500
+    max_body_size: int = 65536
 
     @classmethod
     def from_section(cls, section: _Section) -> ServerConfig:
@@ -382,8 +398,21 @@ class ServerConfig:
         device = section.device("device", "auto")
         language = section.choice("language", "ZH", SERVER_LANGUAGES)
         models = _sections_of(section, "models", lambda item: ServerModelConfig.from_section(item, device, language))
+        names = [model.name for model in models if model.name]
+        if len(set(names)) != len(names):
+            raise section.error("models", "models with distinct names", names)
+        config = cls(
+            port=port,
+            device=device,
+            language=language,
+            models=tuple(models),
+            host=section.string("host", "127.0.0.1", allow_empty=False),
+            queue_size=section.integer("queue_size", 8, minimum=1),
+            max_text_length=section.integer("max_text_length", 500, minimum=1),
+            max_body_size=section.integer("max_body_size", 65536, minimum=1024),
+        )
         section.reject_unknown()
-        return cls(port=port, device=device, language=language, models=tuple(models))
+        return config
 
 
 def _sections_of(section: _Section, key: str, build: Callable[[_Section], T]) -> list[T]:

@@ -1,85 +1,313 @@
-"""HTTP text-to-speech server for one Bert-VITS2 2.3 generator (FastAPI + uvicorn).
+"""HTTP text-to-speech server for one or more Bert-VITS2 2.3 generators (FastAPI + uvicorn).
 
-    python server.py --model Data/models/G_8000.pth --config Data/config.json \\
-        --bert-dir ZH=bert/chinese-roberta-wwm-ext-large --host 127.0.0.1 --port 5000
+    python server.py -m voice-a=Data/a/G_8000.pth -c Data/a/config.json \\
+        -m voice-b=Data/b/G_6000.pth -c Data/b/config.json \\
+        --bert-dir ZH=bert/chinese-roberta-wwm-ext-large --port 5000
 
-Without `--model`, the first entry of `server.models` in config.yml is served (port, device and language from
-the same section). Endpoints:
+Without `-m`, every entry of `server.models` in config.yml is served (with its device, default language and
+speaker presets); host, port, queue size and limits come from the same section, the command line wins.
+`-m [NAME=]PATH` is repeatable; `-c` is given once per `-m` (in the same order), once for all, or not at all
+(export files carry their config). Endpoints:
 
-* `GET /voice?text=&speaker=&language=&sdp_ratio=&noise=&noisew=&length=&format=` and `POST /voice` with the
-  same fields as JSON: the audio (`format` wav, flac or ogg). `speaker_name` is accepted for `speaker`, as the
-  reference server names it. Parameters left out take the speaker's preset from config.yml, else the defaults.
-* `GET /speakers`: speakers, languages, sampling rate.  `GET /health`: liveness.
+* `GET /voice?text=&speaker=&model=&language=&...&format=` and `POST /voice` with the same fields as JSON:
+  the audio (`format` wav, flac, ogg or mp3). `model` is an index (0, 1, ...) or a name, default the first;
+  `speaker_name` is accepted for `speaker` and `model_id` for `model`, as the reference server names them.
+  Parameters left out take the speaker's preset from config.yml, else the defaults.
+* `GET /models`: every model with its speakers, languages, sampling rate and formats.
+  `GET /speakers?model=`: one model's. `GET /health`: liveness and queue state.
 
-Every client error is answered with a 4xx status and a JSON body `{"error": "..."}`. The model is loaded once;
-requests are served from a thread pool and take turns on the model (one lock), so concurrent requests are safe.
+Every refused request is answered with a 4xx/5xx status and a JSON body `{"error": "..."}`. Synthesis runs on a
+fixed number of worker threads behind a bounded queue: when `queue_size` requests are already admitted, the
+next one is answered at once with `503` and `Retry-After`, so a flood never piles up threads or waiting work.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import io
 import json
 import logging
+import math
+import re
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import infer
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class AudioFormat:
+    container: str  # soundfile format
+    subtype: str
+    media_type: str
+    # Sampling rates the codec can carry; None: any.
+    sampling_rates: frozenset[int] | None = None
+    # libsndfile's quality knob for the lossy codecs, 0 (best) to 1 (smallest); None for lossless ones.
+    compression_level: float | None = None
+
+
+# MPEG audio (layer III) is written by libsndfile >= 1.1 itself (soundfile's wheels bundle 1.2, with LAME and
+# mpg123), so mp3 needs no further encoder; the format is offered only when the installed libsndfile has it (see
+# `available_formats`). The lossy levels trade size for fidelity: mp3 at 0 is LAME's best VBR (~80 kbit/s for
+# 22 kHz mono speech), vorbis at 0.2 about quality 8; libsndfile's defaults audibly smear consonants.
+MPEG_SAMPLING_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
 AUDIO_FORMATS = {
-    # name: (soundfile format, subtype, media type)
-    "wav": ("WAV", "PCM_16", "audio/wav"),
-    "flac": ("FLAC", "PCM_16", "audio/flac"),
-    "ogg": ("OGG", "VORBIS", "audio/ogg"),
+    "wav": AudioFormat("WAV", "PCM_16", "audio/wav"),
+    "flac": AudioFormat("FLAC", "PCM_16", "audio/flac"),
+    "ogg": AudioFormat("OGG", "VORBIS", "audio/ogg", compression_level=0.2),
+    "mp3": AudioFormat("MP3", "MPEG_LAYER_III", "audio/mpeg", MPEG_SAMPLING_RATES, compression_level=0.0),
 }
+LANGUAGE_CODES = ("ZH", "JP", "EN", "mix", "auto")
 DEFAULT_MAX_TEXT_LENGTH = 500
+DEFAULT_MAX_BODY_SIZE = 65536
+DEFAULT_QUEUE_SIZE = 8
+DEFAULT_HOST = "127.0.0.1"  # no authentication: loopback unless the operator opens it
+DEFAULT_PORT = 5000
 DEFAULT_PARAMS = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8, "length_scale": 1.0}
+PRESET_FIELDS = tuple(DEFAULT_PARAMS)
+# `NAME=PATH` in `-m`: a plain name before the first "=", nothing path-like.
+_NAMED_MODEL = re.compile(r"^([A-Za-z_][\w.-]*)=(.+)$")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading the models (also used by webui.py)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve: where it is and how requests use it."""
+
+    name: str
+    model: str
+    config: str | None
+    device: str
+    language: str
+    presets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    index: int
+    spec: ModelSpec
+    synthesizer: infer.Synthesizer
+    # One synthesis per model at a time: the generator and the BERT models are not made for concurrent calls.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def languages(self) -> list[str]:
+        return model_languages(self.synthesizer)
+
+    @functools.cached_property
+    def _formats(self) -> tuple[str, ...]:
+        return tuple(available_formats(self.synthesizer.sampling_rate))
+
+    def formats(self) -> list[str]:
+        return list(self._formats)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client may ask this model for (no server paths)."""
+        return {
+            "id": self.index,
+            "name": self.name,
+            "speakers": self.synthesizer.speakers,
+            "languages": self.languages,
+            "default_language": self.spec.language,
+            "sampling_rate": self.synthesizer.sampling_rate,
+            "formats": self.formats(),
+            "presets": {speaker: dict(values) for speaker, values in self.spec.presets.items()},
+        }
+
+
+class ModelRegistry:
+    """The loaded models, in order; looked up by index or name."""
+
+    def __init__(self, models: Sequence[LoadedModel]) -> None:
+        if not models:
+            raise ValueError("no model to serve")
+        self.models = list(models)
+        self._by_name = {model.name: model for model in self.models}
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def get(self, key: str | int | None = None) -> LoadedModel:
+        """The model named `key`, or with index `key`; the first when `key` is None. Raises KeyError."""
+        if key is None or key == "":
+            return self.models[0]
+        if isinstance(key, str) and key in self._by_name:
+            return self._by_name[key]
+        text = str(key).strip()
+        if text.isdigit() and int(text) < len(self.models):
+            return self.models[int(text)]
+        known = ", ".join(f"{model.index} ({model.name})" for model in self.models)
+        raise KeyError(f"unknown model {key!r}; known models: {known}")
+
+
+def model_languages(synthesizer: infer.Synthesizer) -> list[str]:
+    # `Synthesizer.languages` (agreed interface) lists what a model accepts, "mix"/"auto" included; a
+    # Synthesizer without it takes the three base languages.
+    return list(getattr(synthesizer, "languages", infer.LANGUAGES))
+
+
+def normalize_language(language: str) -> str:
+    """ "zh" -> "ZH", "MIX" -> "mix"; unknown codes are returned unchanged (the model check names them)."""
+    for code in LANGUAGE_CODES:
+        if str(language).lower() == code.lower():
+            return code
+    return str(language)
+
+
+def available_formats(sampling_rate: int) -> list[str]:
+    """The output formats this installation can write at `sampling_rate`."""
+    import soundfile
+
+    containers = soundfile.available_formats()
+    return [
+        name
+        for name, fmt in AUDIO_FORMATS.items()
+        if fmt.container in containers and (fmt.sampling_rates is None or sampling_rate in fmt.sampling_rates)
+    ]
+
+
+def default_model_name(model_path: str) -> str:
+    return Path(model_path).stem or "model"
+
+
+def unique_names(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """Specs whose names are unique: a derived duplicate gets `-<index>`; two equal given names are an error."""
+    seen: set[str] = set()
+    result = []
+    for index, spec in enumerate(specs):
+        name = spec.name or default_model_name(spec.model)
+        if name in seen:
+            if spec.name:
+                raise ValueError(f"two models are named {name!r}; model names must be unique")
+            name = f"{name}-{index}"
+        seen.add(name)
+        result.append(ModelSpec(name, spec.model, spec.config, spec.device, spec.language, spec.presets))
+    return result
+
+
+def specs_from_server_config(server: Any) -> list[ModelSpec]:
+    """The models of config.yml's `server.models` (a `config.ServerConfig`)."""
+    return unique_names(
+        [
+            ModelSpec(
+                name=entry.name,
+                model=entry.model,
+                config=entry.config or None,
+                device=entry.device,
+                language=normalize_language(entry.language),
+                presets={
+                    preset.speaker: {key: getattr(preset, key) for key in PRESET_FIELDS} for preset in entry.speakers
+                },
+            )
+            for entry in server.models
+        ]
+    )
+
+
+def load_models(specs: Sequence[ModelSpec], bert_dirs: Mapping[str, str | Path] | None = None) -> ModelRegistry:
+    """Load every model of `specs` (in order) and check its default language and presets against it."""
+    import config as global_config
+
+    models = []
+    for index, spec in enumerate(unique_names(specs)):
+        synthesizer = infer.load_synthesizer(
+            spec.model, spec.config, device=global_config.resolve_device(spec.device), bert_dirs=bert_dirs
+        )
+        loaded = LoadedModel(index, spec, synthesizer)
+        if spec.language not in loaded.languages:
+            raise ValueError(
+                f"model {spec.name!r}: default language {spec.language!r} is not one of {', '.join(loaded.languages)}"
+            )
+        unknown = [speaker for speaker in spec.presets if speaker not in synthesizer.speaker_ids]
+        if unknown:
+            raise ValueError(
+                f"model {spec.name!r}: presets for unknown speaker(s) {', '.join(unknown)}; "
+                f"known speakers: {', '.join(synthesizer.speakers)}"
+            )
+        logger.info(
+            "model %d %r: %s (%d speakers, %d Hz, %s)",
+            index,
+            spec.name,
+            spec.model,
+            len(synthesizer.speakers),
+            synthesizer.sampling_rate,
+            synthesizer.device,
+        )
+        models.append(loaded)
+    return ModelRegistry(models)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Requests
 
 
 class VoiceRequest(BaseModel):
     """Query parameters of GET /voice, or the JSON body of POST /voice. Ranges are the reference webui's."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, protected_namespaces=())
 
     text: str
     speaker: str = Field(validation_alias=AliasChoices("speaker", "speaker_name"))
+    model: str | int | None = Field(None, validation_alias=AliasChoices("model", "model_id"))
     language: str | None = None
     sdp_ratio: float | None = Field(None, ge=0.0, le=1.0)
     noise: float | None = Field(None, ge=0.0, le=2.0, validation_alias=AliasChoices("noise", "noise_scale"))
     noisew: float | None = Field(None, ge=0.0, le=2.0, validation_alias=AliasChoices("noisew", "noise_scale_w"))
     length: float | None = Field(None, ge=0.1, le=3.0, validation_alias=AliasChoices("length", "length_scale"))
+    style_text: str | None = None
+    style_weight: float | None = Field(None, ge=0.0, le=1.0)
+    split: bool | None = Field(None, validation_alias=AliasChoices("split", "auto_split"))
+    sentence_pause: float | None = Field(None, ge=0.0, le=10.0)
+    paragraph_pause: float | None = Field(None, ge=0.0, le=10.0)
+    seed: int | None = Field(None, ge=0, lt=2**63)
     format: str = "wav"
+
+
+# Request fields passed to `Synthesizer.synthesize` by keyword only when the client gave them, so the
+# synthesizer's own defaults apply otherwise.
+PASSED_THROUGH = ("style_text", "style_weight", "split", "sentence_pause", "paragraph_pause", "seed")
 
 
 class ClientError(Exception):
     """A request the server refuses; becomes `status` with a JSON `{"error": message}` body."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
-@dataclass
-class ServerState:
-    synthesizer: infer.Synthesizer
-    default_language: str = "ZH"
-    max_text_length: int = DEFAULT_MAX_TEXT_LENGTH
-    presets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # One synthesis at a time: the generator and the BERT models are not made for concurrent calls.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+@dataclass(frozen=True)
+class Job:
+    """A checked request: which model, the keyword arguments of `synthesize`, the output format."""
+
+    model: LoadedModel
+    arguments: dict[str, Any]
+    audio_format: str
 
 
 def _describe_validation_error(error: ValidationError) -> str:
@@ -100,76 +328,202 @@ def parse_voice_request(data: Mapping[str, Any]) -> VoiceRequest:
         raise ClientError(422, _describe_validation_error(error)) from error
 
 
-def _resolve(state: ServerState, request: VoiceRequest) -> dict[str, Any]:
-    """Check the request against the loaded model; the keyword arguments of `Synthesizer.synthesize`."""
-    synthesizer = state.synthesizer
+def _find_model(registry: ModelRegistry, key: str | int | None) -> LoadedModel:
+    try:
+        return registry.get(key)
+    except KeyError as error:
+        raise ClientError(404, str(error.args[0])) from error
+
+
+def resolve_job(registry: ModelRegistry, request: VoiceRequest, max_text_length: int) -> Job:
+    """Check the request against its model; cheap, so it runs before the request takes a place in the queue."""
+    model = _find_model(registry, request.model)
+    synthesizer = model.synthesizer
     text = request.text.strip()
     if not text:
         raise ClientError(422, "parameter 'text' is empty")
-    if len(text) > state.max_text_length:
-        raise ClientError(422, f"text is {len(text)} characters long; the limit is {state.max_text_length}")
+    for name, value in (("text", text), ("style_text", request.style_text or "")):
+        if len(value) > max_text_length:
+            raise ClientError(422, f"{name} is {len(value)} characters long; the limit is {max_text_length}")
     if request.speaker not in synthesizer.speaker_ids:
         known = ", ".join(synthesizer.speakers)
-        raise ClientError(404, f"unknown speaker {request.speaker!r}; known speakers: {known}")
-    language = (request.language or state.default_language).upper()
-    if language not in infer.LANGUAGES:
-        raise ClientError(400, f"unknown language {request.language!r}; use one of {', '.join(infer.LANGUAGES)}")
-    if request.format.lower() not in AUDIO_FORMATS:
-        raise ClientError(400, f"unknown format {request.format!r}; use one of {', '.join(AUDIO_FORMATS)}")
-    params = {**DEFAULT_PARAMS, **state.presets.get(request.speaker, {})}
+        raise ClientError(404, f"unknown speaker {request.speaker!r} of model {model.name!r}; known speakers: {known}")
+    language = normalize_language(request.language or model.spec.language)
+    if language not in model.languages:
+        raise ClientError(
+            400,
+            f"unknown language {request.language!r} for model {model.name!r}; use one of {', '.join(model.languages)}",
+        )
+    audio_format = request.format.lower()
+    if audio_format not in model.formats():
+        raise ClientError(400, f"unknown format {request.format!r}; use one of {', '.join(model.formats())}")
+    params = {**DEFAULT_PARAMS, **model.spec.presets.get(request.speaker, {})}
     given = {
         "sdp_ratio": request.sdp_ratio,
         "noise_scale": request.noise,
         "noise_scale_w": request.noisew,
         "length_scale": request.length,
+        **{name: getattr(request, name) for name in PASSED_THROUGH},
     }
+    if request.style_text is not None and not request.style_text.strip():
+        given["style_text"] = None  # an empty style text means none
     params.update({name: value for name, value in given.items() if value is not None})
-    return {"text": text, "speaker": request.speaker, "language": language, **params}
+    return Job(model, {"text": text, "speaker": request.speaker, "language": language, **params}, audio_format)
 
 
 def encode_audio(audio: Any, sampling_rate: int, audio_format: str) -> tuple[bytes, str]:
+    """The waveform in `audio_format` (16-bit for the lossless ones) and its media type."""
     import numpy as np
     import soundfile
 
-    container, subtype, media_type = AUDIO_FORMATS[audio_format]
+    fmt = AUDIO_FORMATS[audio_format]
+    # Quantized here, once: libsndfile's float -> 16-bit conversion rounds differently per container (its WAV
+    # and FLAC writers differ by one step on half the samples), and every format should carry the same samples.
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
     buffer = io.BytesIO()
-    soundfile.write(buffer, np.clip(audio, -1.0, 1.0), sampling_rate, format=container, subtype=subtype)
-    return buffer.getvalue(), media_type
+    soundfile.write(
+        buffer,
+        pcm,
+        sampling_rate,
+        format=fmt.container,
+        subtype=fmt.subtype,
+        compression_level=fmt.compression_level,
+    )
+    return buffer.getvalue(), fmt.media_type
 
 
-def synthesize_request(state: ServerState, data: Mapping[str, Any]) -> tuple[bytes, str]:
-    """Validate, synthesize and encode one request: (audio bytes, media type). Raises ClientError."""
-    request = parse_voice_request(data)
-    arguments = _resolve(state, request)
+def run_job(job: Job) -> tuple[bytes, str]:
+    """Synthesize and encode one checked request (on a worker thread). Raises ClientError."""
     start = time.perf_counter()
     try:
-        with state.lock:
-            sampling_rate, audio = state.synthesizer.synthesize(**arguments)
+        with job.model.lock:
+            sampling_rate, audio = job.model.synthesizer.synthesize(**job.arguments)
     except FileNotFoundError as error:  # a BERT folder (or another resource) this server lacks
         raise ClientError(503, str(error)) from error
     except ValueError as error:  # text the front end cannot read, nothing to pronounce, ...
         raise ClientError(422, str(error)) from error
     logger.info(
-        "%s/%s: %d chars -> %.2f s of audio in %.2f s",
-        arguments["speaker"],
-        arguments["language"],
-        len(arguments["text"]),
+        "%s/%s/%s: %d chars -> %.2f s of audio in %.2f s",
+        job.model.name,
+        job.arguments["speaker"],
+        job.arguments["language"],
+        len(job.arguments["text"]),
         audio.size / sampling_rate,
         time.perf_counter() - start,
     )
-    return encode_audio(audio, sampling_rate, request.format.lower())
+    return encode_audio(audio, sampling_rate, job.audio_format)
+
+
+def synthesize_request(
+    registry: ModelRegistry, data: Mapping[str, Any], max_text_length: int = DEFAULT_MAX_TEXT_LENGTH
+) -> tuple[bytes, str]:
+    """Validate, synthesize and encode one request in the calling thread: (audio bytes, media type)."""
+    return run_job(resolve_job(registry, parse_voice_request(data), max_text_length))
+
+
+class SynthesisQueue:
+    """A fixed pool of worker threads behind a bounded count of admitted requests.
+
+    `submit` never waits for room: when `size` requests are admitted (queued or running) it raises a 503
+    ClientError with a Retry-After estimate. A place is given back when the work is done, not when the client
+    stops waiting, so work of clients that went away still counts. Used from the event loop thread only.
+    """
+
+    def __init__(self, size: int, workers: int = 1) -> None:
+        if size < 1 or workers < 1:
+            raise ValueError(f"queue size and workers must be >= 1, got {size} and {workers}")
+        self.size = size
+        self.workers = workers
+        self.admitted = 0
+        self.served = 0
+        self.refused = 0
+        self._seconds_per_job = 1.0  # running mean of the work time, for Retry-After
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synthesis")
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self._seconds_per_job * self.admitted / self.workers))
+
+    async def submit(self, work: Callable[[], Any]) -> Any:
+        if self.admitted >= self.size:
+            self.refused += 1
+            seconds = self.retry_after()
+            raise ClientError(
+                503,
+                f"the server is busy ({self.admitted} requests admitted, queue size {self.size}); retry in {seconds} s",
+                headers={"Retry-After": str(seconds)},
+            )
+        loop = asyncio.get_running_loop()
+        future: Future = self._executor.submit(self._timed, work)
+        self.admitted += 1  # given back by the done callback, which the loop runs after this method's sync part
+        future.add_done_callback(lambda _done: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(future)
+
+    def _timed(self, work: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return work()
+        finally:
+            elapsed = time.perf_counter() - start
+            self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed
+
+    def _release(self) -> None:
+        self.admitted -= 1
+        self.served += 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self) -> dict[str, int]:
+        return {"size": self.size, "admitted": self.admitted, "served": self.served, "refused": self.refused}
+
+
+@dataclass
+class ServerState:
+    registry: ModelRegistry
+    max_text_length: int = DEFAULT_MAX_TEXT_LENGTH
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    workers: int = 1
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ClientError(400, f"invalid Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise ClientError(413, f"the request body is {int(declared)} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ClientError(413, f"the request body exceeds the limit of {limit} bytes")
+    return bytes(body)
 
 
 def create_app(state: ServerState) -> FastAPI:
-    """The FastAPI application serving `state`'s model."""
-    app = FastAPI(title="Bert-VITS2 2.3 TTS", docs_url=None, redoc_url=None)
+    """The FastAPI application serving `state`'s models. Every route is async: no thread per request."""
+    queue_holder: dict[str, SynthesisQueue] = {}
 
-    def error_response(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        queue_holder["queue"] = SynthesisQueue(state.queue_size, state.workers)
+        try:
+            yield
+        finally:
+            queue_holder.pop("queue").shutdown()
+
+    # No docs, no OpenAPI schema, no static files: the routes below are all there is.
+    app = FastAPI(title="Bert-VITS2 2.3 TTS", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    registry = state.registry
+
+    def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=dict(headers or {}))
 
     @app.exception_handler(ClientError)
     async def client_error(_request: Request, error: ClientError) -> JSONResponse:
-        return error_response(error.status, error.message)
+        return error_response(error.status, error.message, error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -181,33 +535,39 @@ def create_app(state: ServerState) -> FastAPI:
         return error_response(500, f"internal error: {type(error).__name__}: {error}")
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "sampling_rate": state.synthesizer.sampling_rate}
+    async def health() -> dict[str, Any]:
+        queue = queue_holder.get("queue")
+        return {"status": "ok", "models": len(registry), "queue": queue.describe() if queue else None}
+
+    @app.get("/models")
+    async def models() -> dict[str, Any]:
+        return {"models": [model.describe() for model in registry.models]}
 
     @app.get("/speakers")
-    def speakers() -> dict[str, Any]:
-        return {
-            "speakers": state.synthesizer.speakers,
-            "languages": list(infer.LANGUAGES),
-            "default_language": state.default_language,
-            "sampling_rate": state.synthesizer.sampling_rate,
-        }
+    async def speakers(request: Request) -> dict[str, Any]:
+        return _find_model(registry, request.query_params.get("model")).describe()
+
+    async def answer(data: Mapping[str, Any]) -> Response:
+        job = resolve_job(registry, parse_voice_request(data), state.max_text_length)
+        content, media_type = await queue_holder["queue"].submit(lambda: run_job(job))
+        return Response(content=content, media_type=media_type)
 
     @app.get("/voice")
-    def voice_get(request: Request) -> Response:
-        content, media_type = synthesize_request(state, request.query_params)
-        return Response(content=content, media_type=media_type)
+    async def voice_get(request: Request) -> Response:
+        if len(request.url.query) > state.max_body_size:
+            raise ClientError(414, f"the query string exceeds the limit of {state.max_body_size} bytes")
+        return await answer(request.query_params)
 
     @app.post("/voice")
     async def voice_post(request: Request) -> Response:
+        raw = await read_limited_body(request, state.max_body_size)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ClientError(400, f"the request body is not valid JSON: {error}") from error
         if not isinstance(body, dict):
             raise ClientError(400, "the request body must be a JSON object")
-        content, media_type = await run_in_threadpool(synthesize_request, state, body)
-        return Response(content=content, media_type=media_type)
+        return await answer(body)
 
     return app
 
@@ -218,75 +578,112 @@ def create_app(state: ServerState) -> FastAPI:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Bert-VITS2 2.3 TTS server")
-    parser.add_argument("-m", "--model", help="G_*.pth or export .safetensors (default: config.yml server.models)")
-    parser.add_argument("-c", "--config", help="model config.json (optional for an export file)")
+    parser.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        default=[],
+        help="[NAME=]PATH of a G_*.pth, export .safetensors or .onnx; repeatable (default: config.yml server.models)",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        help="model config.json: one per --model in the same order, or one for all (not needed for export files)",
+    )
     parser.add_argument("--yml", default=None, help="global settings file (default: $BV2_CONFIG or config.yml)")
-    parser.add_argument("--model-index", type=int, default=0, help="which entry of server.models to serve")
     parser.add_argument("--bert-dir", action="append", default=[], help="LANG=PATH BERT folder; repeatable")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: yml or cpu)")
-    parser.add_argument("--language", default=None, help="default language ZH, JP or EN (default: yml or ZH)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=None, help="default: yml server.port, else 5000")
-    parser.add_argument("--max-text-length", type=int, default=DEFAULT_MAX_TEXT_LENGTH)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto, for every model (default: yml)")
+    parser.add_argument("--language", default=None, help="default language ZH, JP, EN, mix or auto, for every model")
+    parser.add_argument("--host", default=None, help=f"address to bind (default: yml server.host, else {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=None, help=f"default: yml server.port, else {DEFAULT_PORT}")
+    parser.add_argument("--queue-size", type=int, default=None, help="requests admitted at once; more get 503")
+    parser.add_argument("--workers", type=int, default=1, help="synthesis threads (models take turns per model)")
+    parser.add_argument("--max-text-length", type=int, default=None, help="characters of text a request may carry")
+    parser.add_argument("--max-body-size", type=int, default=None, help="bytes of request body or query string")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser
 
 
 @dataclass
 class ServeSettings:
-    model: str
-    config: str | None
-    device: str
-    language: str
+    models: list[ModelSpec]
+    host: str
     port: int
-    presets: dict[str, dict[str, float]]
+    queue_size: int
+    max_text_length: int
+    max_body_size: int
+
+
+def _command_line_specs(models: Sequence[str], configs: Sequence[str], device: str, language: str) -> list[ModelSpec]:
+    if len(configs) > 1 and len(configs) != len(models):
+        raise ValueError(
+            f"{len(models)} --model but {len(configs)} --config: give one --config per --model, or one for all"
+        )
+    specs = []
+    for index, item in enumerate(models):
+        named = _NAMED_MODEL.match(item)
+        name, path = (named.group(1), named.group(2)) if named and not Path(item).exists() else ("", item)
+        config_path = configs[index] if len(configs) > 1 else (configs[0] if configs else None)
+        specs.append(ModelSpec(name, path, config_path, device, language))
+    return unique_names(specs)
 
 
 def resolve_settings(args: argparse.Namespace) -> ServeSettings:
     """Merge the command line with config.yml's server section (the command line wins)."""
     import config as global_config
 
-    server = None
-    if args.model is None or args.port is None or args.device is None or args.language is None:
-        yml = global_config.config_path_from_env(args.yml)
-        if args.model is not None and args.yml is None and not _exists(yml):
-            server = None  # everything essential is on the command line; the yml is optional then
-        else:
-            server = global_config.load_config(yml).server
-    entry = None
-    if args.model is None:
-        if server is None or not server.models:
-            raise ValueError(
-                "no model to serve: pass --model (and --config), or add one under server.models in config.yml"
-            )
-        if not 0 <= args.model_index < len(server.models):
-            raise ValueError(f"--model-index {args.model_index}: config.yml lists {len(server.models)} model(s)")
-        entry = server.models[args.model_index]
-    device = args.device or (entry.device if entry else None) or (server.device if server else "cpu")
-    language = args.language or (entry.language if entry else None) or (server.language if server else "ZH")
-    presets = {
-        preset.speaker: {
-            "sdp_ratio": preset.sdp_ratio,
-            "noise_scale": preset.noise_scale,
-            "noise_scale_w": preset.noise_scale_w,
-            "length_scale": preset.length_scale,
-        }
-        for preset in (entry.speakers if entry else ())
-    }
-    return ServeSettings(
-        model=args.model or entry.model,
-        config=args.config or (entry.config if entry else None),
-        device=global_config.resolve_device(device),
-        language=infer.check_language(language),
-        port=args.port or (server.port if server else 5000),
-        presets=presets,
+    yml = global_config.config_path_from_env(args.yml)
+    # With models on the command line the yml is optional, unless named explicitly.
+    server = (
+        None if (args.model and args.yml is None and not Path(yml).is_file()) else global_config.load_config(yml).server
     )
+    if args.config and not args.model:
+        raise ValueError("--config needs --model (the models of config.yml name their configs themselves)")
+    if args.model:
+        specs = _command_line_specs(
+            args.model,
+            args.config,
+            args.device or (server.device if server else "cpu"),
+            normalize_language(args.language or (server.language if server else "ZH")),
+        )
+    else:
+        if server is None or not server.models:
+            raise ValueError(f"no model to serve: pass --model (and --config), or add one under server.models in {yml}")
+        specs = specs_from_server_config(server)
+        if args.device or args.language:
+            specs = [
+                ModelSpec(
+                    spec.name,
+                    spec.model,
+                    spec.config,
+                    args.device or spec.device,
+                    normalize_language(args.language) if args.language else spec.language,
+                    spec.presets,
+                )
+                for spec in specs
+            ]
+    for spec in specs:
+        if spec.language not in LANGUAGE_CODES:
+            raise ValueError(f"model {spec.name!r}: unknown language {spec.language!r}; use one of {LANGUAGE_CODES}")
+        if not global_config.DEVICE_PATTERN.match(spec.device):
+            raise ValueError(f"model {spec.name!r}: unknown device {spec.device!r}; use auto, cpu, cuda, cuda:N or mps")
 
+    def pick(given: int | None, setting: str, default: int) -> int:
+        value = given if given is not None else (getattr(server, setting) if server else default)
+        if value < 1:
+            raise ValueError(f"--{setting.replace('_', '-')} must be >= 1, got {value}")
+        return value
 
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_file()
+    return ServeSettings(
+        models=specs,
+        host=args.host or (server.host if server else DEFAULT_HOST),
+        port=pick(args.port, "port", DEFAULT_PORT),
+        queue_size=pick(args.queue_size, "queue_size", DEFAULT_QUEUE_SIZE),
+        max_text_length=pick(args.max_text_length, "max_text_length", DEFAULT_MAX_TEXT_LENGTH),
+        max_body_size=pick(args.max_body_size, "max_body_size", DEFAULT_MAX_BODY_SIZE),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,31 +695,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
         settings = resolve_settings(args)
-        synthesizer = infer.load_synthesizer(
-            settings.model,
-            settings.config,
-            device=settings.device,
-            bert_dirs=infer.parse_bert_dirs(args.bert_dir),
-        )
+        registry = load_models(settings.models, bert_dirs=infer.parse_bert_dirs(args.bert_dir))
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
     state = ServerState(
-        synthesizer,
-        default_language=settings.language,
-        max_text_length=args.max_text_length,
-        presets=settings.presets,
+        registry,
+        max_text_length=settings.max_text_length,
+        max_body_size=settings.max_body_size,
+        queue_size=settings.queue_size,
+        workers=args.workers,
     )
+    if settings.host not in ("127.0.0.1", "::1", "localhost"):
+        logger.warning("listening on %s: the server has no authentication", settings.host)
     logger.info(
-        "serving %s (%d speakers, %d Hz) on http://%s:%d",
-        settings.model,
-        len(synthesizer.speakers),
-        synthesizer.sampling_rate,
-        args.host,
+        "serving %d model(s) on http://%s:%d (queue %d)",
+        len(registry),
+        settings.host,
         settings.port,
+        settings.queue_size,
     )
-    uvicorn.run(create_app(state), host=args.host, port=settings.port, log_level="info")
+    # limit_concurrency bounds open connections and tasks far above the queue, so a flood of connections is
+    # refused by uvicorn too instead of growing without end.
+    uvicorn.run(
+        create_app(state),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        limit_concurrency=max(256, 4 * settings.queue_size),
+    )
     return 0
 
 
