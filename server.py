@@ -164,9 +164,8 @@ class ModelRegistry:
 
 
 def model_languages(synthesizer: infer.Synthesizer) -> list[str]:
-    # `Synthesizer.languages` (agreed interface) lists what a model accepts, "mix"/"auto" included; a
-    # Synthesizer without it takes the three base languages.
-    return list(getattr(synthesizer, "languages", infer.LANGUAGES))
+    """What `synthesizer.synthesize` takes as `language` ("ZH", "JP", "EN", "mix", "auto")."""
+    return list(synthesizer.languages)
 
 
 def normalize_language(language: str) -> str:

@@ -31,7 +31,8 @@ MAX_TEXT_LENGTH = 60
 MAX_BODY_SIZE = 4096
 QUEUE_SIZE = 8
 STARTUP_TIMEOUT = 180.0
-DETERMINISTIC = {"noise": 0, "noisew": 0, "sdp_ratio": 0.4}
+# No noise, and a seed for the noise that fills the unused BERT slots (data.unused_bert "randn").
+DETERMINISTIC = {"noise": 0, "noisew": 0, "sdp_ratio": 0.4, "seed": 1}
 ALPHA_SPEAKERS = ["spk0", "spk1", "spk2", "spk3"]
 BETA_SPEAKERS = ["alice", "bob"]
 PRESET_LENGTH = 1.5  # alpha's spk2 speaks slower unless a request says otherwise
@@ -295,6 +296,41 @@ def test_post_voice_matches_get(client: httpx.Client) -> None:
     assert by_get.status_code == by_post.status_code == by_post_same.status_code == 200
     assert by_post_same.content == by_get.content
     assert _read_audio(by_post)[0].size > _read_audio(by_get)[0].size  # length 1.2 stretches the durations
+
+
+def _frames(response: httpx.Response) -> int:
+    return soundfile.info(io.BytesIO(response.content)).frames
+
+
+def test_seed_makes_a_noisy_request_reproducible(client: httpx.Client) -> None:
+    noisy = {"noise": 0.6, "noisew": 0.8, "sdp_ratio": 0.5}
+    first = _voice(client, **noisy, seed=7).content
+    assert _voice(client, **noisy, seed=7).content == first
+    assert _voice(client, **noisy, seed=8).content != first
+
+
+def test_pauses_and_split_reach_the_synthesizer(client: httpx.Client) -> None:
+    two_sentences = "你好。今天天气很好。"
+    tight = _voice(client, text=two_sentences, sentence_pause=0)
+    assert _frames(_voice(client, text=two_sentences, sentence_pause=0.5)) - _frames(tight) == round(0.5 * 22050)
+    assert _voice(client, text=two_sentences, sentence_pause=0.5, split="false").content != tight.content
+    two_paragraphs = "你好。\n今天天气很好。"
+    close = _frames(_voice(client, text=two_paragraphs, paragraph_pause=0))
+    assert _frames(_voice(client, text=two_paragraphs, paragraph_pause=1.0)) - close == 22050
+
+
+def test_style_text_and_languages_reach_the_synthesizer(client: httpx.Client) -> None:
+    plain = _voice(client).content
+    assert _voice(client, style_text="今天天气很好", style_weight=0.7).content != plain
+    assert _voice(client, style_text="今天天气很好", style_weight=0).content == plain  # weight 0: no pull
+    assert _voice(client, style_text="").content == plain  # empty style text: none
+    assert _voice(client, language="AUTO").content == plain  # Chinese text, identified as ZH
+    mixed = client.post(
+        "/voice", json={"text": "[spk1]<zh>你好，世界。", "speaker": "spk0", "language": "mix", **DETERMINISTIC}
+    )
+    assert mixed.status_code == 200 and mixed.content == plain  # the [spk1] tag picks the voice
+    bad_mix = client.get("/voice", params={"text": "[nobody]<zh>你好", "speaker": "spk0", "language": "mix"})
+    assert bad_mix.status_code == 422 and "nobody" in bad_mix.json()["error"]
 
 
 INVALID_REQUESTS = [
