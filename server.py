@@ -598,7 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=None, help=f"address to bind (default: yml server.host, else {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=None, help=f"default: yml server.port, else {DEFAULT_PORT}")
     parser.add_argument("--queue-size", type=int, default=None, help="requests admitted at once; more get 503")
-    parser.add_argument("--workers", type=int, default=1, help="synthesis threads (models take turns per model)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="synthesis threads; above 1, models on different devices run at once, but a `seed` is only "
+        "reproducible with 1 (torch's random generator is process-wide)",
+    )
     parser.add_argument("--max-text-length", type=int, default=None, help="characters of text a request may carry")
     parser.add_argument("--max-body-size", type=int, default=None, help="bytes of request body or query string")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

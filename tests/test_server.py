@@ -532,3 +532,24 @@ def test_repeated_models_on_the_command_line(tmp_path: Path) -> None:
         _settings("-m", "x=a.pth", "-m", "x=b.pth", "-c", "c.json")
     with pytest.raises(FileNotFoundError):
         _settings("--yml", missing_yml, "-m", "a.pth")  # a yml named explicitly must exist
+
+
+def test_startup_errors_name_the_problem(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import server
+
+    checkpoint, config_path = _write_tiny_model(tmp_path / "m", TINY_CONFIG, seed=3)
+    yml = tmp_path / "config.yml"
+    yml.write_text("server:\n  device: cpu\n", encoding="utf-8")
+    missing = tmp_path / "absent" / "G_9.pth"
+    assert server.main(["--yml", str(yml), "-m", str(missing), "-c", str(config_path)]) == 2
+    assert str(missing) in caplog.text
+
+    caplog.clear()
+    section = {"models": [{"model": str(checkpoint), "config": str(config_path), "speakers": [{"speaker": "eve"}]}]}
+    yml.write_text(yaml.safe_dump({"server": section}), encoding="utf-8")
+    assert server.main(["--yml", str(yml), "--device", "cpu"]) == 2
+    assert "unknown speaker(s) eve" in caplog.text and "spk0" in caplog.text
+
+    caplog.clear()
+    assert server.main(["--yml", str(yml), "-m", str(checkpoint), "-c", str(config_path), "--queue-size", "0"]) == 2
+    assert "--queue-size must be >= 1" in caplog.text
