@@ -152,7 +152,11 @@ class MultiHeadAttention(nn.Module):
         pad = max(length - (self.window_size + 1), 0)
         start = max((self.window_size + 1) - length, 0)
         if pad > 0:
-            embeddings = F.pad(embeddings, (0, 0, pad, pad))
+            # Pad each head's [n, k] table and stack: F.pad's backward hands back a narrowed view of the padded
+            # gradient, and on the [1, n, k] parameter that view keeps the padded size as the stride of the
+            # size-1 head dim. Autograd accepts it, DDP's bucket views do not ("Grad strides do not match bucket
+            # view strides", then a copy every step); stack's backward gives a gradient laid out like the parameter.
+            embeddings = torch.stack([F.pad(head, (0, 0, pad, pad)) for head in embeddings.unbind(0)])
         return embeddings[:, start : start + 2 * length - 1]  # [1|h, 2t-1, k]
 
     @staticmethod
