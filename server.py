@@ -355,7 +355,12 @@ def resolve_job(registry: ModelRegistry, request: VoiceRequest, max_text_length:
         )
     audio_format = request.format.lower()
     if audio_format not in model.formats():
-        raise ClientError(400, f"unknown format {request.format!r}; use one of {', '.join(model.formats())}")
+        why = (
+            f"not available for model {model.name!r} ({synthesizer.sampling_rate} Hz, this libsndfile)"
+            if audio_format in AUDIO_FORMATS
+            else "unknown"
+        )
+        raise ClientError(400, f"format {request.format!r} is {why}; use one of {', '.join(model.formats())}")
     params = {**DEFAULT_PARAMS, **model.spec.presets.get(request.speaker, {})}
     given = {
         "sdp_ratio": request.sdp_ratio,

@@ -343,7 +343,7 @@ INVALID_REQUESTS = [
     ("unknown model", "GET", {"text": "你好", "speaker": "spk0", "model": "gamma"}, 404, "known models: 0 (alpha)"),
     ("model index too big", "GET", {"text": "你好", "speaker": "spk0", "model": "2"}, 404, "unknown model"),
     ("unknown language", "GET", {"text": "你好", "speaker": "spk0", "language": "FR"}, 400, "unknown language"),
-    ("unknown format", "GET", {"text": "你好", "speaker": "spk0", "format": "mp4"}, 400, "unknown format"),
+    ("unknown format", "GET", {"text": "你好", "speaker": "spk0", "format": "mp4"}, 400, "format 'mp4' is unknown"),
     ("sdp above 1", "GET", {"text": "你好", "speaker": "spk0", "sdp_ratio": "1.5"}, 422, "sdp_ratio"),
     ("negative noise", "GET", {"text": "你好", "speaker": "spk0", "noise": "-0.1"}, 422, "noise"),
     ("noisew too big", "GET", {"text": "你好", "speaker": "spk0", "noisew": "9"}, 422, "noisew"),
@@ -553,3 +553,10 @@ def test_startup_errors_name_the_problem(tmp_path: Path, caplog: pytest.LogCaptu
     caplog.clear()
     assert server.main(["--yml", str(yml), "-m", str(checkpoint), "-c", str(config_path), "--queue-size", "0"]) == 2
     assert "--queue-size must be >= 1" in caplog.text
+
+
+def test_mp3_is_offered_only_at_mpeg_sampling_rates() -> None:
+    import server
+
+    assert "mp3" in server.available_formats(22050) and "mp3" in server.available_formats(44100)
+    assert server.available_formats(40000) == ["wav", "flac", "ogg"]  # MPEG audio has no 40 kHz
