@@ -1,4 +1,11 @@
-"""Shared fixtures: the reference kit, a fixed thread count, and the dev config."""
+"""Shared fixtures: the reference kit (golden numbers), and the kit-free tiny model config with a tiny WavLM.
+
+Tests that compare with the reference's numbers use the kit fixtures (``kit_dir``, ``dev_dir``, ``golden``,
+``dev_config`` ...): they skip with a reason when the kit is absent and fail under ``CI=true``. Every other test
+uses ``tiny_model_config`` (tests/configs/tiny.json, the kit's dev-model shape) or ``tiny_train_config`` (the same
+with a tiny WavLM built locally) and runs in a plain clone.
+Under ``CI=true`` no test may skip (a skip is turned into a failure), except tests marked ``gpu``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,28 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 KIT_DIR = Path(os.environ.get("BV2_REFERENCE_KIT", REPO_ROOT.parent / "shared" / "reference"))
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; the only tests allowed to skip under CI=true")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under CI a skipped test is a failure: a missing tool or dependency must not pass unnoticed."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and under_ci()) or hasattr(report, "wasxfail") or item.get_closest_marker("gpu"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped under CI=true, which allows no skips: {reason}"
 
 
 def _kit_or_skip() -> Path:
@@ -18,7 +46,7 @@ def _kit_or_skip() -> Path:
     message = (
         f"reference kit not found at {KIT_DIR} (set BV2_REFERENCE_KIT or place ../shared/reference beside the clone)"
     )
-    if os.environ.get("CI", "").lower() == "true":
+    if under_ci():
         pytest.fail(message + "; under CI the kit is required")
     pytest.skip(message)
 
@@ -55,7 +83,63 @@ def symbols_json(kit_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def dev_config(dev_dir: Path) -> dict:
-    """The dev config as a plain dict, with slm.model pointed at the kit's tiny WavLM."""
+    """The kit's dev config as a plain dict, with slm.model pointed at the kit's tiny WavLM (for golden tests)."""
     config = json.loads((dev_dir / "config.json").read_text(encoding="utf-8"))
     config["model"].setdefault("slm", {})["model"] = str(dev_dir / "tiny-wavlm")
+    return config
+
+
+# ------------------------------------------------------------------------------------------ without the kit
+
+
+def build_tiny_wavlm(folder: Path, hidden: int = 32, hidden_states: int = 3, seed: int = 0) -> Path:
+    """A randomly initialised WavLM of the kit's tiny shape, saved with ``save_pretrained`` (nothing downloads).
+
+    WavLM reports its embeddings as an extra hidden state, so ``hidden_states`` (the config's ``slm.nlayers``)
+    is one more than its transformer layers. The feature extractor's overall stride is 320 samples, as in the
+    real model.
+    """
+    import torch
+    from transformers import WavLMConfig, WavLMModel
+
+    config = WavLMConfig(
+        hidden_size=hidden,
+        num_hidden_layers=hidden_states - 1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        conv_dim=(16, 16, 16),
+        conv_kernel=(10, 8, 4),
+        conv_stride=(5, 8, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        num_buckets=16,
+        max_bucket_distance=64,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        WavLMModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_wavlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny WavLM folder built for this session (the kit-free stand-in for the kit's dev/tiny-wavlm)."""
+    return build_tiny_wavlm(tmp_path_factory.mktemp("tiny-wavlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config() -> dict:
+    """tests/configs/tiny.json: the dev model's shape, no reference kit. Its slm.model names no folder; tests
+    that train (and so load WavLM) use ``tiny_train_config``.
+
+    Shared by the session: copy it before changing anything (``json.loads(json.dumps(config))``).
+    """
+    return json.loads((CONFIGS_DIR / "tiny.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config(tiny_model_config: dict, tiny_wavlm_dir: Path) -> dict:
+    """``tiny_model_config`` with slm.model pointed at the session's tiny WavLM (shared: copy before changing)."""
+    config = json.loads(json.dumps(tiny_model_config))
+    config["model"]["slm"]["model"] = str(tiny_wavlm_dir)
     return config

@@ -39,13 +39,16 @@ def _scales(params: dict) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory: pytest.TempPathFactory, golden: dict, dev_config: dict) -> tuple[Path, Path]:
-    """A reference-layout checkpoint of the dev golden generator, and its config."""
+def model_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_config: dict) -> tuple[Path, Path]:
+    """A reference-layout checkpoint of a seeded tiny generator (the dev model's shape), and its config."""
     folder = tmp_path_factory.mktemp("model")
     config_path = folder / "config.json"
-    config_path.write_text(json.dumps(dev_config), encoding="utf-8")
+    config_path.write_text(json.dumps(tiny_model_config), encoding="utf-8")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        weights = infer.build_generator(tiny_model_config).state_dict()
     checkpoint = folder / "G_0.pth"
-    torch.save({"model": golden["weights_g"], "iteration": 0, "optimizer": None, "learning_rate": 2e-4}, checkpoint)
+    torch.save({"model": weights, "iteration": 0, "optimizer": None, "learning_rate": 2e-4}, checkpoint)
     return checkpoint, config_path
 
 
@@ -115,10 +118,10 @@ def test_reference_checkpoint_loads(dev_dir: Path, dev_config: dict, tmp_path: P
 
 
 def test_load_rejects_config_that_does_not_fit(
-    model_files: tuple[Path, Path], dev_config: dict, tmp_path: Path
+    model_files: tuple[Path, Path], tiny_model_config: dict, tmp_path: Path
 ) -> None:
     checkpoint, _ = model_files
-    other = json.loads(json.dumps(dev_config))
+    other = json.loads(json.dumps(tiny_model_config))
     other["model"]["hidden_channels"] = 48
     config_path = tmp_path / "other.json"
     config_path.write_text(json.dumps(other), encoding="utf-8")
@@ -186,12 +189,12 @@ def test_prepare_text_layout(synthesizer: infer.Synthesizer, zeros_synthesizer: 
     assert torch.equal(again.ja_bert, noisy.ja_bert) and torch.equal(again.en_bert, noisy.en_bert)
 
 
-def test_synthesize_from_text(synthesizer: infer.Synthesizer, dev_config: dict) -> None:
+def test_synthesize_from_text(synthesizer: infer.Synthesizer, tiny_model_config: dict) -> None:
     text = "你好，世界。"
     n_ids = synthesizer.prepare(text, "ZH").phones.numel()
     sampling_rate, audio = synthesizer.synthesize(text, "spk1", "ZH")
-    hop = dev_config["data"]["hop_length"]
-    assert sampling_rate == dev_config["data"]["sampling_rate"] == 22050
+    hop = tiny_model_config["data"]["hop_length"]
+    assert sampling_rate == tiny_model_config["data"]["sampling_rate"] == 22050
     assert audio.dtype == np.float32 and audio.ndim == 1 and np.isfinite(audio).all()
     # Every id gets at least one frame (ceil of a positive duration); an untrained model gives a few per id.
     assert audio.size % hop == 0 and n_ids * hop <= audio.size <= 20 * n_ids * hop

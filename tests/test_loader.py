@@ -26,6 +26,12 @@ from mel_processing import spectrogram_torch
 SLOT_NAMES = ("bert", "ja_bert", "en_bert")
 
 
+@pytest.fixture(scope="module")
+def dev_config(tiny_model_config: dict) -> dict:
+    """Only the data settings are used here, which the kit-free tiny config shares with the kit's dev config."""
+    return tiny_model_config
+
+
 def _data_hparams(dev_config: dict, **overrides) -> dict:
     return dict(dev_config["data"], **overrides)
 

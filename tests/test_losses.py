@@ -210,13 +210,13 @@ def test_wavlm_loss_is_float32_under_autocast(golden: dict, wavlm_loss: WavLMLos
     _close(value, g["forward"])
 
 
-def test_wavlm_loads_without_network(dev_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wavlm_loads_without_network(tiny_wavlm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError("network access attempted")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    loss = WavLMLoss(dev_dir / "tiny-wavlm", torch.nn.Identity(), 16000)
+    loss = WavLMLoss(tiny_wavlm_dir, torch.nn.Identity(), 16000)
     assert not loss.wavlm.training
 
 
@@ -242,8 +242,8 @@ def test_wavlm_folder_without_config_raises_clear_error(tmp_path: Path) -> None:
     assert "has no config.json" in str(err.value)
 
 
-def test_wavlm_folder_without_weights_raises_clear_error(tmp_path: Path, dev_dir: Path) -> None:
-    (tmp_path / "config.json").write_bytes((dev_dir / "tiny-wavlm" / "config.json").read_bytes())
+def test_wavlm_folder_without_weights_raises_clear_error(tmp_path: Path, tiny_wavlm_dir: Path) -> None:
+    (tmp_path / "config.json").write_bytes((tiny_wavlm_dir / "config.json").read_bytes())
     with pytest.raises(FileNotFoundError) as err:
         WavLMLoss(tmp_path, torch.nn.Identity(), 22050)
     _assert_helpful_missing_error(err, tmp_path)

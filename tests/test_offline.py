@@ -59,9 +59,10 @@ def _network_namespace_available() -> bool:
 
 
 @pytest.mark.parametrize("hub_offline", ["1", None], ids=["HF_HUB_OFFLINE=1", "no-offline-flag"])
-def test_front_end_bert_and_wavlm_work_without_network(tmp_path, dev_dir, hub_offline):
+def test_front_end_bert_and_wavlm_work_without_network(tmp_path, tiny_wavlm_dir, hub_offline):
     if not _network_namespace_available():
-        pytest.skip("`unshare -n` (a private network namespace) is not permitted on this machine")
+        # A skip; under CI=true conftest turns it into a failure (CI must be able to prove this).
+        pytest.skip("`unshare -n` (a private network namespace) is not available or not permitted on this machine")
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
     if hub_offline is not None:
         env["HF_HUB_OFFLINE"] = hub_offline
@@ -69,7 +70,7 @@ def test_front_end_bert_and_wavlm_work_without_network(tmp_path, dev_dir, hub_of
     script = tmp_path / "offline_check.py"
     script.write_text(OFFLINE_SCRIPT, encoding="utf-8")
     result = subprocess.run(
-        ["unshare", "-n", sys.executable, str(script), str(tmp_path), str(dev_dir / "tiny-wavlm")],
+        ["unshare", "-n", sys.executable, str(script), str(tmp_path), str(tiny_wavlm_dir)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
+import text.chinese
 from text import cleaned_text_to_sequence
 from text.chinese import g2p, number_normalizer_name, syllable_to_phones, text_normalize
 from text.cleaner import clean_text
@@ -44,12 +46,18 @@ def test_g2p_matches_golden_for_both_normalisers(text_golden: dict, column: str)
         assert sum(word2ph) == len(phones)
 
 
-def test_cn2an_normaliser_cases() -> None:
-    if number_normalizer_name() != "cn2an":
-        pytest.skip("WeTextProcessing is installed; the cn2an path is covered by the golden column")
-    assert text_normalize("温度是-3.5度。") == "温度是负三点五度."
-    assert text_normalize("提高了25%～") == "提高了百分之二十五-"
-    assert text_normalize("我用iPhone拍照（很好）") == "我用拍照'很好'"
+def test_cn2an_normaliser_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cn2an fallback runs whether or not WeTextProcessing is installed: hide it for this test.
+    for name in ("tn", "tn.chinese", "tn.chinese.normalizer"):
+        monkeypatch.setitem(sys.modules, name, None)
+    text.chinese._number_normalizer.cache_clear()
+    try:
+        assert number_normalizer_name() == "cn2an"
+        assert text_normalize("温度是-3.5度。") == "温度是负三点五度."
+        assert text_normalize("提高了25%～") == "提高了百分之二十五-"
+        assert text_normalize("我用iPhone拍照（很好）") == "我用拍照'很好'"
+    finally:
+        text.chinese._number_normalizer.cache_clear()
 
 
 @pytest.mark.parametrize(

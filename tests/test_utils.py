@@ -472,7 +472,8 @@ def test_plots_return_uint8_rgb_images():
 
 
 def test_load_wav_to_torch_returns_int16_scale_samples(tmp_path):
-    soundfile = pytest.importorskip("soundfile")
+    import soundfile  # a hard dependency: missing is a failure, not a skip
+
     samples = np.array([0, 1, -1, 32767, -32768, 1234], dtype=np.int16)
     path = tmp_path / "a.wav"
     soundfile.write(path, samples, 22050, subtype="PCM_16")
