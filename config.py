@@ -29,7 +29,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SERVER_LANGUAGES = ("ZH", "JP", "EN", "mix", "auto")
 # Sections of the reference's config.yml that this package does not use; they are ignored with a warning so a
 # reference file still loads. Anything else unknown is most likely a typo and is an error.
-IGNORED_REFERENCE_SECTIONS = ("mirror", "openi_token", "emo_gen", "webui", "translate")
+IGNORED_REFERENCE_SECTIONS = ("mirror", "openi_token", "emo_gen", "translate")
 
 T = TypeVar("T")
 
@@ -415,6 +415,46 @@ class ServerConfig:
         return config
 
 
+@dataclass(frozen=True)
+class WebuiConfig:
+    """The web UI (webui.py). ``models`` come from ``webui.models``, else the reference's single
+    ``webui.model``/``webui.config_path`` pair (dataset-relative, as the reference joins them)."""
+
+    host: str
+    port: int
+    device: str
+    language: str
+    models: tuple[ServerModelConfig, ...] = ()
+
+    @classmethod
+    def from_section(cls, section: _Section, dataset_path: str) -> WebuiConfig:
+        host = section.string("host", "127.0.0.1", allow_empty=False)
+        port = section.integer("port", 7860, minimum=1, maximum=65535)
+        device = section.device("device", "auto")
+        language = section.choice("language", "ZH", SERVER_LANGUAGES)
+        models = _sections_of(section, "models", lambda item: ServerModelConfig.from_section(item, device, language))
+        single_model = section.string("model", "")
+        if single_model:
+            single_config = section.string("config_path", "config.json", allow_empty=False)
+            models.append(
+                ServerModelConfig(
+                    model=_under_dataset(dataset_path, single_model),
+                    config=_under_dataset(dataset_path, single_config),
+                    device=device,
+                    language=language,
+                )
+            )
+        else:
+            section.raw("config_path", None)
+        # A public share link would need the network (a tunnel); this UI only serves the address it binds.
+        if section.boolean("share", False):
+            raise section.error("share", "false (public share links are not supported; bind a host instead)", True)
+        section.boolean("debug", False)  # the reference's key; accepted, not used
+        section.string("language_identification_library", "")  # the reference's key; accepted, not used
+        section.reject_unknown()
+        return cls(host=host, port=port, device=device, language=language, models=tuple(models))
+
+
 def _sections_of(section: _Section, key: str, build: Callable[[_Section], T]) -> list[T]:
     return [
         build(_Section(item, f"{section.key(key)}[{i}]", section.source)) for i, item in enumerate(section.list_of(key))
@@ -432,6 +472,7 @@ class Config:
     bert_gen: BertGenConfig
     train_ms: TrainMsConfig
     server: ServerConfig
+    webui: WebuiConfig
 
     # The reference's attribute names, so reference-style call sites keep working.
     @property
@@ -453,6 +494,10 @@ class Config:
     @property
     def server_config(self) -> ServerConfig:
         return self.server
+
+    @property
+    def webui_config(self) -> WebuiConfig:
+        return self.webui
 
 
 def config_path_from_env(path: str | os.PathLike[str] | None = None) -> str:
@@ -481,6 +526,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
         bert_gen=BertGenConfig.from_section(root.section("bert_gen"), dataset_path),
         train_ms=TrainMsConfig.from_section(root.section("train_ms"), dataset_path),
         server=ServerConfig.from_section(root.section("server")),
+        webui=WebuiConfig.from_section(root.section("webui"), dataset_path),
     )
     for name in IGNORED_REFERENCE_SECTIONS:
         if name in root.data:

@@ -213,12 +213,12 @@ def test_a_section_that_is_not_a_mapping_is_an_error(tmp_path):
 def test_reference_only_sections_are_ignored_with_a_warning(tmp_path, caplog):
     data = shipped_settings()
     data["mirror"] = ""
-    data["webui"] = {"device": "cuda", "port": 7860}
+    data["emo_gen"] = {"device": "cuda", "num_processes": 2}
     data["train_ms"]["base"]["repo_id"] = "Stardust_minus/Bert-VITS2"
     with caplog.at_level(logging.WARNING, logger="config"):
         cfg = load_config(write_yml(tmp_path, data))
     assert cfg.train_ms.base.use_base_model is False
-    assert "'webui'" in caplog.text and "'mirror'" in caplog.text and "train_ms.base.repo_id" in caplog.text
+    assert "'emo_gen'" in caplog.text and "'mirror'" in caplog.text and "train_ms.base.repo_id" in caplog.text
 
 
 def test_hub_download_of_a_base_model_is_refused(tmp_path):

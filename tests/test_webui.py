@@ -1,0 +1,332 @@
+"""webui.py as a real subprocess on 127.0.0.1, driven through gradio_client and a headless Chromium.
+
+Two tiny randomly initialised models (the repository's demo config, built here: no kit needed) and a tiny
+Chinese BERT stand in for trained ones, so the audio is noise-like but its length, rate and values are exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import config
+import infer
+import webui
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT = 240.0
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1400",
+)
+# Off-default values, so a parameter the UI dropped or swapped would change the audio.
+PARAMS = {"sdp_ratio": 0.3, "noise_scale": 0.4, "noise_scale_w": 0.7, "length_scale": 1.2}
+TWO_SENTENCES = "你好，世界。今天天气很好。"
+
+
+@dataclass(frozen=True)
+class TinyVoices:
+    folder: Path
+    models: tuple[tuple[Path, Path], ...]  # (checkpoint, config) of model A and model B
+    bert_dir: Path
+
+
+def _tiny_model(folder: Path, name: str, speakers: list[str], seed: int) -> tuple[Path, Path]:
+    settings = json.loads((REPO_ROOT / "configs" / "demo.json").read_text(encoding="utf-8"))
+    settings["data"]["spk2id"] = {speaker: index for index, speaker in enumerate(speakers)}
+    settings["data"]["n_speakers"] = len(speakers)
+    config_path = folder / f"{name}.json"
+    config_path.write_text(json.dumps(settings), encoding="utf-8")
+    torch.manual_seed(seed)
+    net = infer.build_generator(settings)
+    checkpoint = folder / name / "G_0.pth"
+    checkpoint.parent.mkdir()
+    torch.save({"model": net.state_dict(), "iteration": 0}, checkpoint)
+    return checkpoint, config_path
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> TinyVoices:
+    from text.tiny_bert import build_tiny_bert
+
+    folder = tmp_path_factory.mktemp("webui")
+    models = (
+        _tiny_model(folder, "voice_a", ["spk0", "spk1"], seed=1),
+        _tiny_model(folder, "voice_b", ["alice", "bob", "carol"], seed=2),
+    )
+    bert_dir = build_tiny_bert(folder / "tiny-zh", "ZH", seed=0)
+    return TinyVoices(folder=folder, models=models, bert_dir=Path(bert_dir))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"webui exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"{url}/config", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"webui not up after {STARTUP_TIMEOUT} s:\n{log.read_text(errors='replace')}")
+
+
+@pytest.fixture(scope="module")
+def webui_url(voices: TinyVoices) -> Iterator[str]:
+    port = _free_port()
+    log = voices.folder / "webui.log"
+    command = [sys.executable, "webui.py"]
+    for checkpoint, config_path in voices.models:
+        command += ["--model", str(checkpoint), "--config", str(config_path)]
+    command += ["--bert-dir", f"ZH={voices.bert_dir}", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
+    # Any attempt to reach the outside world goes to a dead proxy; loopback stays direct.
+    env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env.update(NO_PROXY="127.0.0.1,localhost", GRADIO_TEMP_DIR=str(voices.folder / "gradio-tmp"))
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(process, url, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def client(webui_url: str, voices: TinyVoices):
+    from gradio_client import Client
+
+    downloads = voices.folder / "downloads"
+    downloads.mkdir(exist_ok=True)
+    return Client(webui_url, verbose=False, download_files=str(downloads))
+
+
+def _tts(client, text: str, model: str, speaker: str, **overrides) -> tuple[np.ndarray, int]:
+    arguments = {
+        "text": text,
+        "model": model,
+        "speaker": speaker,
+        "language": "ZH",
+        **PARAMS,
+        "style_text": "",
+        "style_weight": 0.7,
+        "split": True,
+        "sentence_pause": 0.2,
+        "paragraph_pause": 1.0,
+        "seed": 1234,
+    }
+    arguments.update(overrides)
+    path, player = client.predict(*arguments.values(), api_name="/tts")
+    assert player.startswith("<audio controls") and 'src="data:audio/wav;base64,' in player
+    audio, sampling_rate = soundfile.read(path, dtype="int16")
+    return audio, sampling_rate
+
+
+def test_api_audio_equals_direct_synthesis(client, voices: TinyVoices) -> None:
+    audio, sampling_rate = _tts(client, TWO_SENTENCES, "voice_b/G_0", "bob")
+    checkpoint, config_path = voices.models[1]
+    synthesizer = infer.load_synthesizer(checkpoint, config_path, bert_dirs={"ZH": voices.bert_dir})
+    expected_rate, expected = synthesizer.synthesize(TWO_SENTENCES, "bob", "ZH", **PARAMS, seed=1234)
+    assert sampling_rate == expected_rate == 22050
+    assert audio.shape == expected.shape and audio.size > 0.5 * sampling_rate
+    # int16 on the wire; the two processes run the same float math (tiny thread-count differences allowed).
+    np.testing.assert_allclose(audio / 32767.0, np.clip(expected, -1, 1), atol=2e-3)
+    assert np.abs(audio).max() > 10
+
+
+def test_api_pauses_and_model_choice(client) -> None:
+    base, rate = _tts(client, TWO_SENTENCES, "voice_a/G_0", "spk1", sentence_pause=0.0)
+    paused, _ = _tts(client, TWO_SENTENCES, "voice_a/G_0", "spk1", sentence_pause=0.5)
+    assert paused.size - base.size == round(0.5 * rate)
+    unsplit, _ = _tts(client, TWO_SENTENCES, "voice_a/G_0", "spk1", split=False)
+    assert unsplit.size != paused.size
+    other_model, _ = _tts(client, TWO_SENTENCES, "voice_b/G_0", "alice", sentence_pause=0.0)
+    assert other_model.shape != base.shape or not np.array_equal(other_model, base)
+    styled, _ = _tts(
+        client, TWO_SENTENCES, "voice_a/G_0", "spk1", sentence_pause=0.0, style_text="你好世界", style_weight=1
+    )
+    assert not np.array_equal(styled, base)
+
+
+def test_api_reports_bad_input(client) -> None:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="unknown speaker 'spk1'.*alice, bob, carol"):
+        _tts(client, "你好。", "voice_b/G_0", "spk1")
+    with pytest.raises(AppError, match="text is empty"):
+        _tts(client, "   ", "voice_a/G_0", "spk0")
+
+
+def test_api_speaker_list_follows_the_model(client) -> None:
+    update = client.predict("voice_b/G_0", api_name="/speakers")
+    assert update["value"] == "alice" and [choice[0] for choice in update["choices"]] == ["alice", "bob", "carol"]
+
+
+def _browser_or_skip() -> None:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if not missing:
+        return
+    message = f"{' and '.join(missing)} not installed (apt-get install -y chromium chromium-driver)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + "; under CI the browser test is required")
+    pytest.skip(message)
+
+
+@pytest.fixture()
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # Both paths are given, so selenium-manager has nothing to look up; offline makes sure it never downloads.
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _requested_urls(driver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def test_browser_generates_audio(browser, webui_url: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(webui_url)
+    wait = WebDriverWait(browser, 120)
+    text_box = wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#text textarea")))
+    text_box.send_keys(TWO_SENTENCES)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    source = wait.until(
+        lambda driver: driver.execute_script(
+            "const audio = document.querySelector('#audio audio'); return audio && audio.getAttribute('src');"
+        )
+    )
+    time.sleep(1.0)  # let the waveform draw before the screenshot
+    screenshot = tmp_path / "webui.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+    logging.getLogger(__name__).info("screenshot: %s", screenshot)
+    # The source is the WAV itself: decode it and check it is audio of the right rate.
+    assert source.startswith("data:audio/wav;base64,"), source[:80]
+    audio, sampling_rate = soundfile.read(io.BytesIO(base64.b64decode(source.split(",", 1)[1])), dtype="int16")
+    assert sampling_rate == 22050 and audio.size > 0.5 * sampling_rate and np.abs(audio).max() > 10
+    duration = browser.execute_script("return document.querySelector('#audio audio').duration")
+    assert duration == pytest.approx(audio.size / sampling_rate, abs=0.01)
+    labels = browser.find_element(By.TAG_NAME, "body").text
+    for label in ("SDP ratio", "Noise", "Noise_W", "Length", "Style text", "Split by sentence"):
+        assert label in labels
+    # Nothing but this server: no web fonts, no CDN, no analytics.
+    network = [url for url in _requested_urls(browser) if url.startswith(("http:", "https:", "ws:", "wss:"))]
+    outside = [url for url in network if not url.startswith((webui_url, webui_url.replace("http", "ws", 1)))]
+    assert any(url.startswith(webui_url) for url in network)
+    assert outside == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Settings and command line (in-process, no server)
+
+
+def test_webui_settings_from_yml() -> None:
+    data = {
+        "dataset_path": "Data/",
+        "webui": {
+            "device": "cpu",
+            "model": "models/G_8000.pth",
+            "config_path": "config.json",
+            "language_identification_library": "langid",
+            "port": 7861,
+            "share": False,
+            "debug": False,
+        },
+    }
+    settings = config.config_from_dict(data, "test.yml").webui
+    assert settings.host == "127.0.0.1" and settings.port == 7861 and settings.language == "ZH"
+    assert [(m.model, m.config, m.device) for m in settings.models] == [
+        ("Data/models/G_8000.pth", "Data/config.json", "cpu")
+    ]
+    with pytest.raises(ValueError, match=r"test\.yml: setting 'webui\.share' must be false"):
+        config.config_from_dict({"webui": {"share": True}}, "test.yml")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'webui\.prot'"):
+        config.config_from_dict({"webui": {"prot": 7860}}, "test.yml")
+    listed = config.config_from_dict({"webui": {"models": [{"model": "a/G_1.pth", "config": "a.json"}]}}).webui
+    assert listed.models[0].device == "auto" and listed.models[0].language == "ZH"
+
+
+def test_model_names_and_config_pairing() -> None:
+    paths = ["Data/a/models/G_100.pth", "Data/b/models/G_100.pth", "z/voice.safetensors", "G_5.pth", "G_5.pth"]
+    assert webui.unique_names(paths) == ["a/models/G_100", "b/models/G_100", "voice", "G_5 (4)", "G_5 (5)"]
+    specs = webui.specs_from_args(["a/G_1.pth", "b/G_2.pth"], ["shared.json"], "cpu", "JP")
+    assert [(s.name, s.config, s.language) for s in specs] == [
+        ("G_1", "shared.json", "JP"),
+        ("G_2", "shared.json", "JP"),
+    ]
+    with pytest.raises(ValueError, match="2 --model but 3 --config"):
+        webui.specs_from_args(["a.pth", "b.pth"], ["1.json", "2.json", "3.json"], "cpu", "ZH")
+
+
+def test_command_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    # main sets these; monkeypatch restores them after the test.
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    yml = tmp_path / "settings.yml"
+    yml.write_text("webui:\n  models: []\n", encoding="utf-8")
+    with caplog.at_level(logging.ERROR):
+        assert webui.main(["--yml", str(yml)]) == 2
+    assert "no model to serve" in caplog.text and "webui.models" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert webui.main(["--yml", str(yml), "-m", str(tmp_path / "missing.pth"), "-c", "x.json"]) == 2
+    assert "missing.pth" in caplog.text

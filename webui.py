@@ -1,0 +1,388 @@
+"""Web UI for Bert-VITS2 2.3 text-to-speech (Gradio), served on this machine only by default.
+
+    python3 webui.py                                   # models, host and port from config.yml (webui section)
+    python3 webui.py -m Data/models/G_8000.pth -c Data/config.json --bert-dir ZH=bert/chinese-roberta-wwm-ext-large
+
+The page has the reference web UI's controls: text, model, speaker, language (ZH, JP, EN, mix, auto), the
+sdp ratio / noise / noise_w / length sliders with the reference's ranges and defaults, style text and its
+weight, splitting long text into sentences with pauses, and the audio player. The same call is an API endpoint
+(`/tts`) for `gradio_client`.
+
+Nothing is fetched from the network: analytics and the version check are off, no share link is made, and the
+theme uses the system's fonts instead of web fonts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import config as global_config
+import infer
+
+logger = logging.getLogger(__name__)
+
+LANGUAGE_CHOICES = ("ZH", "JP", "EN", "mix", "auto")
+# (minimum, maximum, step, default) of each slider: the reference web UI's.
+SDP_RATIO = (0.0, 1.0, 0.1, 0.5)
+NOISE_SCALE = (0.1, 2.0, 0.1, 0.6)
+NOISE_SCALE_W = (0.1, 2.0, 0.1, 0.9)
+LENGTH_SCALE = (0.1, 2.0, 0.1, 1.0)
+STYLE_WEIGHT = (0.0, 1.0, 0.1, 0.7)
+SENTENCE_PAUSE = (0.0, 5.0, 0.1, 0.2)
+PARAGRAPH_PAUSE = (0.0, 10.0, 0.1, 1.0)
+DEFAULT_MAX_TEXT_LENGTH = 2000
+# System font stacks: the default theme would load its fonts from Google's servers.
+SANS_FONTS = ("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif")
+MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to load: its name in the UI, files, device and the language selected with it."""
+
+    name: str
+    model: str
+    config: str | None
+    device: str
+    language: str
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    synthesizer: infer.Synthesizer
+
+
+class VoiceService:
+    """The loaded models and the one synthesis call behind the page and the API."""
+
+    def __init__(self, models: Sequence[LoadedModel], max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
+        if not models:
+            raise ValueError("no model to serve: pass --model/--config or list models under webui.models")
+        self.models = {loaded.spec.name: loaded for loaded in models}
+        self.max_text_length = max_text_length
+        # One synthesis at a time: the generator and the BERT models are not made for concurrent calls.
+        self.lock = threading.Lock()
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+    def model(self, name: str) -> LoadedModel:
+        if name not in self.models:
+            raise ValueError(f"unknown model {name!r}; loaded models: {', '.join(self.models)}")
+        return self.models[name]
+
+    def speakers(self, name: str) -> list[str]:
+        return self.model(name).synthesizer.speakers
+
+    def synthesize(
+        self,
+        text: str,
+        model: str,
+        speaker: str,
+        language: str,
+        sdp_ratio: float,
+        noise_scale: float,
+        noise_scale_w: float,
+        length_scale: float,
+        style_text: str,
+        style_weight: float,
+        split: bool,
+        sentence_pause: float,
+        paragraph_pause: float,
+        seed: int | None = None,
+    ) -> tuple[int, np.ndarray]:
+        """Check the request and speak it: (sampling rate, int16 samples). Bad input raises ValueError."""
+        text = (text or "").strip()
+        if not text:
+            raise ValueError("the text is empty: type something to say")
+        if len(text) > self.max_text_length:
+            raise ValueError(f"the text is {len(text)} characters long; the limit is {self.max_text_length}")
+        # Everything else (speaker, language, ranges, pauses) is checked by the synthesizer itself.
+        synthesizer = self.model(model).synthesizer
+        with self.lock:
+            sampling_rate, audio = synthesizer.synthesize(
+                text,
+                speaker,
+                language,
+                sdp_ratio=float(sdp_ratio),
+                noise_scale=float(noise_scale),
+                noise_scale_w=float(noise_scale_w),
+                length_scale=float(length_scale),
+                style_text=(style_text or "").strip() or None,
+                style_weight=float(style_weight),
+                split=bool(split),
+                sentence_pause=float(sentence_pause),
+                paragraph_pause=float(paragraph_pause),
+                seed=seed,
+            )
+        # 16-bit PCM is what the browser gets anyway; converting here keeps Gradio from warning about floats.
+        return sampling_rate, to_int16(audio)
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def audio_player_html(sampling_rate: int, samples: np.ndarray) -> str:
+    """An <audio> element that carries the audio itself (a WAV data URI), so it plays without another request."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sampling_rate, format="WAV", subtype="PCM_16")
+    source = "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<audio controls preload="metadata" style="width: 100%" src="{source}"></audio>'
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def unique_names(paths: Sequence[str]) -> list[str]:
+    """Short display names: the file stem, with as many parent folders as it takes to tell models apart."""
+    parts = [Path(path).with_suffix("").parts for path in paths]
+    names = []
+    for own in parts:
+        depth = 1
+        while depth < len(own) and sum(other[-depth:] == own[-depth:] for other in parts) > 1:
+            depth += 1
+        names.append("/".join(own[-depth:]))
+    # The same file listed twice still collides: number the copies.
+    return [f"{name} ({index})" if names.count(name) > 1 else name for index, name in enumerate(names, start=1)]
+
+
+def specs_from_args(models: Sequence[str], configs: Sequence[str], device: str, language: str) -> list[ModelSpec]:
+    """`--model` values paired with `--config` values: one config each, one config for all, or none."""
+    if configs and len(configs) not in (1, len(models)):
+        raise ValueError(
+            f"{len(models)} --model but {len(configs)} --config: give one --config per --model, one for all, "
+            "or none (export files carry their config)"
+        )
+    paired = list(configs) if len(configs) == len(models) else [configs[0] if configs else None] * len(models)
+    names = unique_names(models)
+    return [
+        ModelSpec(name=name, model=model, config=config_path, device=device, language=language)
+        for name, model, config_path in zip(names, models, paired)
+    ]
+
+
+def specs_from_config(settings: global_config.Config) -> list[ModelSpec]:
+    """Models of `webui.models`, else those of `server.models`."""
+    entries = settings.webui.models or settings.server.models
+    names = unique_names([entry.model for entry in entries])
+    return [
+        ModelSpec(name=name, model=entry.model, config=entry.config, device=entry.device, language=entry.language)
+        for name, entry in zip(names, entries)
+    ]
+
+
+def load_models(specs: Sequence[ModelSpec], bert_dirs: Mapping[str, str | Path]) -> list[LoadedModel]:
+    """Load every model (a missing file is an error naming its path)."""
+    loaded = []
+    for spec in specs:
+        device = global_config.resolve_device(spec.device)
+        logger.info("loading model %s from %s on %s", spec.name, spec.model, device)
+        synthesizer = infer.load_synthesizer(spec.model, spec.config, device=device, bert_dirs=bert_dirs)
+        loaded.append(LoadedModel(spec=spec, synthesizer=synthesizer))
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The page
+
+
+def _slider(gr: Any, label: str, spec: tuple[float, float, float, float], elem_id: str) -> Any:
+    minimum, maximum, step, default = spec
+    return gr.Slider(minimum=minimum, maximum=maximum, step=step, value=default, label=label, elem_id=elem_id)
+
+
+def build_app(service: VoiceService, default_language: str | None = None) -> Any:
+    """The Gradio Blocks app; `launch` it or mount it."""
+    import gradio as gr
+
+    first = service.model(service.model_names[0])
+    language = default_language or first.spec.language
+    if language.lower() not in {choice.lower() for choice in LANGUAGE_CHOICES}:
+        raise ValueError(f"unknown default language {language!r}; use one of {', '.join(LANGUAGE_CHOICES)}")
+    language = next(choice for choice in LANGUAGE_CHOICES if choice.lower() == language.lower())
+
+    def generate(
+        text: str,
+        model: str,
+        speaker: str,
+        language: str,
+        sdp_ratio: float,
+        noise_scale: float,
+        noise_scale_w: float,
+        length_scale: float,
+        style_text: str,
+        style_weight: float,
+        split: bool,
+        sentence_pause: float,
+        paragraph_pause: float,
+        seed: float,
+    ) -> tuple[tuple[int, np.ndarray], str]:
+        try:
+            sampling_rate, samples = service.synthesize(
+                text,
+                model,
+                speaker,
+                language,
+                sdp_ratio,
+                noise_scale,
+                noise_scale_w,
+                length_scale,
+                style_text,
+                style_weight,
+                split,
+                sentence_pause,
+                paragraph_pause,
+                seed=None if seed is None or seed < 0 else int(seed),
+            )
+        except (ValueError, FileNotFoundError) as error:
+            # gr.Error shows the message on the page and hands it to API clients; other errors stay generic.
+            raise gr.Error(str(error)) from error
+        return (sampling_rate, samples), audio_player_html(sampling_rate, samples)
+
+    def speakers_of(model: str) -> Any:
+        speakers = service.speakers(model)
+        return gr.Dropdown(choices=speakers, value=speakers[0] if speakers else None)
+
+    with gr.Blocks(title="Bert-VITS2 2.3", analytics_enabled=False) as app:
+        gr.Markdown("## Bert-VITS2 2.3 text to speech")
+        with gr.Row():
+            with gr.Column():
+                text = gr.TextArea(label="Text", placeholder="Text to say", lines=5, elem_id="text")
+                model = gr.Dropdown(
+                    choices=service.model_names, value=service.model_names[0], label="Model", elem_id="model"
+                )
+                speaker = gr.Dropdown(
+                    choices=first.synthesizer.speakers,
+                    value=first.synthesizer.speakers[0] if first.synthesizer.speakers else None,
+                    label="Speaker",
+                    elem_id="speaker",
+                    # The choices follow the model on the page; an API call names any model's speaker, and
+                    # the synthesizer answers an unknown one with the list of known speakers.
+                    allow_custom_value=True,
+                )
+                language_box = gr.Dropdown(
+                    choices=list(LANGUAGE_CHOICES), value=language, label="Language", elem_id="language"
+                )
+                sdp_ratio = _slider(gr, "SDP ratio", SDP_RATIO, "sdp_ratio")
+                noise_scale = _slider(gr, "Noise", NOISE_SCALE, "noise_scale")
+                noise_scale_w = _slider(gr, "Noise_W", NOISE_SCALE_W, "noise_scale_w")
+                length_scale = _slider(gr, "Length", LENGTH_SCALE, "length_scale")
+            with gr.Column():
+                style_text = gr.Textbox(
+                    label="Style text",
+                    placeholder="Optional: text whose style (BERT features) is mixed into the voice",
+                    elem_id="style_text",
+                )
+                style_weight = _slider(gr, "Style weight", STYLE_WEIGHT, "style_weight")
+                split = gr.Checkbox(value=True, label="Split by sentence", elem_id="split")
+                sentence_pause = _slider(gr, "Pause between sentences (s)", SENTENCE_PAUSE, "sentence_pause")
+                paragraph_pause = _slider(gr, "Pause between paragraphs (s)", PARAGRAPH_PAUSE, "paragraph_pause")
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                # The page plays the result in the browser's own <audio> element (Gradio 6's audio component
+                # leaves that element without a source unless it draws a waveform); the audio component,
+                # hidden, is what API clients get: a WAV file.
+                player = gr.HTML(label="Audio", elem_id="audio")
+                audio = gr.Audio(label="Audio file", type="numpy", interactive=False, visible=False)
+        model.change(speakers_of, inputs=model, outputs=speaker, api_name="speakers")
+        inputs = [text, model, speaker, language_box, sdp_ratio, noise_scale, noise_scale_w, length_scale]
+        inputs += [style_text, style_weight, split, sentence_pause, paragraph_pause, seed]
+        button.click(generate, inputs=inputs, outputs=[audio, player], api_name="tts", concurrency_limit=1)
+    return app
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Bert-VITS2 2.3 web UI (Gradio)")
+    parser.add_argument(
+        "-m", "--model", action="append", default=[], help="G_*.pth checkpoint or export file; repeatable"
+    )
+    parser.add_argument(
+        "-c", "--config", action="append", default=[], help="its config.json; one per --model, or one for all"
+    )
+    parser.add_argument(
+        "--bert-dir",
+        action="append",
+        default=[],
+        help="BERT folder: LANG=PATH for one language or PATH for all; repeatable. Default: the text package's",
+    )
+    parser.add_argument("--yml", default=None, help="global settings file (default $BV2_CONFIG or config.yml)")
+    parser.add_argument("--host", default=None, help="address to bind (default webui.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default webui.port, 7860)")
+    parser.add_argument("--device", default=None, help="device of --model models (default webui.device)")
+    parser.add_argument("--language", default=None, help="language selected at start (default webui.language)")
+    parser.add_argument("--max-text-length", type=int, default=DEFAULT_MAX_TEXT_LENGTH)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before Gradio is imported: it reads these at import time. Nothing may phone home.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from text.bert_features import parse_bert_dirs
+
+    try:
+        settings = global_config.load_config(args.yml)
+        webui = settings.webui
+        device = args.device or webui.device
+        language = args.language or webui.language
+        if args.model:
+            specs = specs_from_args(args.model, args.config, device, language)
+        elif args.config:
+            raise ValueError("--config needs --model")
+        else:
+            specs = specs_from_config(settings)
+        if not specs:
+            raise ValueError(
+                f"no model to serve: pass --model (and --config), or list models under webui.models in {settings.source}"
+            )
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        service = VoiceService(load_models(specs, parse_bert_dirs(args.bert_dir)), args.max_text_length)
+        app = build_app(service, default_language=args.language)
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
+    serve(app, args.host or webui.host, args.port or webui.port)
+    return 0
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    """Serve until interrupted: on `host` only, no share tunnel, no server-side rendering (it needs Node)."""
+    import gradio as gr
+
+    theme = gr.themes.Default(font=list(SANS_FONTS), font_mono=list(MONO_FONTS))
+    logger.info("web UI on http://%s:%d", host, port)
+    app.queue(default_concurrency_limit=1).launch(
+        server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, theme=theme
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
