@@ -433,6 +433,9 @@ class WebuiConfig:
         device = section.device("device", "auto")
         language = section.choice("language", "ZH", SERVER_LANGUAGES)
         models = _sections_of(section, "models", lambda item: ServerModelConfig.from_section(item, device, language))
+        names = [model.name for model in models if model.name]
+        if len(set(names)) != len(names):
+            raise section.error("models", "models with distinct names", names)
         single_model = section.string("model", "")
         if single_model:
             single_config = section.string("config_path", "config.json", allow_empty=False)

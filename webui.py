@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import logging
 import os
 import sys
-import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 import config as global_config
 import infer
+import server
 
 logger = logging.getLogger(__name__)
 
@@ -48,42 +47,22 @@ SANS_FONTS = ("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "
 MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model to load: its name in the UI, files, device and the language selected with it."""
-
-    name: str
-    model: str
-    config: str | None
-    device: str
-    language: str
-
-
-@dataclass
-class LoadedModel:
-    spec: ModelSpec
-    synthesizer: infer.Synthesizer
-
-
 class VoiceService:
     """The loaded models and the one synthesis call behind the page and the API."""
 
-    def __init__(self, models: Sequence[LoadedModel], max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
-        if not models:
-            raise ValueError("no model to serve: pass --model/--config or list models under webui.models")
-        self.models = {loaded.spec.name: loaded for loaded in models}
+    def __init__(self, registry: server.ModelRegistry, max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
+        self.registry = registry
         self.max_text_length = max_text_length
-        # One synthesis at a time: the generator and the BERT models are not made for concurrent calls.
-        self.lock = threading.Lock()
 
     @property
     def model_names(self) -> list[str]:
-        return list(self.models)
+        return [loaded.name for loaded in self.registry.models]
 
-    def model(self, name: str) -> LoadedModel:
-        if name not in self.models:
-            raise ValueError(f"unknown model {name!r}; loaded models: {', '.join(self.models)}")
-        return self.models[name]
+    def model(self, name: str) -> server.LoadedModel:
+        try:
+            return self.registry.get(name)
+        except KeyError as error:
+            raise ValueError(error.args[0]) from error
 
     def speakers(self, name: str) -> list[str]:
         return self.model(name).synthesizer.speakers
@@ -112,9 +91,9 @@ class VoiceService:
         if len(text) > self.max_text_length:
             raise ValueError(f"the text is {len(text)} characters long; the limit is {self.max_text_length}")
         # Everything else (speaker, language, ranges, pauses) is checked by the synthesizer itself.
-        synthesizer = self.model(model).synthesizer
-        with self.lock:
-            sampling_rate, audio = synthesizer.synthesize(
+        loaded = self.model(model)
+        with loaded.lock:
+            sampling_rate, audio = loaded.synthesizer.synthesize(
                 text,
                 speaker,
                 language,
@@ -148,56 +127,33 @@ def audio_player_html(sampling_rate: int, samples: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Models
+# Models: loaded the way server.py loads them (same specs, names, checks)
 
 
-def unique_names(paths: Sequence[str]) -> list[str]:
-    """Short display names: the file stem, with as many parent folders as it takes to tell models apart."""
-    parts = [Path(path).with_suffix("").parts for path in paths]
-    names = []
-    for own in parts:
-        depth = 1
-        while depth < len(own) and sum(other[-depth:] == own[-depth:] for other in parts) > 1:
-            depth += 1
-        names.append("/".join(own[-depth:]))
-    # The same file listed twice still collides: number the copies.
-    return [f"{name} ({index})" if names.count(name) > 1 else name for index, name in enumerate(names, start=1)]
-
-
-def specs_from_args(models: Sequence[str], configs: Sequence[str], device: str, language: str) -> list[ModelSpec]:
-    """`--model` values paired with `--config` values: one config each, one config for all, or none."""
-    if configs and len(configs) not in (1, len(models)):
+def model_specs(args: argparse.Namespace, settings: global_config.Config) -> list[server.ModelSpec]:
+    """The command line's `--model [NAME=]PATH` (as server.py reads them), else `webui.models`, else
+    `server.models`; `--device`/`--language` apply to every model."""
+    if args.config and not args.model:
+        raise ValueError("--config needs --model (the models of config.yml name their configs themselves)")
+    if args.model:
+        device = args.device or settings.webui.device
+        language = server.normalize_language(args.language or settings.webui.language)
+        specs = server._command_line_specs(args.model, args.config, device, language)
+    else:
+        specs = server.specs_from_server_config(settings.webui if settings.webui.models else settings.server)
+        specs = [
+            dataclasses.replace(
+                spec,
+                device=args.device or spec.device,
+                language=server.normalize_language(args.language) if args.language else spec.language,
+            )
+            for spec in specs
+        ]
+    if not specs:
         raise ValueError(
-            f"{len(models)} --model but {len(configs)} --config: give one --config per --model, one for all, "
-            "or none (export files carry their config)"
+            f"no model to serve: pass --model (and --config), or list models under webui.models in {settings.source}"
         )
-    paired = list(configs) if len(configs) == len(models) else [configs[0] if configs else None] * len(models)
-    names = unique_names(models)
-    return [
-        ModelSpec(name=name, model=model, config=config_path, device=device, language=language)
-        for name, model, config_path in zip(names, models, paired)
-    ]
-
-
-def specs_from_config(settings: global_config.Config) -> list[ModelSpec]:
-    """Models of `webui.models`, else those of `server.models`."""
-    entries = settings.webui.models or settings.server.models
-    names = unique_names([entry.model for entry in entries])
-    return [
-        ModelSpec(name=name, model=entry.model, config=entry.config, device=entry.device, language=entry.language)
-        for name, entry in zip(names, entries)
-    ]
-
-
-def load_models(specs: Sequence[ModelSpec], bert_dirs: Mapping[str, str | Path]) -> list[LoadedModel]:
-    """Load every model (a missing file is an error naming its path)."""
-    loaded = []
-    for spec in specs:
-        device = global_config.resolve_device(spec.device)
-        logger.info("loading model %s from %s on %s", spec.name, spec.model, device)
-        synthesizer = infer.load_synthesizer(spec.model, spec.config, device=device, bert_dirs=bert_dirs)
-        loaded.append(LoadedModel(spec=spec, synthesizer=synthesizer))
-    return loaded
+    return specs
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -316,7 +272,11 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Bert-VITS2 2.3 web UI (Gradio)")
     parser.add_argument(
-        "-m", "--model", action="append", default=[], help="G_*.pth checkpoint or export file; repeatable"
+        "-m",
+        "--model",
+        action="append",
+        default=[],
+        help="[NAME=]PATH of a G_*.pth, export .safetensors or .onnx; repeatable (default: config.yml webui.models)",
     )
     parser.add_argument(
         "-c", "--config", action="append", default=[], help="its config.json; one per --model, or one for all"
@@ -325,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bert-dir",
         action="append",
         default=[],
-        help="BERT folder: LANG=PATH for one language or PATH for all; repeatable. Default: the text package's",
+        help="BERT folder of one language as LANG=PATH; repeatable. Default: the text package's folders",
     )
     parser.add_argument("--yml", default=None, help="global settings file (default $BV2_CONFIG or config.yml)")
     parser.add_argument("--host", default=None, help="address to bind (default webui.host, 127.0.0.1)")
@@ -343,29 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before Gradio is imported: it reads these at import time. Nothing may phone home.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from text.bert_features import parse_bert_dirs
-
     try:
         settings = global_config.load_config(args.yml)
         webui = settings.webui
-        device = args.device or webui.device
-        language = args.language or webui.language
-        if args.model:
-            specs = specs_from_args(args.model, args.config, device, language)
-        elif args.config:
-            raise ValueError("--config needs --model")
-        else:
-            specs = specs_from_config(settings)
-        if not specs:
-            raise ValueError(
-                f"no model to serve: pass --model (and --config), or list models under webui.models in {settings.source}"
-            )
+        specs = model_specs(args, settings)
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        service = VoiceService(load_models(specs, parse_bert_dirs(args.bert_dir)), args.max_text_length)
-        app = build_app(service, default_language=args.language)
+        registry = server.load_models(specs, bert_dirs=infer.parse_bert_dirs(args.bert_dir))
+        app = build_app(VoiceService(registry, args.max_text_length), default_language=args.language)
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2

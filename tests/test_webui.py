@@ -109,8 +109,8 @@ def webui_url(voices: TinyVoices) -> Iterator[str]:
     port = _free_port()
     log = voices.folder / "webui.log"
     command = [sys.executable, "webui.py"]
-    for checkpoint, config_path in voices.models:
-        command += ["--model", str(checkpoint), "--config", str(config_path)]
+    for name, (checkpoint, config_path) in zip(("voice_a", "voice_b"), voices.models):
+        command += ["--model", f"{name}={checkpoint}", "--config", str(config_path)]
     command += ["--bert-dir", f"ZH={voices.bert_dir}", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
     # Any attempt to reach the outside world goes to a dead proxy; loopback stays direct.
     env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
@@ -161,7 +161,7 @@ def _tts(client, text: str, model: str, speaker: str, **overrides) -> tuple[np.n
 
 
 def test_api_audio_equals_direct_synthesis(client, voices: TinyVoices) -> None:
-    audio, sampling_rate = _tts(client, TWO_SENTENCES, "voice_b/G_0", "bob")
+    audio, sampling_rate = _tts(client, TWO_SENTENCES, "voice_b", "bob")
     checkpoint, config_path = voices.models[1]
     synthesizer = infer.load_synthesizer(checkpoint, config_path, bert_dirs={"ZH": voices.bert_dir})
     expected_rate, expected = synthesizer.synthesize(TWO_SENTENCES, "bob", "ZH", **PARAMS, seed=1234)
@@ -173,15 +173,15 @@ def test_api_audio_equals_direct_synthesis(client, voices: TinyVoices) -> None:
 
 
 def test_api_pauses_and_model_choice(client) -> None:
-    base, rate = _tts(client, TWO_SENTENCES, "voice_a/G_0", "spk1", sentence_pause=0.0)
-    paused, _ = _tts(client, TWO_SENTENCES, "voice_a/G_0", "spk1", sentence_pause=0.5)
+    base, rate = _tts(client, TWO_SENTENCES, "voice_a", "spk1", sentence_pause=0.0)
+    paused, _ = _tts(client, TWO_SENTENCES, "voice_a", "spk1", sentence_pause=0.5)
     assert paused.size - base.size == round(0.5 * rate)
-    unsplit, _ = _tts(client, TWO_SENTENCES, "voice_a/G_0", "spk1", split=False)
+    unsplit, _ = _tts(client, TWO_SENTENCES, "voice_a", "spk1", split=False)
     assert unsplit.size != paused.size
-    other_model, _ = _tts(client, TWO_SENTENCES, "voice_b/G_0", "alice", sentence_pause=0.0)
+    other_model, _ = _tts(client, TWO_SENTENCES, "voice_b", "alice", sentence_pause=0.0)
     assert other_model.shape != base.shape or not np.array_equal(other_model, base)
     styled, _ = _tts(
-        client, TWO_SENTENCES, "voice_a/G_0", "spk1", sentence_pause=0.0, style_text="你好世界", style_weight=1
+        client, TWO_SENTENCES, "voice_a", "spk1", sentence_pause=0.0, style_text="你好世界", style_weight=1
     )
     assert not np.array_equal(styled, base)
 
@@ -190,13 +190,13 @@ def test_api_reports_bad_input(client) -> None:
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="unknown speaker 'spk1'.*alice, bob, carol"):
-        _tts(client, "你好。", "voice_b/G_0", "spk1")
+        _tts(client, "你好。", "voice_b", "spk1")
     with pytest.raises(AppError, match="text is empty"):
-        _tts(client, "   ", "voice_a/G_0", "spk0")
+        _tts(client, "   ", "voice_a", "spk0")
 
 
 def test_api_speaker_list_follows_the_model(client) -> None:
-    update = client.predict("voice_b/G_0", api_name="/speakers")
+    update = client.predict("voice_b", api_name="/speakers")
     assert update["value"] == "alice" and [choice[0] for choice in update["choices"]] == ["alice", "bob", "carol"]
 
 
@@ -305,16 +305,23 @@ def test_webui_settings_from_yml() -> None:
     assert listed.models[0].device == "auto" and listed.models[0].language == "ZH"
 
 
-def test_model_names_and_config_pairing() -> None:
-    paths = ["Data/a/models/G_100.pth", "Data/b/models/G_100.pth", "z/voice.safetensors", "G_5.pth", "G_5.pth"]
-    assert webui.unique_names(paths) == ["a/models/G_100", "b/models/G_100", "voice", "G_5 (4)", "G_5 (5)"]
-    specs = webui.specs_from_args(["a/G_1.pth", "b/G_2.pth"], ["shared.json"], "cpu", "JP")
-    assert [(s.name, s.config, s.language) for s in specs] == [
-        ("G_1", "shared.json", "JP"),
-        ("G_2", "shared.json", "JP"),
+def test_models_come_from_the_command_line_then_webui_then_server() -> None:
+    server_model = {"model": "s/G_1.pth", "config": "s.json"}
+    data = {"server": {"models": [server_model]}, "webui": {"device": "cpu", "language": "JP"}}
+    settings = config.config_from_dict(data)
+    parse = webui.build_parser().parse_args
+    assert [spec.model for spec in webui.model_specs(parse([]), settings)] == ["s/G_1.pth"]
+    data["webui"]["models"] = [{"model": "w/G_2.pth", "config": "w.json", "name": "web"}]
+    settings = config.config_from_dict(data)
+    (spec,) = webui.model_specs(parse(["--language", "en"]), settings)
+    assert (spec.name, spec.model, spec.device, spec.language) == ("web", "w/G_2.pth", "cpu", "EN")
+    specs = webui.model_specs(parse(["-m", "a=x/G_3.pth", "-m", "y/G_4.pth", "-c", "one.json"]), settings)
+    assert [(s.name, s.model, s.config, s.device, s.language) for s in specs] == [
+        ("a", "x/G_3.pth", "one.json", "cpu", "JP"),
+        ("G_4", "y/G_4.pth", "one.json", "cpu", "JP"),
     ]
-    with pytest.raises(ValueError, match="2 --model but 3 --config"):
-        webui.specs_from_args(["a.pth", "b.pth"], ["1.json", "2.json", "3.json"], "cpu", "ZH")
+    with pytest.raises(ValueError, match="--config needs --model"):
+        webui.model_specs(parse(["-c", "one.json"]), settings)
 
 
 def test_command_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
