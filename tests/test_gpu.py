@@ -1,0 +1,252 @@
+"""Checks that need a CUDA device: ``python3 -m pytest -m gpu`` (bench/gpu_check.sh runs them).
+
+Excluded from the default suite: without ``gpu`` in the ``-m`` expression, or without a CUDA device, every test
+here skips with the reason. They cover what the CPU suite cannot: the bf16 and fp16 training steps against
+fp32, the fp16 GradScaler's skipped update, the Triton MAS kernel on a real device, and a torchrun run on
+CUDA (nccl with two or more GPUs) that is killed and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import monotonic_align
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = {"fp32": {}, "bf16": {"bf16_run": True}, "fp16": {"fp16_run": True}}
+# First-step losses of bf16/fp16 against fp32 on the same weights, batch and random draws. Half precision
+# changes the sums at the 1e-3 level; the adversarial terms of an untrained net are the most sensitive.
+LOSS_RTOL = {"loss/g/mel": 0.02, "loss/g/kl": 0.05, "loss/g/total": 0.05, "loss/d/total": 0.05}
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _gpu_selected_and_present(request: pytest.FixtureRequest) -> None:
+    """Before any other fixture of this module (autouse, module scope): skip unless selected and present."""
+    if "gpu" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("GPU checks run only when selected: python3 -m pytest -m gpu (or bash bench/gpu_check.sh)")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+
+
+def cuda() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+# --------------------------------------------------------------------------------------------------- MAS
+
+
+def lengths_mask(t_ys: list[int], t_xs: list[int], max_y: int, max_x: int) -> torch.Tensor:
+    rows = torch.arange(max_y)[None, :] < torch.tensor(t_ys)[:, None]
+    cols = torch.arange(max_x)[None, :] < torch.tensor(t_xs)[:, None]
+    return (rows[:, :, None] & cols[:, None, :]).float()
+
+
+@pytest.mark.parametrize(
+    "t_ys, t_xs, max_y, max_x",
+    [
+        ([860] * 16, [200] * 16, 860, 200),  # training size
+        ([1000, 990, 700, 300], [300, 299, 120, 300], 1000, 300),  # unequal lengths, t_x == t_y, padding
+        ([5, 1, 9, 3], [7, 1, 1, 3], 12, 8),  # t_x > t_y (the reference's walk), length-1 items, padding
+        ([40, 0], [20, 0], 40, 20),  # an empty item
+    ],
+)
+def test_cuda_mas_equals_the_cpu_kernel(t_ys: list[int], t_xs: list[int], max_y: int, max_x: int) -> None:
+    assert monotonic_align.triton_available(), "triton is not importable: the CUDA path would be the torch fallback"
+    generator = torch.Generator().manual_seed(sum(t_ys) + sum(t_xs))
+    mask = lengths_mask(t_ys, t_xs, max_y, max_x)
+    neg_cent = torch.randn(mask.shape, generator=generator) * 3.0 - 40.0
+    expected = monotonic_align.maximum_path_cpu(neg_cent, mask, n_threads=1)
+    on_device = monotonic_align.maximum_path(neg_cent.to(cuda()), mask.to(cuda()))
+    assert on_device.device.type == "cuda"
+    assert torch.equal(on_device.cpu(), expected), "Triton kernel differs from the numba kernel"
+    fallback = monotonic_align.maximum_path_torch(neg_cent.to(cuda()), mask.to(cuda()))
+    assert torch.equal(fallback.cpu(), expected), "torch fallback differs from the numba kernel"
+
+
+# -------------------------------------------------------------------------------------------- training step
+
+
+def tiny_hparams(config: dict, tmp_path: Path, **train: object):
+    """HParams of ``config`` with ``train`` overrides, loaded the way train_ms.py loads a config file."""
+    import utils
+
+    config = json.loads(json.dumps(config))
+    config["train"].update(train)
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*.json')))}.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return utils.get_hparams_from_file(str(path))
+
+
+def build(hps, seed: int = 1234):
+    """Trainer (nets, optimizers, scaler) on the GPU with the precision of ``hps``, from seeded weights."""
+    import training
+
+    device = cuda()
+    rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
+    training.configure_kernels(device)
+    torch.manual_seed(seed)
+    trainer = training.build_trainer(hps, rt)
+    trainer.set_train_mode()
+    return trainer, rt
+
+
+def gpu_batch(hps, batch_size: int = 2, seconds: float = 1.0):
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from train_step import synthetic_batch
+
+    return synthetic_batch(hps, batch_size, seconds, torch.Generator().manual_seed(0)).to(cuda())
+
+
+@pytest.fixture(scope="module")
+def gpu_config(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny dev-shaped model config with a tiny WavLM built locally (no reference kit needed)."""
+    from conftest import CONFIGS_DIR, build_tiny_wavlm
+
+    config = json.loads((CONFIGS_DIR / "tiny.json").read_text(encoding="utf-8"))
+    config["model"]["slm"]["model"] = str(build_tiny_wavlm(tmp_path_factory.mktemp("tiny-wavlm")))
+    config["train"]["segment_size"] = 4096
+    return config
+
+
+def test_fp32_bf16_fp16_steps_are_finite_and_close(gpu_config: dict, tmp_path: Path) -> None:
+    import training
+
+    first_losses = {}
+    for name, flags in PRECISIONS.items():
+        if name == "bf16" and not torch.cuda.is_bf16_supported():
+            continue
+        hps = tiny_hparams(gpu_config, tmp_path, **flags)
+        trainer, rt = build(hps)
+        batch = gpu_batch(hps)
+        torch.manual_seed(0)  # the same slices, dropout masks and MAS noise in every precision
+        for step in range(3):
+            metrics, _ = training.train_step(trainer, batch, hps, rt)
+            values = training.scalar_values(metrics)
+            bad = {tag: value for tag, value in values.items() if not math.isfinite(value)}
+            assert not bad, f"{name} step {step + 1}: non-finite {bad}"
+            assert metrics["skipped"] == [] or name == "fp16", f"{name}: updates skipped {metrics['skipped']}"
+            if step == 0:
+                first_losses[name] = values
+    for name in first_losses.keys() - {"fp32"}:
+        for tag, rtol in LOSS_RTOL.items():
+            reference, value = first_losses["fp32"][tag], first_losses[name][tag]
+            assert value == pytest.approx(reference, rel=rtol), f"{name} {tag}: {value} vs fp32 {reference}"
+
+
+def test_fp16_grad_scaler_skips_an_injected_inf(gpu_config: dict, tmp_path: Path) -> None:
+    import training
+
+    hps = tiny_hparams(gpu_config, tmp_path, fp16_run=True)
+    trainer, rt = build(hps)
+    assert trainer.scaler.is_enabled()
+    batch = gpu_batch(hps)
+    training.train_step(trainer, batch, hps, rt)  # the optimizers have state from here on
+    net_g = trainer.g.raw
+    before = {name: p.detach().clone() for name, p in net_g.named_parameters()}
+    scale = trainer.scaler.get_scale()
+    victim = next(p for p in net_g.parameters() if p.requires_grad)
+    hook = victim.register_hook(lambda grad: torch.full_like(grad, math.inf))
+    try:
+        training.train_step(trainer, batch, hps, rt)
+    finally:
+        hook.remove()
+    assert trainer.scaler.get_scale() == scale * trainer.scaler.get_backoff_factor()
+    changed = [name for name, p in net_g.named_parameters() if not torch.equal(p.detach(), before[name])]
+    assert changed == [], f"the generator moved although its gradient held an inf: {changed[:5]}"
+    training.train_step(trainer, batch, hps, rt)
+    assert any(not torch.equal(p.detach(), before[name]) for name, p in net_g.named_parameters()), (
+        "the step after the skipped one did not update the generator"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ torchrun
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (torchrun's workers), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_torchrun_on_cuda_is_killed_and_resumes(gpu_config: dict, tmp_path: Path) -> None:
+    """20 steps through torchrun (nccl when two GPUs are there), SIGKILLed after the step-10 checkpoint and
+    resumed to step 20; no DDP gradient-layout warning on the way."""
+    from train_tiny import make_dataset, tiny_config, write_run_files
+
+    nproc = min(2, torch.cuda.device_count())
+    filelists = make_dataset(tmp_path / "data")
+    config = tiny_config(gpu_config, filelists, eval_interval=10, log_interval=5)
+    files = write_run_files(tmp_path / "run", config)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "train_ms.py",
+        "-c",
+        str(files["config"]),
+        "-m",
+        str(files["dataset"]),
+        "-y",
+        str(files["yml"]),
+        "--device",
+        "cuda",
+        "--num-workers",
+        "0",
+        "--max-steps",
+        "20",
+    ]
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    model_dir = files["model_dir"]
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w", encoding="utf-8") as handle:
+        agent = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not (model_dir / "G_10.pth").exists():
+            assert agent.poll() is None, f"the run ended before step 10:\n{first_log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"no G_10.pth after 300 s:\n{first_log.read_text()[-4000:]}"
+            time.sleep(0.05)
+    finally:
+        workers = _children(agent.pid)
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        agent.wait(timeout=120)
+    assert not (model_dir / "G_20.pth").exists()
+
+    resumed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    output = first_log.read_text() + resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-6000:]
+    assert (model_dir / "G_20.pth").exists(), output[-6000:]
+    weights = torch.load(model_dir / "G_20.pth", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
+    assert "Grad strides do not match" not in output
