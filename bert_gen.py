@@ -5,17 +5,17 @@ file is checked against it; a mismatch names the file and line. Files that alrea
 are skipped unless ``--force``.
 
     python bert_gen.py                                        # lists named by the model config of config.yml
-    python bert_gen.py --config Data/demo/config.json --bert-dir bert/tiny --num-processes 1 --device cpu
+    python bert_gen.py --config Data/demo/config.json --bert-dir /models/bert --num-processes 1 --device cpu
     python bert_gen.py --bert-dir ZH=bert/chinese-roberta-wwm-ext-large --bert-dir EN=bert/deberta-v3-large ...
 
 Defaults come from the ``bert_gen`` section of ``config.yml`` (paths relative to ``dataset_path``). Nothing is
-downloaded: BERT models are read from local folders (``--bert-dir``, or the text package's default location).
+downloaded: BERT models are read from local folders (``--bert-dir ROOT`` holding each language's model under its
+usual name, ``--bert-dir LANG=DIR`` for one language, or the text package's default location under ``bert/``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -25,7 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from text.bert_features import parse_bert_dirs
+import config
+from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -167,26 +168,13 @@ def generate(
     return results
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write <clip>.bert.pt BERT features beside every clip.")
     parser.add_argument("filelists", nargs="*", help="cleaned filelists (default: the model config's train/val lists)")
     parser.add_argument("-c", "--config", help="model config JSON (default: bert_gen.config_path)")
     parser.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int, help="worker processes")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: bert_gen.device)")
-    parser.add_argument(
-        "--bert-dir",
-        action="append",
-        metavar="[LANG=]DIR",
-        help="local BERT model folder, for every language or (LANG=DIR, repeatable) for one",
-    )
+    add_bert_dir_argument(parser)
     parser.add_argument("--force", action="store_true", help="recompute files that already have the right shape")
     parser.add_argument("--yml", help="global settings file (default: $BV2_CONFIG or ./config.yml)")
     return parser.parse_args(argv)
@@ -196,9 +184,7 @@ def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Command line first, then config.yml; without a config.yml (and with --config), 1 process on "auto"."""
     if args.config and args.num_processes and args.device:
         return args
-    import config  # only when a default is needed, so the script also runs without config.yml
-
-    try:
+    try:  # config.yml only when a default is needed, so the script also runs without one
         settings = config.load_config(args.yml).bert_gen
     except FileNotFoundError:
         if args.yml or not args.config:
@@ -213,15 +199,18 @@ def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _fill_defaults(_parse_args(argv))
-    with open(args.config, encoding="utf-8") as handle:
-        data = json.load(handle)["data"]
-    filelists = args.filelists or [f for f in (data.get("training_files"), data.get("validation_files")) if f]
-    settings = Settings(
-        add_blank=bool(data.get("add_blank", True)),
-        device=resolve_device(args.device),
-        bert_dirs=parse_bert_dirs(args.bert_dir),
-        force=args.force,
-    )
+    try:
+        data = config.load_model_config(args.config).data
+        settings = Settings(
+            add_blank=data.add_blank,
+            device=config.resolve_device(args.device),
+            bert_dirs=parse_bert_dirs(args.bert_dir),
+            force=args.force,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
+    filelists = args.filelists or [f for f in (data.training_files, data.validation_files) if f]
     jobs = read_jobs(filelists)
     results = generate(jobs, settings, args.num_processes)
     errors = [r for r in results if r.status == "error"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import pickle
@@ -30,6 +29,7 @@ import numpy as np
 import soundfile
 import torch
 
+import config
 from data_utils import (
     DEFAULT_BUCKET_BOUNDARIES,
     FILELIST_FIELDS,
@@ -109,29 +109,18 @@ class _Settings:
     boundaries: tuple[int, ...]
 
 
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    try:
-        return getattr(obj, name)
-    except (AttributeError, KeyError):
-        return default
-
-
 def _settings(hparams: Any, boundaries: Sequence[int] | None) -> _Settings:
-    """Accepts the whole model config (dict or HParams) or just its ``data`` section."""
-    data = _get(hparams, "data", None) or hparams
-    spk2id = _get(data, "spk2id", None)
-    if spk2id is None:
+    """Accepts the whole model config (ModelConfig, dict or HParams) or just its ``data`` section."""
+    data = config.as_data_config(hparams)
+    if not data.spk2id:
         raise ValueError("model config has no data.spk2id (run preprocess_text.py to fill it in)")
-    spk2id = dict(spk2id) if isinstance(spk2id, Mapping) else dict(spk2id.items())
     return _Settings(
-        sampling_rate=int(_get(data, "sampling_rate")),
-        hop_length=int(_get(data, "hop_length")),
-        add_blank=bool(_get(data, "add_blank", True)),
-        min_text_len=int(_get(data, "min_text_len", 1)),
-        max_text_len=int(_get(data, "max_text_len", 384)),
-        spk2id=spk2id,
+        sampling_rate=data.sampling_rate,
+        hop_length=data.hop_length,
+        add_blank=data.add_blank,
+        min_text_len=data.min_text_len,
+        max_text_len=data.max_text_len,
+        spk2id=dict(data.spk2id),
         boundaries=tuple(boundaries if boundaries is not None else DEFAULT_BUCKET_BOUNDARIES),
     )
 
@@ -367,8 +356,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _default_model_config(yml: str | None) -> str:
-    import config  # lazily: the checker also runs without a config.yml when --config is given
-
     return config.load_config(yml).train_ms.config_path
 
 
@@ -377,14 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     config_path = args.config or _default_model_config(args.yml)
     try:
-        with open(config_path, encoding="utf-8") as handle:
-            hparams = json.load(handle)
-    except (OSError, json.JSONDecodeError) as err:
+        hparams = config.load_model_config(config_path)
+    except (OSError, ValueError) as err:
         logger.error("cannot read the model config %s: %s", config_path, err)
         return 2
-    filelists = args.filelists or [
-        f for f in (hparams["data"].get("training_files"), hparams["data"].get("validation_files")) if f
-    ]
+    filelists = args.filelists or [f for f in (hparams.data.training_files, hparams.data.validation_files) if f]
     if not filelists:
         logger.error("no filelist given and the model config names none")
         return 2

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 import commons
+from config import UNUSED_BERT_CHOICES, as_data_config
 from mel_processing import mel_spectrogram_torch, spectrogram_torch
 from text import cleaned_text_to_sequence
 
@@ -64,8 +65,8 @@ _INT16_SCALE = 32768.0
 # Which BERT slot of the text encoder a language's features feed.
 _BERT_SLOT = {"ZH": 0, "JP": 1, "EN": 2}
 # data.unused_bert: what fills the two BERT slots of the languages an utterance is not in. "randn" (standard normal
-# noise, fresh per item) is what Bert-VITS2 2.3 does in training and inference; "zeros" is deterministic.
-UNUSED_BERT_CHOICES = ("randn", "zeros")
+# noise, fresh per item) is what Bert-VITS2 2.3 does in training and inference; "zeros" is deterministic. The
+# setting is validated by config.py, which holds the choices.
 DEFAULT_UNUSED_BERT = "randn"
 
 
@@ -184,42 +185,12 @@ def blanked_word2ph(word2ph: Sequence[int]) -> list[int]:
 # --------------------------------------------------------------------------------------------- hparams
 
 
-def _hparam(hparams: Any, name: str, default: Any = None) -> Any:
-    """Read a setting from an HParams object or a plain dict, with a default when it is absent."""
-    if isinstance(hparams, Mapping):
-        return hparams.get(name, default)
-    try:
-        return getattr(hparams, name)
-    except (AttributeError, KeyError):
-        return default
-
-
-def _required_hparam(hparams: Any, name: str) -> Any:
-    value = _hparam(hparams, name)
-    if value is None:
-        raise ValueError(f"data hparams: '{name}' is missing (set data.{name} in the model config)")
-    return value
-
-
-def _as_dict(value: Any) -> dict:
-    if isinstance(value, Mapping):
-        return dict(value)
-    if hasattr(value, "items"):
-        return dict(value.items())
-    return dict(vars(value))
-
-
 # --------------------------------------------------------------------------------------------- unused BERT
 
 
 def unused_bert_regime(data_hparams: Any) -> str:
     """``data.unused_bert`` of a model config ("randn" when absent, as for the reference's configs)."""
-    value = _hparam(data_hparams, "unused_bert", None)
-    if value is None:
-        return DEFAULT_UNUSED_BERT
-    if value not in UNUSED_BERT_CHOICES:
-        raise ValueError(f"data.unused_bert must be one of {', '.join(map(repr, UNUSED_BERT_CHOICES))}, got {value!r}")
-    return value
+    return as_data_config(data_hparams).unused_bert
 
 
 def fill_bert_slots(
@@ -303,24 +274,25 @@ class TextAudioSpeakerLoader(Dataset):
         self, audiopaths_sid_text: str | os.PathLike, hparams: Any, all_in_mem: bool | None = None, seed: int = 0
     ):
         self.filelist = str(audiopaths_sid_text)
-        self.unused_bert = unused_bert_regime(hparams)
+        data = as_data_config(hparams)  # validated: a misspelled key is an error naming the nearest one
+        self.max_wav_value = float(data.max_wav_value)
+        self.sampling_rate = data.sampling_rate
+        self.filter_length = data.filter_length
+        self.hop_length = data.hop_length
+        self.win_length = data.win_length
+        self.n_mel_channels = data.n_mel_channels
+        self.mel_fmin = float(data.mel_fmin)
+        self.mel_fmax = data.mel_fmax
+        self.spk_map = dict(data.spk2id)
+        self.add_blank = data.add_blank
+        self.min_text_len = data.min_text_len
+        self.max_text_len = data.max_text_len
+        self.use_mel_spec_posterior = data.use_mel_posterior_encoder
+        self.unused_bert = data.unused_bert  # "randn" or "zeros": what the two unused BERT slots hold
         self.seed = int(seed)
-        self.max_wav_value = float(_hparam(hparams, "max_wav_value", 32768.0))
-        self.sampling_rate = int(_required_hparam(hparams, "sampling_rate"))
-        self.filter_length = int(_required_hparam(hparams, "filter_length"))
-        self.hop_length = int(_required_hparam(hparams, "hop_length"))
-        self.win_length = int(_required_hparam(hparams, "win_length"))
-        self.n_mel_channels = int(_hparam(hparams, "n_mel_channels", 80))
-        self.mel_fmin = float(_hparam(hparams, "mel_fmin", 0.0))
-        self.mel_fmax = _hparam(hparams, "mel_fmax", None)
-        self.spk_map = _as_dict(_required_hparam(hparams, "spk2id"))
-        self.add_blank = bool(_hparam(hparams, "add_blank", True))
-        self.min_text_len = int(_hparam(hparams, "min_text_len", 1))
-        self.max_text_len = int(_hparam(hparams, "max_text_len", 384))
-        self.use_mel_spec_posterior = bool(_hparam(hparams, "use_mel_posterior_encoder", False))
-        self.spec_cache = bool(_hparam(hparams, "spec_cache", True))
+        self.spec_cache = data.spec_cache is not False  # unset: cache (config.yml's default)
         if all_in_mem is None:
-            all_in_mem = bool(_hparam(hparams, "all_in_mem", False))
+            all_in_mem = bool(data.all_in_mem)
 
         entries = read_filelist(self.filelist)
         random.Random(_FILELIST_SHUFFLE_SEED).shuffle(entries)

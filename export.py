@@ -17,12 +17,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 import infer
+from config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ class ExportResult(NamedTuple):
     max_probe_difference: float
 
 
-def _probe_inputs(config: dict[str, Any], n_vocab: int, length: int = 13) -> dict[str, Tensor]:
+def _probe_inputs(config: ModelConfig, n_vocab: int, length: int = 13) -> dict[str, Tensor]:
     """A small fixed batch that runs every inference path (both duration predictors, flow, decoder)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(1, n_vocab, (1, length), generator=generator)
     x[:, ::2] = 0  # blanks, as add_blank makes them
-    n_speakers = max(int(config["data"]["n_speakers"]), 1)
+    n_speakers = max(config.data.n_speakers, 1)
     return {
         "x": x,
         "x_lengths": torch.tensor([length]),
@@ -81,6 +82,8 @@ def export_generator(
     """Export the generator of `model_path` (a `G_*.pth` checkpoint, or an export file) to `output_path`."""
     from safetensors.torch import save_file
 
+    from models import build_generator
+
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
     net, config = infer.load_generator(model_path, config_path, device="cpu", fold_weights=fold_weights)
@@ -89,7 +92,7 @@ def export_generator(
     num_dropped = len(net.state_dict()) - len(state)
 
     # Load the export the way infer.py will and compare waveforms before anything is written.
-    check = infer.build_generator(config, n_vocab=n_vocab)
+    check = build_generator(config, for_training=False, n_vocab=n_vocab)
     if fold_weights:
         infer.fold_weight_norm(check)
     infer.load_inference_state(check, {key: value.float() for key, value in state.items()})
@@ -107,7 +110,8 @@ def export_generator(
 
     metadata = {
         "format": infer.EXPORT_FORMAT,
-        "config": json.dumps(config, ensure_ascii=False),
+        # The resolved config (every setting spelled out), read back by config.model_config_from_json.
+        "config": json.dumps(config.to_dict(), ensure_ascii=False),
         "n_vocab": str(n_vocab),
         "weight_norm": "folded" if fold_weights else "kept",
         "dtype": dtype,

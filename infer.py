@@ -7,7 +7,7 @@ turns text into phone ids and BERT features the way the reference `infer.py` doe
 
     python infer.py --model Data/models/G_8000.pth --config Data/config.json \\
         --text "你好，世界。" --speaker spk0 --language ZH \\
-        --bert-dir bert/chinese-roberta-wwm-ext-large -o out.wav
+        --bert-dir ZH=bert/chinese-roberta-wwm-ext-large -o out.wav
 
 Python API: `load_synthesizer(...)` returns a `Synthesizer` whose `synthesize(text, speaker, language, ...)`
 gives `(sampling_rate, waveform)`; `synthesize_parts([(text, language), ...], speaker, ...)` speaks an explicit
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import pickle
 import re
@@ -37,9 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import config as settings
+from text.bert_features import add_bert_dir_argument, parse_bert_dirs
+from text.symbols import LANGUAGES
+
 logger = logging.getLogger(__name__)
 
-LANGUAGES = ("ZH", "JP", "EN")
 # What `Synthesizer.synthesize` accepts: one language, tagged parts ("mix") or identified parts ("auto").
 MIX, AUTO = "mix", "auto"
 REQUEST_LANGUAGES = (*LANGUAGES, MIX, AUTO)
@@ -88,34 +90,6 @@ class PreparedText(NamedTuple):
 
 # --------------------------------------------------------------------------------------------------------------
 # Building and loading the generator
-
-
-def read_config(config_path: str | Path) -> dict[str, Any]:
-    """The model config (Bert-VITS2 `config.json` layout) as a plain dict."""
-    path = Path(config_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model config not found: {path} (pass the config.json the model was trained with)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def default_vocab_size() -> int:
-    from text.symbols import symbols
-
-    return len(symbols)
-
-
-def build_generator(config: Mapping[str, Any], n_vocab: int | None = None) -> nn.Module:
-    """A fresh `SynthesizerTrn` built exactly as the training script builds it."""
-    from models import SynthesizerTrn
-
-    data, model = config["data"], dict(config["model"])
-    return SynthesizerTrn(
-        n_vocab if n_vocab is not None else default_vocab_size(),
-        data["filter_length"] // 2 + 1,
-        config["train"]["segment_size"] // data["hop_length"],
-        n_speakers=data["n_speakers"],
-        **model,
-    )
 
 
 def _has_weight_norm(module: nn.Module) -> bool:
@@ -207,19 +181,24 @@ def load_generator(
     config_path: str | Path | None = None,
     device: str | torch.device = "cpu",
     fold_weights: bool = True,
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, settings.ModelConfig]:
     """Generator in eval mode on `device`, and its config, from a `G_*.pth` checkpoint or an export file.
 
     An export file carries its own config; `config_path` (if given) overrides it. A checkpoint needs
     `config_path`. With `fold_weights` weight norm is folded into plain weights (faster, same output).
     """
+    from models import build_generator
+
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path} (a G_*.pth checkpoint or an export .safetensors)")
     if path.suffix == ".safetensors":
         state, metadata = read_export_file(path)
-        config = read_config(config_path) if config_path else json.loads(metadata["config"])
-        net = build_generator(config, n_vocab=int(metadata["n_vocab"]))
+        if config_path:
+            config = settings.load_model_config(config_path)
+        else:
+            config = settings.model_config_from_json(metadata["config"], f"{path} (the config in its metadata)")
+        net = build_generator(config, for_training=False, n_vocab=int(metadata["n_vocab"]))
         stored_folded = metadata.get("weight_norm") == "folded"
         if stored_folded:
             fold_weight_norm(net)  # give the net the plain-weight layout the file holds
@@ -229,8 +208,8 @@ def load_generator(
     else:
         if config_path is None:
             raise ValueError(f"{path} is a training checkpoint: pass its config.json too (--config)")
-        config = read_config(config_path)
-        net = build_generator(config)
+        config = settings.load_model_config(config_path)
+        net = build_generator(config, for_training=False)
         load_inference_state(net, _read_checkpoint_state(path))
         if fold_weights:
             fold_weight_norm(net)
@@ -590,12 +569,12 @@ class Synthesizer:
     def __init__(
         self,
         net_g: nn.Module,
-        config: Mapping[str, Any],
+        config: settings.ModelConfig | Mapping[str, Any],
         device: str | torch.device = "cpu",
         bert_dirs: Mapping[str, str | Path] | None = None,
     ) -> None:
         self.net_g = net_g
-        self.config = config
+        self.config = settings.as_model_config(config)
         self.device = torch.device(device)
         self.bert_dirs = {check_language(lang): Path(path) for lang, path in (bert_dirs or {}).items()}
         self.speaker_ids: dict[str, int] = {str(name): int(i) for name, i in config["data"].get("spk2id", {}).items()}
@@ -873,20 +852,6 @@ def write_audio(path: str | Path, audio: np.ndarray, sampling_rate: int, subtype
 # Command line
 
 
-def parse_bert_dirs(items: Iterable[str], default_language: str | None = None) -> dict[str, str]:
-    """`LANG=PATH` items (or a bare PATH, meaning `default_language`) as a language → folder dict."""
-    dirs: dict[str, str] = {}
-    for item in items:
-        language, sep, path = item.partition("=")
-        if sep and language.upper() in LANGUAGES:
-            dirs[language.upper()] = path
-        elif default_language is not None:
-            dirs[check_language(default_language)] = item
-        else:
-            raise ValueError(f"--bert-dir {item!r}: write LANG=PATH with LANG one of {', '.join(LANGUAGES)}")
-    return dirs
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Bert-VITS2 2.3 text-to-speech inference")
     parser.add_argument("-m", "--model", required=True, help="G_*.pth checkpoint or export .safetensors file")
@@ -905,12 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--length-scale", type=float, default=1.0)
     parser.add_argument("--style-text", default=None, help="text whose mean BERT feature colours the speech")
     parser.add_argument("--style-weight", type=float, default=0.7, help="weight of the style text, within [0, 1]")
-    parser.add_argument(
-        "--bert-dir",
-        action="append",
-        default=[],
-        help="BERT folder: PATH (for --language) or LANG=PATH; repeatable. Default: the text package's location",
-    )
+    add_bert_dir_argument(parser)
     parser.add_argument("--no-split", action="store_true", help="do not split long text into sentences")
     parser.add_argument(
         "--sentence-pause",
@@ -922,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--paragraph-pause", type=float, default=DEFAULT_PARAGRAPH_PAUSE, help="seconds of silence between paragraphs"
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (CUDA when available)")
     parser.add_argument("--seed", type=int, default=None, help="seed the noise for a reproducible result")
     parser.add_argument("--subtype", default=None, help="soundfile subtype, e.g. PCM_16 (default) or FLOAT")
     parser.add_argument("-o", "--output", required=True, help="output audio file (.wav, .flac, .ogg)")
@@ -936,10 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         synthesizer = load_synthesizer(
             args.model,
             args.config,
-            device=args.device,
-            bert_dirs=parse_bert_dirs(
-                args.bert_dir, default_language=args.language if args.language.upper() in LANGUAGES else None
-            ),
+            device=settings.resolve_device(args.device),
+            bert_dirs=parse_bert_dirs(args.bert_dir),
         )
         start = time.perf_counter()
         sampling_rate, audio = synthesizer.synthesize(

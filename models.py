@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -968,3 +968,61 @@ class SynthesizerTrn(nn.Module):
         z = self.flow(z_p, y_mask, g=g, reverse=True)
         o = self.dec((z * y_mask)[:, :, :max_len], g=g)  # [b, 1, t_y · hop]
         return InferenceOutput(o, attn, y_mask, InferenceLatents(z, z_p, m_p, logs_p))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building the generator from a model config
+
+# The reference training script's noise-scaled MAS schedule (model.use_noise_scaled_mas): initial scale and
+# its decrease per step.
+MAS_NOISE_SCALE_INITIAL = 0.01
+MAS_NOISE_SCALE_DELTA = 2e-6
+
+
+def build_generator(cfg: Any, *, for_training: bool, n_vocab: int | None = None) -> SynthesizerTrn:
+    """The one place a ``SynthesizerTrn`` is built from a model config (train_ms, infer, export, tests).
+
+    ``cfg``: a ``config.ModelConfig`` (or a dict / HParams, validated into one). The constructor gets the same
+    values, in the same order of random draws, as the reference training script gives it, so seeded initial
+    weights match. ``for_training`` sets up the noise-scaled MAS schedule (inference never runs MAS) and
+    leaves the net in train mode; otherwise it is in eval mode. ``n_vocab`` defaults to the symbol table's size
+    (an export file records its own).
+    """
+    from config import as_model_config  # deferred: config stays importable without torch
+    from text.symbols import symbols
+
+    cfg = as_model_config(cfg)
+    model, data = cfg.model, cfg.data
+    noise_scaled = for_training and model.use_noise_scaled_mas
+    net = SynthesizerTrn(
+        n_vocab if n_vocab is not None else len(symbols),
+        # The posterior encoder reads mel frames with use_mel_posterior_encoder (the reference hard-codes 80 mel
+        # bins; n_mel_channels is the same for its configs and right for others), else linear spectrograms.
+        data.n_mel_channels if model.use_mel_posterior_encoder else data.filter_length // 2 + 1,
+        cfg.train.segment_size // data.hop_length,
+        inter_channels=model.inter_channels,
+        hidden_channels=model.hidden_channels,
+        filter_channels=model.filter_channels,
+        n_heads=model.n_heads,
+        n_layers=model.n_layers,
+        kernel_size=model.kernel_size,
+        p_dropout=model.p_dropout,
+        resblock=model.resblock,
+        resblock_kernel_sizes=model.resblock_kernel_sizes,
+        resblock_dilation_sizes=model.resblock_dilation_sizes,
+        upsample_rates=model.upsample_rates,
+        upsample_initial_channel=model.upsample_initial_channel,
+        upsample_kernel_sizes=model.upsample_kernel_sizes,
+        n_speakers=data.n_speakers,
+        gin_channels=model.gin_channels,
+        use_sdp=model.use_sdp,
+        n_flow_layer=model.n_flow_layer,
+        n_layers_trans_flow=model.n_layers_trans_flow,
+        flow_share_parameter=model.flow_share_parameter,
+        use_transformer_flow=model.use_transformer_flow,
+        use_spk_conditioned_encoder=model.use_spk_conditioned_encoder,
+        use_noise_scaled_mas=model.use_noise_scaled_mas,
+        mas_noise_scale_initial=MAS_NOISE_SCALE_INITIAL if noise_scaled else 0.0,
+        noise_scale_delta=MAS_NOISE_SCALE_DELTA if noise_scaled else 0.0,
+    )
+    return net.train(for_training)

@@ -28,13 +28,14 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from text.bert_features import parse_bert_dirs
+import config
+from text.bert_features import add_bert_dir_argument, parse_bert_dirs
+from text.symbols import LANGUAGES
 
 logger = logging.getLogger(__name__)
 
-MODEL_VERSION = "2.3"
+MODEL_VERSION = config.MODEL_CONFIG_VERSION
 DEFAULT_SEED = 1234
-LANGUAGES = ("ZH", "JP", "EN")
 
 Cleaner = Callable[[str, str], tuple[str, list[str], list[int], list[int]]]
 
@@ -181,6 +182,7 @@ def _write_lines(path: str, lines: Iterable[str]) -> None:
 
 
 def update_model_config(config_path: str, split: Split, train_path: str, val_path: str) -> None:
+    """Write the speaker table and filelists into the model config; the file keeps its other keys as they are."""
     with open(config_path, encoding="utf-8") as handle:
         model_config = json.load(handle)
     data = model_config.setdefault("data", {})
@@ -189,9 +191,12 @@ def update_model_config(config_path: str, split: Split, train_path: str, val_pat
     data["training_files"] = os.path.normpath(train_path).replace("\\", "/")
     data["validation_files"] = os.path.normpath(val_path).replace("\\", "/")
     model_config["version"] = MODEL_VERSION
-    with open(config_path, "w", encoding="utf-8") as handle:
+    config.model_config_from_dict(model_config, config_path)  # never write a config training would refuse
+    tmp = f"{config_path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(model_config, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
+    os.replace(tmp, config_path)
 
 
 def preprocess(
@@ -209,6 +214,7 @@ def preprocess(
 ) -> Report:
     """The whole step; returns the report of unusable lines (empty when everything was used)."""
     report = Report()
+    config.load_model_config(config_path)  # a typo in the model config fails now, not after the cleaning
     if clean:
         clean_transcription(transcription_path, cleaned_path, report, cleaner or _default_cleaner(bert_dirs))
     elif not os.path.isfile(cleaned_path):
@@ -240,13 +246,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-val-total", type=int, help="upper bound on validation utterances")
     parser.add_argument("--clean", dest="clean", action="store_true", default=None, help="run the text cleaner")
     parser.add_argument("--no-clean", dest="clean", action="store_false", help="re-use the cleaned list")
-    parser.add_argument(
-        "--bert-dir",
-        action="append",
-        metavar="[LANG=]DIR",
-        help="BERT folder whose tokenizer splits English words (the one bert_gen.py will use); "
-        "for every language or, as LANG=DIR (repeatable), for one",
-    )
+    # Only the English model's tokenizer matters here (it splits words); pass the folders bert_gen.py will use.
+    add_bert_dir_argument(parser)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the train/val split")
     parser.add_argument("--yml", help="global settings file (default: $BV2_CONFIG or ./config.yml)")
     return parser.parse_args(argv)
@@ -275,9 +276,7 @@ def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
     missing = [name for name in _ARG_NAMES if getattr(args, name) is None]
     if not missing:
         return args
-    import config  # only when a default is needed, so the script also runs without config.yml
-
-    try:
+    try:  # config.yml only when a default is needed, so the script also runs without one
         settings = config.load_config(args.yml).preprocess_text
     except FileNotFoundError:
         paths = [name for name in missing if name not in _BUILTIN_DEFAULTS]
@@ -292,18 +291,22 @@ def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _fill_defaults(_parse_args(argv))
-    report = preprocess(
-        args.transcription_path,
-        args.cleaned_path,
-        args.train_path,
-        args.val_path,
-        args.config_path,
-        args.val_per_lang,
-        args.max_val_total,
-        clean=args.clean,
-        seed=args.seed,
-        bert_dirs=parse_bert_dirs(args.bert_dir),
-    )
+    try:
+        report = preprocess(
+            args.transcription_path,
+            args.cleaned_path,
+            args.train_path,
+            args.val_path,
+            args.config_path,
+            args.val_per_lang,
+            args.max_val_total,
+            clean=args.clean,
+            seed=args.seed,
+            bert_dirs=parse_bert_dirs(args.bert_dir),
+        )
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
     if report.problems:
         logger.error("%d line(s) could not be used (listed above)", len(report.problems))
         return 1

@@ -47,6 +47,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import infer
+from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -597,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model config.json: one per --model in the same order, or one for all (not needed for export files)",
     )
     parser.add_argument("--yml", default=None, help="global settings file (default: $BV2_CONFIG or config.yml)")
-    parser.add_argument("--bert-dir", action="append", default=[], help="LANG=PATH BERT folder; repeatable")
+    add_bert_dir_argument(parser)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto, for every model (default: yml)")
     parser.add_argument("--language", default=None, help="default language ZH, JP, EN, mix or auto, for every model")
     parser.add_argument("--host", default=None, help=f"address to bind (default: yml server.host, else {DEFAULT_HOST})")
@@ -708,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         settings = resolve_settings(args)
-        registry = load_models(settings.models, bert_dirs=infer.parse_bert_dirs(args.bert_dir))
+        registry = load_models(settings.models, bert_dirs=parse_bert_dirs(args.bert_dir))
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2

@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, Sampler
 import check_dataset
 import commons
 import utils
+from config import as_model_config, check_trainable, load_model_config, resolve_device
 from data_utils import (
     DEFAULT_BUCKET_BOUNDARIES,
     Batch,
@@ -67,14 +68,17 @@ from data_utils import (
 )
 from losses import WavLMLoss, discriminator_loss, feature_loss, generator_loss, kl_loss
 from mel_processing import mel_spectrogram_torch, spec_to_mel_torch
-from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator
-from text.symbols import symbols
+from models import (
+    DurationDiscriminator,
+    MultiPeriodDiscriminator,
+    SynthesizerTrn,
+    WavLMDiscriminator,
+    build_generator,
+)
 
 logger = logging.getLogger("train_ms")
 
 # Noise-scaled monotonic alignment search (VITS2): the noise starts at this scale and shrinks by DELTA per step.
-MAS_NOISE_SCALE_INITIAL = 0.01
-MAS_NOISE_SCALE_DELTA = 2e-6
 # Gradient-norm clipping the reference applies in mixed precision only (discriminator, generator).
 AMP_MAX_GRAD_NORM_D = 200.0
 AMP_MAX_GRAD_NORM_G = 500.0
@@ -139,14 +143,6 @@ def apply_env_defaults(env_defaults: dict[str, str]) -> dict[str, str]:
     return added
 
 
-def resolve_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError(f"--device {requested} requested but CUDA is not available; use --device cpu")
-    return torch.device("cuda", local_rank)
-
-
 def resolve_amp_dtype(train: Any, device: torch.device) -> torch.dtype | None:
     """The autocast dtype from ``train.bf16_run`` / ``train.fp16_run``; None (float32) on the CPU."""
     bf16 = bool(train.get("bf16_run", False))
@@ -172,7 +168,7 @@ def init_runtime(device: str, train: Any) -> Runtime:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    torch_device = resolve_device(device, local_rank)
+    torch_device = torch.device(resolve_device(device, local_rank))
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     if world_size > 1:
@@ -244,21 +240,8 @@ class Trainer:
 
 
 def validate_hparams(hps: Any) -> None:
-    """Raise ValueError naming the setting to change when the model config cannot train."""
-    train, data, model = hps.train, hps.data, hps.model
-    if train.segment_size % data.hop_length:
-        raise ValueError(
-            f"train.segment_size ({train.segment_size}) must be a multiple of data.hop_length ({data.hop_length})"
-        )
-    for name in ("batch_size", "log_interval", "eval_interval", "epochs"):
-        if int(train[name]) < 1:
-            raise ValueError(f"train.{name} must be at least 1, got {train[name]}")
-    if int(train.get("warmup_epochs", 0)) < 0:
-        raise ValueError(f"train.warmup_epochs must be >= 0, got {train.warmup_epochs}")
-    if model.get("use_spk_conditioned_encoder", False) and int(data.n_speakers) == 0:
-        raise ValueError("data.n_speakers must be > 0 when model.use_spk_conditioned_encoder is true")
-    if "slm" not in model:
-        raise ValueError("model.slm (the WavLM settings: model, sr, hidden, nlayers, initial_channel) is missing")
+    """Raise ValueError naming the setting to change when the model config cannot train (config.py's checks)."""
+    check_trainable(as_model_config(hps))
 
 
 def resolve_model_dir(dataset_dir: str | None, yml: Any) -> str:
@@ -323,20 +306,11 @@ def build_nets(
 ) -> tuple[SynthesizerTrn, MultiPeriodDiscriminator, WavLMDiscriminator, DurationDiscriminator | None]:
     """The four nets exactly as the reference training script constructs them (same order of random draws)."""
     model, data = hps.model, hps.data
-    noise_scaled = bool(model.get("use_noise_scaled_mas", False))
     net_dur_disc = None
     if model.get("use_duration_discriminator", False):
         gin = model.gin_channels if data.n_speakers != 0 else 0
         net_dur_disc = DurationDiscriminator(model.hidden_channels, model.hidden_channels, 3, 0.1, gin_channels=gin)
-    net_g = SynthesizerTrn(
-        len(symbols),
-        data.filter_length // 2 + 1,
-        hps.train.segment_size // data.hop_length,
-        n_speakers=data.n_speakers,
-        mas_noise_scale_initial=MAS_NOISE_SCALE_INITIAL if noise_scaled else 0.0,
-        noise_scale_delta=MAS_NOISE_SCALE_DELTA if noise_scaled else 0.0,
-        **model,
-    )
+    net_g = build_generator(hps, for_training=True)
     freeze_bert_projections(net_g, hps.train)
     net_d = MultiPeriodDiscriminator(model.use_spectral_norm)
     net_wd = WavLMDiscriminator(model.slm.hidden, model.slm.nlayers, model.slm.initial_channel)
@@ -1393,7 +1367,7 @@ def prepare_demo(args: argparse.Namespace) -> None:
     # The prepared copy of configs/demo.json has the speaker table filled in.
     args.config = args.config or str(prepared_config)
     args.model = args.model or str(DEMO_DATASET_DIR)
-    slm = utils.get_hparams_from_file(args.config).model.slm
+    slm = load_model_config(args.config).model.slm
     if not Path(slm.model).exists():
         make_demo_wavlm(Path(slm.model), slm.hidden, slm.nlayers)
 
@@ -1408,8 +1382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     yml = global_config.load_config(args.yml_config)
     added = apply_env_defaults(yml.train_ms.env.as_environ())
 
-    hps = utils.get_hparams_from_file(args.config or yml.train_ms.config_path)
-    validate_hparams(hps)
+    hps = load_model_config(args.config or yml.train_ms.config_path)
+    check_trainable(hps)
     if args.seed is not None:
         hps.train.seed = args.seed
     hps.model_dir = resolve_model_dir(args.model, yml)

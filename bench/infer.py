@@ -26,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import infer  # noqa: E402  (the repository root is put on the path just above)
+from models import build_generator  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def main() -> int:
     config_path = _find_config(args.config)
     config = _config_with_speakers(config_path, args.speakers)
     sampling_rate = config["data"]["sampling_rate"]
-    net = infer.build_generator(config).eval()
+    net = build_generator(config, for_training=False)
     infer.fold_weight_norm(net)
     n_params = sum(p.numel() for p in net.parameters())
     inputs = _inputs(max(int(args.seconds * IDS_PER_SECOND), 3), net.enc_p.emb.num_embeddings)

@@ -7,22 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator
+from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator, build_generator
 
 FLOAT_TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
 def build_net_g(config: dict, n_vocab: int) -> SynthesizerTrn:
-    data, model = config["data"], config["model"]
-    return SynthesizerTrn(
-        n_vocab,
-        data["filter_length"] // 2 + 1,
-        config["train"]["segment_size"] // data["hop_length"],
-        n_speakers=data["n_speakers"],
-        mas_noise_scale_initial=0.01,
-        noise_scale_delta=2e-6,
-        **model,
-    )
+    """The generator exactly as train_ms builds it (models.build_generator, training mode)."""
+    return build_generator(config, for_training=True, n_vocab=n_vocab)
 
 
 def build_net_dur_disc(config: dict) -> DurationDiscriminator:

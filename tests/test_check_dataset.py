@@ -182,7 +182,10 @@ def test_assert_dataset_ok(broken, tmp_path: Path) -> None:
 def test_cli_exit_codes_and_report(broken, tmp_path: Path) -> None:
     filelist, expected = broken
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(_hparams(max_text_len=20)), encoding="utf-8")
+    # A whole model config (the CLI reads it through config.load_model_config): the demo's, with this data.
+    whole = json.loads((REPO_ROOT / "configs" / "demo.json").read_text(encoding="utf-8"))
+    whole["data"].update(_hparams(max_text_len=20)["data"])
+    config.write_text(json.dumps(whole), encoding="utf-8")
     before = _snapshot(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     run = subprocess.run(

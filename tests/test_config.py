@@ -237,9 +237,18 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
 
 
 def test_resolve_device():
-    assert config.resolve_device("cpu") == "cpu"
-    assert config.resolve_device("cuda:1") == "cuda:1"
-    assert config.resolve_device("auto") in ("cpu", "cuda")
+    import torch
+
+    assert config.resolve_device("cpu") == "cpu" and config.resolve_device("cpu", local_rank=3) == "cpu"
+    with pytest.raises(ValueError, match="'gpu'"):
+        config.resolve_device("gpu")
+    if torch.cuda.is_available():
+        assert config.resolve_device("auto") == "cuda" and config.resolve_device("auto", local_rank=1) == "cuda:1"
+        assert config.resolve_device("cuda", local_rank=2) == "cuda:2" and config.resolve_device("cuda:1") == "cuda:1"
+    else:
+        assert config.resolve_device("auto") == config.resolve_device("auto", local_rank=1) == "cpu"
+        with pytest.raises(ValueError, match="'cuda:1' requested but CUDA is not available"):
+            config.resolve_device("cuda:1")
 
 
 def test_import_has_no_side_effects(tmp_path):
@@ -296,3 +305,254 @@ def test_demo_config_is_small_and_consistent():
     assert data["n_speakers"] == len(data["spk2id"]) and sorted(data["spk2id"].values()) == list(
         range(data["n_speakers"])
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model config (config.load_model_config): every script reads configs/*.json through it
+
+
+def _demo() -> dict:
+    return _load_json(REPO_ROOT / "configs" / "demo.json")
+
+
+def _write_json(tmp_path: Path, data: dict, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _assert_round_trip(cfg: config.ModelConfig, original: dict, tmp_path: Path) -> None:
+    # Every value of the file survives; the resolved dict only adds defaults.
+    resolved = cfg.to_dict()
+    for section, values in original.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert resolved[section][key] == value, f"{section}.{key}"
+        else:
+            assert resolved[section] == values
+    assert config.model_config_from_dict(resolved) == cfg
+    cfg.save(tmp_path / "saved.json")
+    assert config.load_model_config(tmp_path / "saved.json") == cfg
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("saved")) == ["saved.json"]
+
+
+@pytest.mark.parametrize("name", ["config.json", "demo.json"])
+def test_shipped_model_configs_load_and_round_trip(tmp_path, name):
+    path = REPO_ROOT / "configs" / name
+    cfg = config.load_model_config(path)
+    assert cfg.source == str(path) and cfg.version == "2.3"
+    assert cfg.train.learning_rate == 2e-4 and cfg.train["betas"] == [0.8, 0.99]
+    assert cfg.data.unused_bert == "randn"  # the reference's behaviour unless the file says "zeros"
+    if cfg.data.training_files:
+        config.check_trainable(cfg)
+    _assert_round_trip(cfg, _load_json(path), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["official_config.json", "dev/config.json"])
+def test_reference_kit_configs_load_and_round_trip(kit_dir, tmp_path, name):
+    cfg = config.load_model_config(kit_dir / name)
+    config.check_trainable(cfg)
+    assert cfg.model.slm is not None and cfg.data.n_speakers == len(cfg.data.spk2id)
+    _assert_round_trip(cfg, _load_json(kit_dir / name), tmp_path)
+
+
+def test_attribute_and_mapping_access_like_hparams():
+    cfg = config.model_config_from_dict(_demo(), "demo.json")
+    assert cfg.train.learning_rate == cfg["train"]["learning_rate"] == cfg.train.get("learning_rate")
+    assert cfg.data.sampling_rate == 22050 and cfg.model.slm.hidden == 32 and cfg.model["slm"]["sr"] == 16000
+    assert "slm" in cfg.model and "hiden_channels" not in cfg.model and cfg.train.get("nope", 7) == 7
+    expanded = {**cfg.model}
+    assert expanded["hidden_channels"] == 32 and expanded["resblock"] == "1"
+    assert list(cfg) == ["train", "data", "model", "version", "model_dir"]  # `source` is not a setting
+    # What train_ms does with the config at run time.
+    cfg.train.seed = 7
+    cfg.model_dir = "runs/x"
+    assert cfg.data.setdefault("spec_cache", False) is False and cfg.data.setdefault("spec_cache", True) is False
+    assert cfg.to_dict()["model_dir"] == "runs/x" and cfg.to_dict()["data"]["spec_cache"] is False
+    with pytest.raises(AttributeError, match="no setting 'learnig_rate'.*did you mean 'learning_rate'"):
+        cfg.train.learnig_rate = 1e-3
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "nearest"),
+    [
+        ("model", "hiden_channels", "hidden_channels"),
+        ("train", "learnig_rate", "learning_rate"),
+        ("data", "sampling_rat", "sampling_rate"),
+        ("data", "unused_berts", "unused_bert"),
+        ("model.slm", "hiden", "hidden"),
+        ("", "modle", "model"),
+    ],
+)
+def test_misspelled_key_names_key_section_file_and_nearest(tmp_path, section, key, nearest):
+    data = _demo()
+    target = data
+    for part in filter(None, section.split(".")):
+        target = target[part]
+    target[key] = target.get(nearest, 1)
+    path = _write_json(tmp_path, data)
+    with pytest.raises(ValueError) as info:
+        config.load_model_config(path)
+    message = str(info.value)
+    dotted = f"{section}.{key}" if section else key
+    where = f"in section '{section}'" if section else "at the top level"
+    assert str(path) in message and f"'{dotted}'" in message and where in message
+    assert f"did you mean '{nearest}'?" in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["train"].update(learning_rate="fast"), "'train.learning_rate' must be a number > 0"),
+        (lambda d: d["train"].update(batch_size=0), "'train.batch_size' must be an integer >= 1, got 0"),
+        (lambda d: d["train"].update(betas=[0.8]), "'train.betas' must be a list of two numbers"),
+        (lambda d: d["train"].update(bf16_run="yes"), "'train.bf16_run' must be true or false"),
+        (lambda d: d["data"].update(hop_length=256.0), "'data.hop_length' must be an integer"),
+        (lambda d: d["data"].update(unused_bert="ones"), "'data.unused_bert' must be one of 'randn', 'zeros'"),
+        (lambda d: d["data"].update(spk2id={"a": 0, "b": 5}), "'data.spk2id' gives 'b' an id >= data.n_speakers"),
+        (lambda d: d["model"].update(resblock=1), "'model.resblock' must be one of '1', '2', got 1 (int)"),
+        (lambda d: d["model"].update(p_dropout=1.5), "'model.p_dropout' must be a number in [0.0, 1.0]"),
+        (lambda d: d["model"].pop("hidden_channels"), "'model.hidden_channels' is missing"),
+        (lambda d: d["model"].update(upsample_rates=[8, 8, 2]), "model.upsample_rates [8, 8, 2] multiplies to 128"),
+        (lambda d: d["train"].update(segment_size=1000), "train.segment_size (1000) must be a multiple of"),
+        (lambda d: d.update(version=[2, 3]), "'version' must be a string"),
+    ],
+)
+def test_wrong_type_or_range_names_the_setting(tmp_path, mutate, expected):
+    data = _demo()
+    mutate(data)
+    path = _write_json(tmp_path, data)
+    with pytest.raises(ValueError) as info:
+        config.load_model_config(path)
+    assert expected in str(info.value) and str(path) in str(info.value)
+
+
+def test_bad_json_and_missing_file_name_the_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"train": {\n  "seed": 1,,\n}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken\.json: invalid JSON at line 2"):
+        config.load_model_config(path)
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        config.load_model_config(tmp_path / "absent.json")
+
+
+def test_unused_bert_zeros_and_what_older_runs_saved_load(tmp_path):
+    data = _demo()
+    data["data"]["unused_bert"] = "zeros"
+    # Our earlier training runs saved the config beside the checkpoints with these run-time keys.
+    data["model_dir"] = "Data/demo/models"
+    data["data"].update(spec_cache=True, all_in_mem=False)
+    cfg = config.load_model_config(_write_json(tmp_path, data))
+    assert cfg.data.unused_bert == "zeros" and cfg.model_dir == "Data/demo/models" and cfg.data.spec_cache is True
+    assert config.model_config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_check_trainable_and_the_hparams_bridge():
+    import utils
+
+    data = _demo()
+    data["model"].pop("slm")
+    inference_only = config.model_config_from_dict(data, "export.json")
+    with pytest.raises(ValueError, match="export.json: setting 'model.slm' is missing"):
+        config.check_trainable(inference_only)
+    # Reference-style HParams (tests, old call sites) are validated into the same object.
+    assert config.as_model_config(utils.HParams(**_demo())) == config.model_config_from_dict(_demo())
+    assert config.as_data_config(utils.HParams(**_demo())) == config.model_config_from_dict(_demo()).data
+    assert config.as_data_config(_demo()["data"]).hop_length == 256
+
+
+def test_one_generator_builder_for_every_caller():
+    import torch
+
+    import models
+
+    cfg = config.model_config_from_dict(_demo())
+    torch.manual_seed(0)
+    from_config = models.build_generator(cfg, for_training=True)
+    torch.manual_seed(0)
+    from_dict = models.build_generator(_demo(), for_training=True)
+    assert from_config.training and from_config.current_mas_noise_scale == models.MAS_NOISE_SCALE_INITIAL
+    state = from_dict.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in from_config.state_dict().items())
+    inference = models.build_generator(cfg, for_training=False, n_vocab=50)
+    assert not inference.training and inference.current_mas_noise_scale == 0.0
+    assert inference.enc_p.emb.num_embeddings == 50
+    with pytest.raises(ValueError, match="did you mean 'hidden_channels'"):
+        models.build_generator({**_demo(), "model": {**_demo()["model"], "hiden_channels": 3}}, for_training=False)
+
+
+def test_one_language_list():
+    import infer
+    from text import bert_features, symbols
+
+    assert symbols.LANGUAGES == ("ZH", "JP", "EN") and tuple(symbols.language_id_map) == symbols.LANGUAGES
+    assert infer.LANGUAGES is symbols.LANGUAGES
+    assert config.SERVER_LANGUAGES[:3] == symbols.LANGUAGES
+    assert tuple(bert_features.BERT_MODEL_FOLDERS) == symbols.LANGUAGES
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --bert-dir: one syntax, one meaning, in every command line
+
+
+def _bert_dir_values(cli: str, items: list[str]) -> list[str]:
+    """Parse ``--bert-dir`` items with the named script's own argument parser."""
+    flags = [arg for item in items for arg in ("--bert-dir", item)]
+    if cli == "bert_gen":
+        import bert_gen
+
+        return bert_gen._parse_args(flags).bert_dir
+    if cli == "preprocess_text":
+        import preprocess_text
+
+        return preprocess_text._parse_args(flags).bert_dir
+    if cli == "infer":
+        import infer
+
+        return infer.build_parser().parse_args(["-m", "G.pth", "-t", "x", "-s", "s", "-o", "o.wav", *flags]).bert_dir
+    import server
+
+    return server.build_parser().parse_args(flags).bert_dir
+
+
+CLIS = ["bert_gen", "preprocess_text", "infer", "server"]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_every_cli_parses_bert_dir_the_same_way(tmp_path, cli):
+    from text.bert_features import BERT_MODEL_FOLDERS, parse_bert_dirs
+
+    root = tmp_path / "bert"
+    root.mkdir()
+    zh = tmp_path / "my-zh"
+    values = _bert_dir_values(cli, [f"zh={zh}", str(root)])
+    # A ROOT gives every language its usual folder name under it; LANG=DIR wins whatever the order.
+    assert parse_bert_dirs(values) == {
+        "ZH": str(zh),
+        "JP": str(root / BERT_MODEL_FOLDERS["JP"]),
+        "EN": str(root / BERT_MODEL_FOLDERS["EN"]),
+    }
+    assert parse_bert_dirs(_bert_dir_values(cli, [])) == {}
+    assert parse_bert_dirs(_bert_dir_values(cli, [f"EN={zh}"])) == {"EN": str(zh)}
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_every_cli_rejects_a_bad_bert_dir_item_up_front(cli, capsys):
+    with pytest.raises(SystemExit) as info:
+        _bert_dir_values(cli, ["KO=bert/korean"])
+    assert info.value.code == 2
+    assert "unknown language 'KO'" in capsys.readouterr().err
+
+
+def test_a_model_folder_given_as_root_is_an_error_with_the_fix(tmp_path):
+    from text.bert_features import parse_bert_dirs
+
+    model = tmp_path / "tiny-zh"
+    model.mkdir()
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"is a model folder.*write LANG="):
+        parse_bert_dirs([str(model)])
+    with pytest.raises(ValueError, match="no such folder"):
+        parse_bert_dirs([str(tmp_path / "absent")])
+    with pytest.raises(ValueError, match="at most one ROOT"):
+        parse_bert_dirs([str(tmp_path), str(tmp_path)])

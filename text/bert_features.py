@@ -9,6 +9,7 @@ sequence (word2ph entries of 1), so `len(word2ph)` must equal the number of toke
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from text.symbols import LANGUAGES
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +123,71 @@ def get_bert_feature_with(
     return features
 
 
-BERT_LANGUAGES = ("ZH", "JP", "EN")
+# Each language's model folder name under a BERT root (the repository's bert/ folder is one).
+BERT_MODEL_FOLDERS = {
+    "ZH": "chinese-roberta-wwm-ext-large",
+    "JP": "deberta-v2-large-japanese-char-wwm",
+    "EN": "deberta-v3-large",
+}
+
+# The one --bert-dir syntax of every command line (bert_gen, preprocess_text, infer, server).
+BERT_DIR_METAVAR = "ROOT|LANG=DIR"
+BERT_DIR_HELP = (
+    "local BERT models, repeatable: ROOT is a folder holding each language's model under its usual name ("
+    + ", ".join(f"{lang}: ROOT/{name}" for lang, name in BERT_MODEL_FOLDERS.items())
+    + "); LANG=DIR is the model folder of one language (ZH, JP or EN) and wins over ROOT. "
+    "Default: the bert/ folder of the repository"
+)
+
+
+def bert_dir_item(value: str) -> str:
+    """argparse ``type`` of ``--bert-dir``: checks one item's syntax, so a typo fails before any work starts."""
+    language, sep, folder = value.partition("=")
+    if sep and language.upper() in LANGUAGES:
+        if not folder:
+            raise argparse.ArgumentTypeError(f"{value!r}: the folder after '{language}=' is empty")
+    elif sep and language.isalpha() and len(language) <= 3:
+        raise argparse.ArgumentTypeError(f"{value!r}: unknown language {language!r}; use one of {', '.join(LANGUAGES)}")
+    elif not value:
+        raise argparse.ArgumentTypeError("empty --bert-dir value")
+    return value
+
+
+def add_bert_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--bert-dir`` with the shared syntax; read it back with :func:`parse_bert_dirs`."""
+    parser.add_argument(
+        "--bert-dir", action="append", default=[], type=bert_dir_item, metavar=BERT_DIR_METAVAR, help=BERT_DIR_HELP
+    )
 
 
 def parse_bert_dirs(values: Sequence[str] | None) -> dict[str, str]:
-    """``--bert-dir`` values of the data scripts: ``DIR`` applies to every language, ``LANG=DIR`` to one."""
+    """``--bert-dir`` values as language -> model folder (languages left out use the default under bert/).
+
+    ``ROOT`` (at most one) gives every language ``ROOT/<its usual folder name>``; ``LANG=DIR`` gives one
+    language ``DIR`` and wins over ROOT whatever the order. A ROOT that is itself a model folder (it has a
+    config.json) is an error: it would silently be used for no language.
+    """
+    roots: list[str] = []
     dirs: dict[str, str] = {}
     for value in values or []:
+        bert_dir_item(value)  # the same checks when called without argparse
         language, sep, folder = value.partition("=")
-        if sep and language.upper() in BERT_LANGUAGES:
+        if sep and language.upper() in LANGUAGES:
             dirs[language.upper()] = folder
         else:
-            dirs.update({lang: value for lang in BERT_LANGUAGES})
-    return dirs
+            roots.append(value)
+    if len(roots) > 1:
+        raise ValueError(f"--bert-dir: give at most one ROOT folder, got {', '.join(map(repr, roots))}")
+    if roots:
+        root = Path(roots[0])
+        if (root / "config.json").is_file():
+            raise ValueError(
+                f"--bert-dir {roots[0]!r} is a model folder, not a ROOT holding "
+                f"{', '.join(BERT_MODEL_FOLDERS.values())}: write LANG={roots[0]} (e.g. ZH={roots[0]}) to use it "
+                "for one language"
+            )
+        if not root.is_dir():
+            raise ValueError(f"--bert-dir {roots[0]!r}: no such folder")
+        for lang in LANGUAGES:
+            dirs.setdefault(lang, str(root / BERT_MODEL_FOLDERS[lang]))
+    return {lang: dirs[lang] for lang in LANGUAGES if lang in dirs}

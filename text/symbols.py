@@ -178,7 +178,9 @@ sil_phonemes_ids: list[int] = [symbols.index(p) for p in pu_symbols]
 
 num_tones: int = num_zh_tones + num_ja_tones + num_en_tones
 
-language_id_map: dict[str, int] = {"ZH": 0, "JP": 1, "EN": 2}
+# The languages a model speaks, in language-id order: the one list every script and module imports.
+LANGUAGES: tuple[str, ...] = ("ZH", "JP", "EN")
+language_id_map: dict[str, int] = {language: index for index, language in enumerate(LANGUAGES)}
 num_languages: int = len(language_id_map)
 
 # Each language's tones occupy their own slice of the shared tone embedding.
