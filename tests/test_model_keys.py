@@ -97,6 +97,7 @@ def _config_b(dev_config: dict) -> dict:
     """The kit's held-back config B (residual-coupling flow, ResBlock "2", 16 kHz) as its README describes it."""
     config = json.loads(json.dumps(dev_config))
     config["data"].update(sampling_rate=16000, filter_length=512, hop_length=128, win_length=512, n_speakers=3)
+    config["data"]["spk2id"] = {f"spk{i}": i for i in range(3)}  # ids must be < n_speakers (config.py checks)
     config["train"]["segment_size"] = 4096
     config["model"].update(
         inter_channels=24,
