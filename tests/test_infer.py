@@ -72,7 +72,7 @@ def synthesizer(model_files: tuple[Path, Path], zh_bert_dir: Path) -> infer.Synt
 @pytest.fixture(scope="module")
 def zeros_synthesizer(synthesizer: infer.Synthesizer) -> infer.Synthesizer:
     """The same generator, as if trained with data.unused_bert = "zeros": deterministic features."""
-    config = json.loads(json.dumps(synthesizer.config))
+    config = synthesizer.config.to_dict()
     config["data"]["unused_bert"] = "zeros"
     return infer.Synthesizer(synthesizer.net_g, config, bert_dirs=synthesizer.bert_dirs)
 
