@@ -81,14 +81,14 @@ def _beta_config() -> dict:
 
 
 def _write_tiny_model(folder: Path, config: dict, seed: int) -> tuple[Path, Path]:
-    import infer
+    from models import build_generator
 
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.json"
     config_path.write_text(json.dumps(config), encoding="utf-8")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net_g = infer.build_generator(config)
+        net_g = build_generator(config, for_training=True)
     checkpoint = folder / "G_0.pth"
     torch.save({"model": net_g.state_dict(), "iteration": 0}, checkpoint)
     return checkpoint, config_path
