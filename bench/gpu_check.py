@@ -216,13 +216,13 @@ def _random_wavlm(folder: Path) -> Path:
 
 
 def _hparams(config: dict, folder: Path, name: str, **train: Any) -> Any:
-    import utils
+    from config import load_model_config
 
     config = json.loads(json.dumps(config))
     config["train"].update(train)
     path = folder / f"{name}.json"
     path.write_text(json.dumps(config), encoding="utf-8")
-    return utils.get_hparams_from_file(str(path))
+    return load_model_config(path)
 
 
 def check_train_step(config_path: Path, batch_sizes: list[int], steps: int, warmup: int, seconds: float) -> list[dict]:

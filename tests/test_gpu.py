@@ -79,14 +79,14 @@ def test_cuda_mas_equals_the_cpu_kernel(t_ys: list[int], t_xs: list[int], max_y:
 
 
 def tiny_hparams(config: dict, tmp_path: Path, **train: object):
-    """HParams of ``config`` with ``train`` overrides, loaded the way train_ms.py loads a config file."""
-    import utils
+    """The model config ``config`` with ``train`` overrides, loaded the way train_ms.py loads its config file."""
+    from config import load_model_config
 
     config = json.loads(json.dumps(config))
     config["train"].update(train)
     path = tmp_path / f"config-{len(list(tmp_path.glob('config-*.json')))}.json"
     path.write_text(json.dumps(config), encoding="utf-8")
-    return utils.get_hparams_from_file(str(path))
+    return load_model_config(path)
 
 
 def build(hps, seed: int = 1234):
