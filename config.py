@@ -750,6 +750,11 @@ class TrainConfig(_Settings):
     freeze_JP_bert: bool = False
     freeze_EN_bert: bool = False
     freeze_emo: bool = False
+    # Not in the reference's configs (unset = the reference's behaviour, and left out of saved configs):
+    # allow_tf32 false gives a strict-fp32 CUDA run (no TF32 in matmuls and convolutions); fused_adamw true uses
+    # torch's fused AdamW kernel (same update within rounding, fewer kernel launches).
+    allow_tf32: bool | None = field(default=None, metadata=_OMIT_NONE)
+    fused_adamw: bool | None = field(default=None, metadata=_OMIT_NONE)
 
     @classmethod
     def from_section(cls, s: _Section) -> TrainConfig:
@@ -784,6 +789,8 @@ class TrainConfig(_Settings):
             freeze_JP_bert=s.boolean("freeze_JP_bert", False),
             freeze_EN_bert=s.boolean("freeze_EN_bert", False),
             freeze_emo=s.boolean("freeze_emo", False),
+            allow_tf32=_optional_bool(s, "allow_tf32"),
+            fused_adamw=_optional_bool(s, "fused_adamw"),
         )
         if config.bf16_run and config.fp16_run:
             raise ValueError(f"{s.source}: train.bf16_run and train.fp16_run are both true; set at most one of them")
