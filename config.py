@@ -127,7 +127,7 @@ class _Section:
             hint = f"did you mean '{close[0]}'?" if close else "valid: " + ", ".join(sorted(self._read))
             hints.append(f"'{self.key(key)}' ({hint})")
         raise ValueError(
-            f"{self.source}: unknown setting(s) {where}: {'; '.join(hints)}; check the spelling against {reference}"
+            f"{self.source}: unknown setting(s) {'; '.join(hints)} {where}; check the spelling against {reference}"
         )
 
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 import config as global_config
-import infer
 import server
+from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -281,12 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", action="append", default=[], help="its config.json; one per --model, or one for all"
     )
-    parser.add_argument(
-        "--bert-dir",
-        action="append",
-        default=[],
-        help="BERT folder of one language as LANG=PATH; repeatable. Default: the text package's folders",
-    )
+    add_bert_dir_argument(parser)
     parser.add_argument("--yml", default=None, help="global settings file (default $BV2_CONFIG or config.yml)")
     parser.add_argument("--host", default=None, help="address to bind (default webui.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default webui.port, 7860)")
@@ -311,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        registry = server.load_models(specs, bert_dirs=infer.parse_bert_dirs(args.bert_dir))
+        registry = server.load_models(specs, bert_dirs=parse_bert_dirs(args.bert_dir))
         app = build_app(VoiceService(registry, args.max_text_length), default_language=args.language)
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)

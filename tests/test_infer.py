@@ -48,7 +48,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_config: dic
     config_path.write_text(json.dumps(tiny_model_config), encoding="utf-8")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
-        weights = infer.build_generator(tiny_model_config).state_dict()
+        weights = build_generator(tiny_model_config, for_training=True).state_dict()
     checkpoint = folder / "G_0.pth"
     torch.save({"model": weights, "iteration": 0, "optimizer": None, "learning_rate": 2e-4}, checkpoint)
     return checkpoint, config_path

@@ -27,6 +27,7 @@ import torch
 import config
 import infer
 import webui
+from models import build_generator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 240.0
@@ -62,7 +63,7 @@ def _tiny_model(folder: Path, name: str, speakers: list[str], seed: int) -> tupl
     config_path = folder / f"{name}.json"
     config_path.write_text(json.dumps(settings), encoding="utf-8")
     torch.manual_seed(seed)
-    net = infer.build_generator(settings)
+    net = build_generator(settings, for_training=True)
     checkpoint = folder / name / "G_0.pth"
     checkpoint.parent.mkdir()
     torch.save({"model": net.state_dict(), "iteration": 0}, checkpoint)
