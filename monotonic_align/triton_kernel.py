@@ -25,7 +25,7 @@ from torch import Tensor
 
 __all__ = ["maximum_path_triton"]
 
-_UNREACHABLE = -1e9
+_UNREACHABLE = tl.constexpr(-1e9)  # a global a @triton.jit function reads must be a constexpr
 
 
 @triton.jit
@@ -58,7 +58,7 @@ def _mas_kernel(
             prev = unreachable
             # While loops rather than range() over a loaded bound: Triton's interpreter cannot turn a loaded
             # scalar into a range bound under numpy 2.4; compiled, both are the same scf loop.
-            y = 0
+            y = tl.full([], 0, tl.int32)  # a typed loop variable (a Python 0 would be a compile-time constant)
             while y < t_y:
                 tl.store(item_row + cols, prev)
                 tl.debug_barrier()  # every thread's part of the row is written before any shifted read
@@ -73,18 +73,18 @@ def _mas_kernel(
                 y += 1
         column = t_x - 1
         last_row = max_y - 1
-        y = t_y - 1
-        while y >= 0:
-            tl.store(item_path + y * max_x + column, 1.0)
+        row = t_y - 1
+        while row >= 0:
+            tl.store(item_path + row * max_x + column, 1.0)
             if t_x <= t_y:
-                moves_left = tl.load(item_decisions + y * max_x + column) != 0
+                moves_left = tl.load(item_decisions + row * max_x + column) != 0
             else:
-                above = tl.where(y > 0, y - 1, last_row)
+                above = tl.where(row > 0, row - 1, last_row)
                 left = tl.maximum(column - 1, 0)
                 moves_left = tl.load(item_values + above * max_x + column) < tl.load(item_values + above * max_x + left)
-            moves_left = (column != 0) & ((column == y) | moves_left)
+            moves_left = (column != 0) & ((column == row) | moves_left)
             column = column - moves_left.to(tl.int32)
-            y -= 1
+            row -= 1
 
 
 def maximum_path_triton(values: Tensor, t_ys: Tensor, t_xs: Tensor) -> Tensor:
