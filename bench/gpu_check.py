@@ -225,21 +225,36 @@ def _hparams(config: dict, folder: Path, name: str, **train: Any) -> Any:
     return load_model_config(path)
 
 
-def check_train_step(config_path: Path, batch_sizes: list[int], steps: int, warmup: int, seconds: float) -> list[dict]:
+def check_train_step(
+    config_path: Path,
+    batch_sizes: list[int],
+    steps: int,
+    warmup: int,
+    seconds: float,
+    device_name: str = "cuda",
+    precisions: list[str] | None = None,
+) -> list[dict]:
+    """s/step (median) and peak memory of our step and the reference-like step per precision and batch size.
+
+    The config's ``model.slm.model`` is used when that folder exists, else a random wavlm-base-plus-shaped
+    WavLM. ``device_name``/``precisions`` let the CPU suite run this code on a tiny config (no memory figures).
+    """
     import torch
     import train_step as bench
     import training
 
-    device = torch.device("cuda", 0)
+    device = torch.device(device_name)
+    on_cuda = device.type == "cuda"
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         folder = Path(tmp)
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["model"]["slm"]["model"] = str(_random_wavlm(folder / "wavlm"))
-        for precision, flags in PRECISIONS.items():
-            if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        if not Path(config["model"]["slm"]["model"]).is_dir():
+            config["model"]["slm"]["model"] = str(_random_wavlm(folder / "wavlm"))
+        for precision in precisions or list(PRECISIONS):
+            if precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
                 continue
-            hps = _hparams(config, folder, precision, **flags)
+            hps = _hparams(config, folder, precision, **PRECISIONS[precision])
             rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
             training.configure_kernels(device)
             torch.manual_seed(hps.train.seed)
@@ -251,16 +266,19 @@ def check_train_step(config_path: Path, batch_sizes: list[int], steps: int, warm
                 for ref_like in (False, True):
                     name = "reference_like" if ref_like else "ours"
                     bench.time_steps(trainer, batch, hps, rt, ref_like, warmup)
-                    torch.cuda.reset_peak_memory_stats(device)
+                    if on_cuda:
+                        torch.cuda.reset_peak_memory_stats(device)
                     timings = bench.time_steps(trainer, batch, hps, rt, ref_like, steps)
                     row[f"{name}_s_per_step"] = round(statistics.median(timings), 4)
-                    row[f"{name}_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                    peak = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
+                    row[f"{name}_peak_gib"] = round(peak, 2) if peak is not None else None
                 row["ratio"] = round(row["reference_like_s_per_step"] / row["ours_s_per_step"], 3)
                 print(json.dumps(row))
                 rows.append(row)
                 del batch
             del trainer
-            torch.cuda.empty_cache()
+            if on_cuda:
+                torch.cuda.empty_cache()
     return rows
 
 
