@@ -1,5 +1,5 @@
 """Synthesis end to end on tiny generators: mix, auto, style text, seeds, and the unused-BERT regime of a model
-trained here with "randn" and one with "zeros". Own tiny configs (configs/demo.json), no reference kit."""
+trained here with "randn" and one with "zeros". Tiny configs (tests/configs/tiny.json), no reference kit."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_tiny import make_dataset, start_training, write_run_files
+from train_tiny import make_dataset, start_training, tiny_config, write_run_files
 
 import infer
 from text.tiny_bert import build_tiny_bert
@@ -35,13 +35,10 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _demo_config(unused_bert: str | None) -> dict:
-    config = json.loads((REPO_ROOT / "configs" / "demo.json").read_text(encoding="utf-8"))
-    config["data"]["spk2id"] = {"spk0": 0, "spk1": 1, "spk2": 2, "spk3": 3}
-    config["data"]["n_speakers"] = 4
-    if unused_bert is not None:
-        config["data"]["unused_bert"] = unused_bert
-    return config
+def _with_regime(config: dict, unused_bert: str) -> dict:
+    copy = json.loads(json.dumps(config))
+    copy["data"]["unused_bert"] = unused_bert
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +48,20 @@ def bert_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    """An untrained (seeded) demo-size generator saved as a checkpoint, with a randn and a zeros config."""
+def model_files(tmp_path_factory: pytest.TempPathFactory, tiny_model_config: dict) -> dict[str, tuple[Path, Path]]:
+    """An untrained (seeded) tiny generator saved as a checkpoint, with a randn and a zeros config."""
+    from models import build_generator
+
     folder = tmp_path_factory.mktemp("model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = infer.build_generator(_demo_config(None))
+        net = build_generator(tiny_model_config, for_training=False)
     checkpoint = folder / "G_0.pth"
     torch.save({"model": net.state_dict(), "iteration": 0}, checkpoint)
     files = {}
     for regime in ("randn", "zeros"):
         path = folder / f"{regime}.json"
-        path.write_text(json.dumps(_demo_config(regime)), encoding="utf-8")
+        path.write_text(json.dumps(_with_regime(tiny_model_config, regime)), encoding="utf-8")
         files[regime] = (checkpoint, path)
     return files
 
@@ -173,21 +172,15 @@ def test_command_line_mix_auto_style(model_files: dict, bert_dirs: dict[str, Pat
     assert not (tmp_path / "bad.wav").exists()
 
 
-def test_trained_models_speak_with_the_regime_of_their_config(tmp_path: Path, bert_dirs: dict[str, Path]) -> None:
+def test_trained_models_speak_with_the_regime_of_their_config(
+    tmp_path: Path, bert_dirs: dict[str, Path], tiny_train_config: dict
+) -> None:
     """Two training steps with data.unused_bert = "randn" and with "zeros" (run side by side, one thread each),
     then synthesis through infer reading each model's config.json."""
-    from train_ms import make_demo_wavlm
-
-    wavlm = tmp_path / "wavlm"
     data = make_dataset(tmp_path / "data", n_train=2, n_val=1)
     runs = {}
     for regime in ("randn", "zeros"):
-        config = _demo_config(regime)
-        config["data"].update(data)
-        config["train"].update({"batch_size": 2, "log_interval": 1, "eval_interval": 1000})
-        if not wavlm.exists():
-            make_demo_wavlm(wavlm, config["model"]["slm"]["hidden"], config["model"]["slm"]["nlayers"])
-        config["model"]["slm"]["model"] = str(wavlm)
+        config = tiny_config(_with_regime(tiny_train_config, regime), data, log_interval=1, eval_interval=1000)
         files = write_run_files(tmp_path / regime, config)
         log = tmp_path / f"{regime}.log"
         runs[regime] = (files, log, start_training(files, "--max-steps", "2", log_path=log))
