@@ -1,7 +1,8 @@
-"""TextAudioSpeakerCollate against the reference's recorded batch."""
+"""TextAudioSpeakerCollate against the reference's recorded batch, and its behaviour on synthetic items."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from data_utils import Batch, Sample, TextAudioSpeakerCollate
@@ -43,23 +44,45 @@ def test_matches_reference(golden: dict) -> None:
         _assert_same(tuple(batch)[position], recorded["outputs"][name], name)
 
 
-def test_return_ids_and_samples(golden: dict) -> None:
-    items = [Sample(*item) for item in golden["collate"]["items"]]
+@pytest.fixture()
+def items() -> list[tuple[torch.Tensor, ...]]:
+    """Three items shaped like the kit's recorded ones (text 4/7/5 ids, 6/4/9 frames of 256 samples, speakers
+    1/2/3): no kit needed."""
+    generator = torch.Generator().manual_seed(0)
+    made = []
+    for sid, (t_text, t_spec) in enumerate(((4, 6), (7, 4), (5, 9)), start=1):
+        bert = [torch.randn(1024, t_text, generator=generator) for _ in range(3)]
+        made.append(
+            (
+                torch.randint(1, 100, (t_text,), generator=generator),
+                torch.rand(513, t_spec, generator=generator),
+                torch.rand(1, t_spec * 256, generator=generator) - 0.5,
+                torch.LongTensor([sid]),
+                torch.randint(0, 5, (t_text,), generator=generator),
+                torch.zeros(t_text, dtype=torch.long),
+                *bert,
+            )
+        )
+    return made
+
+
+def test_return_ids_and_samples(items) -> None:
+    items = [Sample(*item) for item in items]
     batch, ids = TextAudioSpeakerCollate(return_ids=True)(items)
     assert ids.tolist() == [2, 0, 1]
     assert batch.spec_lengths.tolist() == [9, 6, 4]
 
 
-def test_equal_lengths_keep_input_order(golden: dict) -> None:
-    item = list(golden["collate"]["items"][0])
+def test_equal_lengths_keep_input_order(items) -> None:
+    item = list(items[0])
     other = list(item)
     other[3] = torch.LongTensor([7])
     batch = TextAudioSpeakerCollate()([tuple(item), tuple(other)])
     assert batch.sid.tolist() == [1, 7]
 
 
-def test_to_moves_every_tensor(golden: dict) -> None:
-    batch = TextAudioSpeakerCollate()([tuple(item) for item in golden["collate"]["items"]])
+def test_to_moves_every_tensor(items) -> None:
+    batch = TextAudioSpeakerCollate()(items)
     moved = batch.to("cpu", non_blocking=True)
     assert isinstance(moved, Batch)
     moved64 = Batch(*(t.double() if t.is_floating_point() else t for t in moved))
