@@ -1,16 +1,33 @@
-"""Resuming train_ms.py: bitwise-exact continuation after SIGKILL, truncated checkpoints, checkpoint cleanup,
-the reference's own checkpoints, and fine-tuning from a base model."""
+"""Resuming train_ms.py: a run SIGKILLed at startup, during a step, during evaluation and while writing a
+checkpoint resumes each time from a complete checkpoint and ends bit-identical to an uninterrupted run; SIGTERM
+finishes the step, saves and exits 0; truncated checkpoints, checkpoint cleanup, the reference's own
+checkpoints, and fine-tuning from a base model.
+
+The kill points are not timed: tests/probe_run.py holds the run at a named point (a file being loaded or
+written, an optimizer step, the evaluation's synthesis) and the test kills it there.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from train_tiny import kill, make_dataset, run_training, start_training, tiny_config, wait_for, write_run_files
+from train_tiny import (
+    kill,
+    make_dataset,
+    release,
+    run_training,
+    start_training,
+    tiny_config,
+    wait_for,
+    wait_paused,
+    write_run_files,
+)
 
 import train_ms
 import utils
@@ -18,10 +35,15 @@ import utils
 CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 PREFIXES = ("G", "D", "WD", "DUR")
 N_STEPS = 3  # 2 batches per epoch: the runs cross an epoch boundary (LR decay, sampler epoch)
+OPTIMIZERS_PER_STEP = 4  # DUR, D, WD, G
 
 
 def _checkpoint(model_dir: Path, prefix: str, step: int) -> dict:
     return torch.load(model_dir / f"{prefix}_{step}.pth", map_location="cpu", weights_only=True)
+
+
+def _steps(model_dir: Path, prefix: str = "G") -> list[int]:
+    return sorted(utils.checkpoint_step(str(p)) for p in model_dir.glob(f"{prefix}_*.pth"))
 
 
 def _assert_same_tree(a, b, where: str) -> None:
@@ -48,11 +70,11 @@ def _assert_same_run_state(expected_dir: Path, actual_dir: Path, step: int) -> N
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, dev_config) -> dict:
-    """N_STEPS steps in one go, saving after every step and keeping the 2 newest checkpoints per net."""
+def straight_run(tmp_path_factory, tiny_train_config) -> dict:
+    """N_STEPS steps in one go, evaluating and saving after every step, keeping the 2 newest checkpoints."""
     root = tmp_path_factory.mktemp("straight")
     filelists = make_dataset(root / "data")
-    config = tiny_config(dev_config, filelists, eval_interval=1, log_interval=1)
+    config = tiny_config(tiny_train_config, filelists, eval_interval=1, log_interval=1)
     files = write_run_files(root / "run", config, keep_ckpts=2)
     run_training(files, "--max-steps", str(N_STEPS))
     return {"files": files, "config": config, "root": root}
@@ -64,25 +86,71 @@ def test_keep_ckpts_removes_older_checkpoints_of_every_net(straight_run):
     assert names == sorted(f"{prefix}_{step}.pth" for prefix in PREFIXES for step in (2, 3))
 
 
-def test_resume_after_sigkill_is_bitwise_identical(straight_run, tmp_path):
-    """K steps, SIGKILL, resume to N: the same weights, optimizer state, LR, step, epoch and RNG as N straight."""
-    files = write_run_files(tmp_path / "run", straight_run["config"], keep_ckpts=2)
-    model_dir = files["model_dir"]
-    process = start_training(files, "--max-steps", "1000", log_path=tmp_path / "killed.log")
+def _killed_at(files: dict, pause: str, folder: Path, expected_at: str) -> None:
+    """Start a run held by the probe at ``pause``, check where it holds, SIGKILL its process group."""
+    process = start_training(
+        files, "--max-steps", "1000", log_path=folder / "out.log", probe_dir=folder / "probe", pause=pause
+    )
     try:
-        wait_for(lambda: (model_dir / "G_1.pth").exists(), timeout=600, process=process, what="G_1.pth")
+        at = wait_paused(folder / "probe", process)
     finally:
         kill(process)
-    resumed_from = utils.checkpoint_step(utils.latest_checkpoint_path(model_dir, "G_*.pth"))
-    assert resumed_from < N_STEPS, "the run was not interrupted before the end"
+    assert process.returncode == -signal.SIGKILL
+    assert at.startswith(expected_at), at
+
+
+def test_sigkill_at_each_phase_resumes_bit_identically(straight_run, tmp_path):
+    """SIGKILL during a step, at startup (while reading the checkpoint), during evaluation and while writing
+    G_2.pth (its siblings already written): every restart resumes from the newest complete checkpoint, and the
+    run ends with the same weights, optimizer moments, LR, counters and RNG states as the uninterrupted one."""
+    files = write_run_files(tmp_path / "run", straight_run["config"], keep_ckpts=2)
+    model_dir = files["model_dir"]
+
+    # During the second step: after its duration and multi-period discriminator updates, before WD's and G's.
+    _killed_at(files, f"step:{OPTIMIZERS_PER_STEP + 2}", tmp_path / "kill_step", "after optimizer step")
+    assert _steps(model_dir) == [1]
+
+    # At startup, while the resumed run reads its checkpoint.
+    _killed_at(files, r"load:1:^G_\d+\.pth$", tmp_path / "kill_startup", "load G_1.pth")
+    assert _steps(model_dir) == [1]
+
+    # During the evaluation after step 2 (before its checkpoint).
+    _killed_at(files, "infer:1", tmp_path / "kill_eval", "infer")
+    assert _steps(model_dir) == [1]
+
+    # While writing G_2.pth, after DUR_2, WD_2 and D_2: the resume must take G_1 with its own siblings.
+    _killed_at(files, r"save:1:G_2\.pth", tmp_path / "kill_save", "save .G_2.pth")
+    assert _steps(model_dir) == [1] and all(_steps(model_dir, prefix) == [1, 2] for prefix in ("D", "WD", "DUR"))
+    assert list(model_dir.glob(".G_2.pth.*.tmp")), "the half-written temporary file should be left behind"
 
     result = run_training(files, "--max-steps", str(N_STEPS))
-    assert f"resuming from {model_dir / f'G_{resumed_from}.pth'}" in result.stderr
+    assert f"resuming from {model_dir / 'G_1.pth'}" in result.stderr
     _assert_same_run_state(straight_run["files"]["model_dir"], model_dir, N_STEPS)
     state = _checkpoint(model_dir, "G", N_STEPS)["train_state"]
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 2, 1)
     lr = _checkpoint(model_dir, "G", N_STEPS)["optimizer"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(2e-4 * 0.99995)  # one epoch of decay
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_0(straight_run, tmp_path):
+    """SIGTERM in the middle of step 2: the step completes, its checkpoint is written (bitwise the uninterrupted
+    run's step-2 state) and the process exits 0."""
+    files = write_run_files(tmp_path / "run", straight_run["config"], keep_ckpts=2)
+    probe_dir = tmp_path / "probe"
+    log = tmp_path / "out.log"
+    process = start_training(
+        files, "--max-steps", "1000", log_path=log, probe_dir=probe_dir, pause=f"step:{OPTIMIZERS_PER_STEP + 2}"
+    )
+    try:
+        wait_paused(probe_dir, process)
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM" in log.read_text(encoding="utf-8"), timeout=120, what="the SIGTERM log")
+        release(probe_dir)
+        assert process.wait(timeout=600) == 0, log.read_text(encoding="utf-8")[-4000:]
+    finally:
+        kill(process)
+    assert _steps(files["model_dir"]) == [1, 2]
+    _assert_same_run_state(straight_run["files"]["model_dir"], files["model_dir"], 2)
 
 
 def test_truncated_newest_checkpoint_is_skipped(straight_run, tmp_path):

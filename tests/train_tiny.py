@@ -1,6 +1,8 @@
-"""A tiny, fully synthetic training setup for the train_ms tests: wavs, BERT features, filelists, configs.
+"""A tiny, fully synthetic training setup for the train_ms tests: wavs, BERT features, filelists, configs, and
+helpers that run train_ms.py as a user does (``python3 train_ms.py ...`` or through ``tests/probe_run.py``).
 
-Everything is written under a folder the test owns (``tmp_path``); nothing from the network, no BERT model.
+Everything is written under a folder the test owns (``tmp_path``); nothing from the network, no BERT model, no
+reference kit (the model config is the ``tiny_model_config`` fixture's).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PROBE_SCRIPT = Path(__file__).resolve().parent / "probe_run.py"
 SAMPLING_RATE = 22050
 ZH_INITIALS = ["b", "ch", "d", "g", "j", "l", "m", "sh", "x", "zh"]
 ZH_FINALS = ["a", "ai", "an", "en", "i", "ong", "ou", "u"]
@@ -71,9 +74,9 @@ def make_dataset(folder: Path, n_train: int = 4, n_val: int = 1, n_speakers: int
     return {"training_files": str(train_list), "validation_files": str(val_list)}
 
 
-def tiny_config(dev_config: dict, filelists: dict[str, str], **train: Any) -> dict:
-    """The kit's dev model config with a shorter segment, the tiny filelists and the given train settings."""
-    config = json.loads(json.dumps(dev_config))
+def tiny_config(model_config: dict, filelists: dict[str, str], **train: Any) -> dict:
+    """A copy of ``model_config`` with a shorter segment, the tiny filelists and the given train settings."""
+    config = json.loads(json.dumps(model_config))
     config["data"].update(filelists)
     config["train"].update(
         {
@@ -117,10 +120,14 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def train_command(files: dict[str, Path], *extra: str) -> list[str]:
+def train_command(files: dict[str, Path], *extra: str, probe: bool = False) -> list[str]:
+    """``python3 train_ms.py ...`` (or the same arguments through tests/probe_run.py) for a tiny CPU run."""
+    script = str(PROBE_SCRIPT) if probe else "train_ms.py"
+    return [sys.executable, script, *train_args(files, *extra)]
+
+
+def train_args(files: dict[str, Path], *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "train_ms.py",
         "-c",
         str(files["config"]),
         "-m",
@@ -137,11 +144,23 @@ def train_command(files: dict[str, Path], *extra: str) -> list[str]:
     ]
 
 
-def run_training(files: dict[str, Path], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def probe_env(probe_dir: Path | None, pause: str | None = None) -> dict[str, str]:
+    """The environment of a run, watched by tests/probe_run.py when ``probe_dir`` is given."""
+    env = subprocess_env()
+    if probe_dir is not None:
+        env["BV2_PROBE_DIR"] = str(probe_dir)
+    if pause is not None:
+        env["BV2_PROBE_PAUSE"] = pause
+    return env
+
+
+def run_training(
+    files: dict[str, Path], *extra: str, timeout: float = 900, probe_dir: Path | None = None
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        train_command(files, *extra),
+        train_command(files, *extra, probe=probe_dir is not None),
         cwd=REPO_ROOT,
-        env=subprocess_env(),
+        env=probe_env(probe_dir),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -151,16 +170,35 @@ def run_training(files: dict[str, Path], *extra: str, timeout: float = 600) -> s
     return result
 
 
-def start_training(files: dict[str, Path], *extra: str, log_path: Path) -> subprocess.Popen:
-    handle = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller via the process
-    return subprocess.Popen(
-        train_command(files, *extra),
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def start_training(
+    files: dict[str, Path], *extra: str, log_path: Path, probe_dir: Path | None = None, pause: str | None = None
+) -> subprocess.Popen:
+    """Start a run in its own session (so a signal can reach the whole process group), output to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - the child keeps its own copy
+    try:
+        return subprocess.Popen(
+            train_command(files, *extra, probe=probe_dir is not None),
+            cwd=REPO_ROOT,
+            env=probe_env(probe_dir, pause),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        handle.close()
+
+
+def wait_paused(probe_dir: Path, process: subprocess.Popen, rank: int = 0, timeout: float = 900) -> str:
+    """Wait until the probed run holds at its pause point; returns where (e.g. ``"infer"``)."""
+    marker = probe_dir / f"paused.{rank}"
+    wait_for(marker.exists, timeout=timeout, process=process, what=f"the pause ({marker})")
+    return json.loads(marker.read_text(encoding="utf-8"))["at"]
+
+
+def release(probe_dir: Path) -> None:
+    (probe_dir / "release").touch()
 
 
 def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None, what: str = "condition") -> None:
@@ -175,8 +213,12 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None,
 
 
 def kill(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the run's whole process group (torchrun and its workers alike) and reap it."""
     if process.poll() is None:
-        process.send_signal(sig)
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
     process.wait(timeout=120)
 
 
