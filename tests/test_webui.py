@@ -49,6 +49,35 @@ PARAMS = {"sdp_ratio": 0.3, "noise_scale": 0.4, "noise_scale_w": 0.7, "length_sc
 TWO_SENTENCES = "你好，世界。今天天气很好。"
 
 
+# Runs webui.py as __main__ with an audit hook that writes down every name lookup or connection that is not
+# loopback: the web UI must never reach outside this machine (no analytics, version check, fonts, downloads).
+LAUNCHER = """
+import runpy, sys
+
+LOG = sys.argv.pop(1)
+LOCAL = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "", "None"}
+
+
+def hook(event, args):
+    if event == "socket.getaddrinfo":
+        host = args[0]
+    elif event == "socket.connect" and isinstance(args[1], tuple):
+        host = args[1][0]
+    else:
+        return
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host not in LOCAL:
+        with open(LOG, "a", encoding="utf-8") as log:
+            log.write(f"{event} {host}\\n")
+
+
+sys.addaudithook(hook)
+sys.argv = ["webui.py", *sys.argv[1:]]
+sys.path[0] = "."  # as `python3 webui.py` from the repository root would have it
+runpy.run_path("webui.py", run_name="__main__")
+"""
+
+
 @dataclass(frozen=True)
 class TinyVoices:
     folder: Path
@@ -109,13 +138,13 @@ def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
 def webui_url(voices: TinyVoices) -> Iterator[str]:
     port = _free_port()
     log = voices.folder / "webui.log"
-    command = [sys.executable, "webui.py"]
+    launcher = voices.folder / "launch_webui.py"
+    launcher.write_text(LAUNCHER, encoding="utf-8")
+    command = [sys.executable, str(launcher), str(voices.folder / "outside.log")]
     for name, (checkpoint, config_path) in zip(("voice_a", "voice_b"), voices.models):
         command += ["--model", f"{name}={checkpoint}", "--config", str(config_path)]
     command += ["--bert-dir", f"ZH={voices.bert_dir}", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
-    # Any attempt to reach the outside world goes to a dead proxy; loopback stays direct.
-    env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    env.update(NO_PROXY="127.0.0.1,localhost", GRADIO_TEMP_DIR=str(voices.folder / "gradio-tmp"))
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(voices.folder / "gradio-tmp")}
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -274,6 +303,13 @@ def test_browser_generates_audio(browser, webui_url: str, tmp_path: Path) -> Non
     outside = [url for url in network if not url.startswith((webui_url, webui_url.replace("http", "ws", 1)))]
     assert any(url.startswith(webui_url) for url in network)
     assert outside == []
+
+
+def test_nothing_reaches_outside_loopback(webui_url: str, voices: TinyVoices) -> None:
+    """After start-up and the requests above, the server process has looked up or connected to no other host."""
+    outside = voices.folder / "outside.log"
+    assert not outside.exists(), outside.read_text(encoding="utf-8")
+    assert (voices.folder / "gradio-tmp").is_dir()  # the launcher really ran the web UI, with this environment
 
 
 # --------------------------------------------------------------------------------------------------------------
