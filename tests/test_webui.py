@@ -206,6 +206,12 @@ def test_api_pauses_and_model_choice(client) -> None:
     base, rate = _tts(client, TWO_SENTENCES, "voice_a", "spk1", sentence_pause=0.0)
     paused, _ = _tts(client, TWO_SENTENCES, "voice_a", "spk1", sentence_pause=0.5)
     assert paused.size - base.size == round(0.5 * rate)
+    two_lines = TWO_SENTENCES.replace("。", "。\n", 1)
+    lines, _ = _tts(client, two_lines, "voice_a", "spk1", sentence_pause=0.0, paragraph_pause=0.0)
+    lines_paused, _ = _tts(client, two_lines, "voice_a", "spk1", sentence_pause=0.0, paragraph_pause=0.7)
+    assert lines_paused.size - lines.size == round(0.7 * rate)
+    auto, _ = _tts(client, TWO_SENTENCES, "voice_a", "spk1", sentence_pause=0.0, language="auto")
+    np.testing.assert_array_equal(auto, base)  # Chinese text: "auto" finds ZH and speaks it the same way
     unsplit, _ = _tts(client, TWO_SENTENCES, "voice_a", "spk1", split=False)
     assert unsplit.size != paused.size
     other_model, _ = _tts(client, TWO_SENTENCES, "voice_b", "alice", sentence_pause=0.0)
