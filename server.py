@@ -170,7 +170,7 @@ def model_languages(synthesizer: infer.Synthesizer) -> list[str]:
 
 
 def normalize_language(language: str) -> str:
-    """ "zh" -> "ZH", "MIX" -> "mix"; unknown codes are returned unchanged (the model check names them)."""
+    """The canonical spelling of a language code ("zh" -> "ZH", "MIX" -> "mix"); unknown codes stay as given."""
     for code in LANGUAGE_CODES:
         if str(language).lower() == code.lower():
             return code
