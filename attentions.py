@@ -149,15 +149,15 @@ class MultiHeadAttention(nn.Module):
     def _relative_embeddings(self, embeddings: Tensor, length: int) -> Tensor:
         """Embeddings for relative offsets -(length-1) .. length-1; offsets beyond the window get zeros."""
         assert self.window_size is not None
-        pad = max(length - (self.window_size + 1), 0)
-        start = max((self.window_size + 1) - length, 0)
-        if pad > 0:
-            # Pad each head's [n, k] table and stack: F.pad's backward hands back a narrowed view of the padded
-            # gradient, and on the [1, n, k] parameter that view keeps the padded size as the stride of the
-            # size-1 head dim. Autograd accepts it, DDP's bucket views do not ("Grad strides do not match bucket
-            # view strides", then a copy every step); stack's backward gives a gradient laid out like the parameter.
-            embeddings = torch.stack([F.pad(head, (0, 0, pad, pad)) for head in embeddings.unbind(0)])
-        return embeddings[:, start : start + 2 * length - 1]  # [1|h, 2t-1, k]
+        # Zero rows for length-1 offsets beyond the window on each side, then the rows of offsets
+        # -(length-1)..length-1, which start at row window_size. One branch-free expression for every length,
+        # so that a traced graph (ONNX export) stays right for texts shorter or longer than the traced one.
+        # Each head's [n, k] table is padded and the tables stacked: F.pad's backward hands back a narrowed view
+        # of the padded gradient, and on the [1, n, k] parameter that view keeps the padded size as the stride of
+        # the size-1 head dim. Autograd accepts it, DDP's bucket views do not ("Grad strides do not match bucket
+        # view strides", then a copy every step); stack's backward gives a gradient laid out like the parameter.
+        padded = torch.stack([F.pad(head, (0, 0, length - 1, length - 1)) for head in embeddings.unbind(0)])
+        return padded[:, self.window_size : self.window_size + 2 * length - 1]  # [1|h, 2t-1, k]
 
     @staticmethod
     def _relative_to_absolute(x: Tensor) -> Tensor:

@@ -86,6 +86,15 @@ class InferenceLatents(NamedTuple):
     logs_p: Tensor
 
 
+class FramePrior(NamedTuple):
+    """The prior expanded from phones to frames (first half of ``infer``)."""
+
+    m_p: Tensor  # [b, inter, t_y]
+    logs_p: Tensor  # [b, inter, t_y]
+    y_mask: Tensor  # [b, 1, t_y]
+    attn: Tensor  # [b, 1, t_y, t_x]
+
+
 class InferenceOutput(NamedTuple):
     """``infer`` result; unpacks like the reference's ``(o, attn, y_mask, (z, z_p, m_p, logs_p))``."""
 
@@ -313,8 +322,10 @@ class StochasticDurationPredictor(nn.Module):
         w: Tensor | None = None,
         g: Tensor | None = None,
         reverse: bool = False,
-        noise_scale: float = 1.0,
+        noise_scale: float | Tensor = 1.0,
+        noise: Tensor | None = None,
     ) -> Tensor:
+        """``noise`` [b, 2, t] replaces the standard-normal draw of reverse mode (ONNX export, parity tests)."""
         # Duration training must not shape the text encoder or speaker embedding.
         x = self.pre(torch.detach(x))
         if g is not None:
@@ -322,7 +333,7 @@ class StochasticDurationPredictor(nn.Module):
         x = self.convs(x, x_mask)
         x = self.proj(x) * x_mask  # [b, filter, t]
         if reverse:
-            return self._sample_log_durations(x, x_mask, noise_scale)
+            return self._sample_log_durations(x, x_mask, noise_scale, noise)
         if w is None:
             raise ValueError("StochasticDurationPredictor needs durations w in forward mode (reverse=False)")
         return self._negative_log_likelihood(x, x_mask, w)
@@ -354,11 +365,15 @@ class StochasticDurationPredictor(nn.Module):
         nll = torch.sum(0.5 * (math.log(2 * math.pi) + (z**2)) * x_mask, [1, 2]) - logdet_tot
         return nll + logq  # [b]
 
-    def _sample_log_durations(self, x: Tensor, x_mask: Tensor, noise_scale: float) -> Tensor:
+    def _sample_log_durations(
+        self, x: Tensor, x_mask: Tensor, noise_scale: float | Tensor, noise: Tensor | None = None
+    ) -> Tensor:
         flows = list(reversed(self.flows))
         # The last flip before the affine layer only permutes the unused channel; the reference skips it.
         flows = flows[:-2] + [flows[-1]]
-        z = torch.randn(x.size(0), 2, x.size(2)).to(device=x.device, dtype=x.dtype) * noise_scale  # [b, 2, t]
+        if noise is None:
+            noise = torch.randn(x.size(0), 2, x.size(2)).to(device=x.device, dtype=x.dtype)
+        z = noise * noise_scale  # [b, 2, t]
         for flow in flows:
             z = flow(z, x_mask, g=x, reverse=True)
         z0, _ = torch.split(z, [1, 1], 1)
@@ -951,8 +966,47 @@ class SynthesizerTrn(nn.Module):
         """Synthesize. ``sdp_ratio`` mixes stochastic (1) and deterministic (0) durations; ``max_len`` caps
         the decoded frames; ``y`` is the reference spectrogram used when the model has no speaker table."""
         g = self._speaker_embedding(sid, y)  # [b, gin, 1]
+        prior = self.infer_frame_prior(
+            x,
+            x_lengths,
+            g,
+            tone,
+            language,
+            bert,
+            ja_bert,
+            en_bert,
+            length_scale=length_scale,
+            noise_scale_w=noise_scale_w,
+            sdp_ratio=sdp_ratio,
+        )
+        o, z, z_p = self.infer_decode(
+            prior.m_p, prior.logs_p, prior.y_mask, g, noise_scale=noise_scale, max_len=max_len
+        )
+        return InferenceOutput(o, prior.attn, prior.y_mask, InferenceLatents(z, z_p, prior.m_p, prior.logs_p))
+
+    def infer_frame_prior(
+        self,
+        x: Tensor,
+        x_lengths: Tensor,
+        g: Tensor,
+        tone: Tensor,
+        language: Tensor,
+        bert: Tensor,
+        ja_bert: Tensor,
+        en_bert: Tensor,
+        *,
+        length_scale: float | Tensor,
+        noise_scale_w: float | Tensor,
+        sdp_ratio: float | Tensor,
+        sdp_noise: Tensor | None = None,
+    ) -> FramePrior:
+        """First half of ``infer``: text encoder and durations, the prior expanded from phones to frames.
+
+        ``g`` is the speaker embedding [b, gin, 1]; ``sdp_noise`` [b, 2, t_x] replaces the stochastic duration
+        predictor's standard-normal draw (ONNX export and parity tests pass it explicitly).
+        """
         x, m_p, logs_p, x_mask = self.enc_p(x, x_lengths, tone, language, bert, ja_bert, en_bert, g=g)
-        logw = self.sdp(x, x_mask, g=g, reverse=True, noise_scale=noise_scale_w) * sdp_ratio + self.dp(
+        logw = self.sdp(x, x_mask, g=g, reverse=True, noise_scale=noise_scale_w, noise=sdp_noise) * sdp_ratio + self.dp(
             x, x_mask, g=g
         ) * (1 - sdp_ratio)  # [b, 1, t_x]
         w = torch.exp(logw) * x_mask * length_scale
@@ -964,10 +1018,28 @@ class SynthesizerTrn(nn.Module):
 
         m_p = torch.matmul(attn.squeeze(1), m_p.transpose(1, 2)).transpose(1, 2)  # [b, inter, t_y]
         logs_p = torch.matmul(attn.squeeze(1), logs_p.transpose(1, 2)).transpose(1, 2)
-        z_p = m_p + torch.randn_like(m_p) * torch.exp(logs_p) * noise_scale
+        return FramePrior(m_p, logs_p, y_mask, attn)
+
+    def infer_decode(
+        self,
+        m_p: Tensor,
+        logs_p: Tensor,
+        y_mask: Tensor,
+        g: Tensor,
+        *,
+        noise_scale: float | Tensor,
+        max_len: int | None = None,
+        prior_noise: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Second half of ``infer``: sample the frame prior, invert the flow, decode. Returns (o, z, z_p).
+
+        ``prior_noise`` [b, inter, t_y] replaces the standard-normal draw (ONNX export and parity tests).
+        """
+        noise = torch.randn_like(m_p) if prior_noise is None else prior_noise
+        z_p = m_p + noise * torch.exp(logs_p) * noise_scale
         z = self.flow(z_p, y_mask, g=g, reverse=True)
         o = self.dec((z * y_mask)[:, :, :max_len], g=g)  # [b, 1, t_y · hop]
-        return InferenceOutput(o, attn, y_mask, InferenceLatents(z, z_p, m_p, logs_p))
+        return o, z, z_p
 
 
 # --------------------------------------------------------------------------------------------------------------
