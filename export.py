@@ -1,20 +1,36 @@
-"""Write a generator-only inference file from a training checkpoint.
+"""Write a generator-only inference file from a training checkpoint: safetensors (torch) or ONNX.
 
     python export.py --model Data/models/G_8000.pth --config Data/config.json -o Data/models/G_8000.safetensors
+    python export.py --model Data/models/G_8000.pth --config Data/config.json -o Data/models/G_8000.onnx
 
 A training checkpoint holds the generator, its AdamW moments (twice the model's size) and the parts of the
 generator only training uses. The export keeps just what `SynthesizerTrn.infer` runs, folds weight norm into
 plain weights (unless `--keep-weight-norm`), and stores the model config in the safetensors metadata, so
 `infer.py` / `server.py` need nothing but this one file. Before writing, the exported weights are loaded into a
 fresh generator and checked to give the checkpoint's waveform on a probe input.
+
+`--format onnx` (the default for a `.onnx` output) writes the whole of `SynthesizerTrn.infer` as ONE ONNX graph
+(see onnx_infer.py for its inputs and outputs) with the config in the model's `metadata_props`. One graph rather
+than the reference's six (text encoder, speaker embedding, two duration predictors, flow, decoder): a single
+file to ship and keep consistent, and the length regulation between them stays inside the graph instead of
+being re-written in numpy by every runner; onnx_infer.py cuts it at the frame-prior tensors at load time
+because the frame noise can only be drawn once the durations are known. Tracing exporter (TorchScript,
+opset 17): the frame count depends on the predicted durations, which the tracer records as ordinary tensor
+ops, while the torch.export-based exporter needs every data-dependent size declared. The ONNX file is run by
+onnxruntime and checked against the torch generator (same noise) on a probe of another text length than the
+traced one before it is moved into place.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+import os
 import sys
+import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +44,10 @@ from config import ModelConfig
 logger = logging.getLogger(__name__)
 
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx"}
+ONNX_OPSET = 17
+# The ONNX export must reproduce the torch generator to this (max abs over the waveform), or it is not written.
+ONNX_TOLERANCE = 1e-3
 
 
 class ExportResult(NamedTuple):
@@ -132,11 +152,195 @@ def export_generator(
     return result
 
 
+class OnnxExportResult(NamedTuple):
+    path: Path
+    bytes_written: int
+    max_probe_difference: float
+
+
+class InferenceGraph(nn.Module):
+    """`SynthesizerTrn.infer` with explicit noise and tensor scales: the module the ONNX graph is traced from."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self,
+        x: Tensor,
+        x_lengths: Tensor,
+        sid: Tensor,
+        tone: Tensor,
+        language: Tensor,
+        bert: Tensor,
+        ja_bert: Tensor,
+        en_bert: Tensor,
+        sdp_noise: Tensor,
+        prior_noise: Tensor,
+        noise_scale: Tensor,
+        noise_scale_w: Tensor,
+        length_scale: Tensor,
+        sdp_ratio: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        g = self.net.emb_g(sid).unsqueeze(-1)  # [b, gin, 1]
+        prior = self.net.infer_frame_prior(
+            x,
+            x_lengths,
+            g,
+            tone,
+            language,
+            bert,
+            ja_bert,
+            en_bert,
+            length_scale=length_scale,
+            noise_scale_w=noise_scale_w,
+            sdp_ratio=sdp_ratio,
+            sdp_noise=sdp_noise,
+        )
+        o, _z, _z_p = self.net.infer_decode(
+            prior.m_p, prior.logs_p, prior.y_mask, g, noise_scale=noise_scale, prior_noise=prior_noise
+        )
+        return o, prior.m_p, prior.logs_p, prior.y_mask, g
+
+
+def _onnx_trace_inputs(net: nn.Module, config: dict[str, Any], n_vocab: int, length: int) -> tuple[Tensor, ...]:
+    """Example inputs in `onnx_infer.INPUT_NAMES` order; the frame noise is sized by running the durations."""
+    import onnx_infer
+
+    text = _probe_inputs(config, n_vocab, length)
+    generator = torch.Generator().manual_seed(1)
+    sdp_noise = torch.randn(1, 2, length, generator=generator)
+    scales = {"noise_scale": 0.667, "noise_scale_w": 0.8, "length_scale": 1.0, "sdp_ratio": 0.5}
+    with torch.no_grad():
+        g = net.emb_g(text["sid"]).unsqueeze(-1)
+        prior = net.infer_frame_prior(
+            *(text[name] for name in ("x", "x_lengths")),
+            g,
+            *(text[name] for name in ("tone", "language", "bert", "ja_bert", "en_bert")),
+            length_scale=scales["length_scale"],
+            noise_scale_w=scales["noise_scale_w"],
+            sdp_ratio=scales["sdp_ratio"],
+            sdp_noise=sdp_noise,
+        )
+    prior_noise = torch.randn(prior.m_p.shape, generator=generator)
+    values = {**text, "sdp_noise": sdp_noise, "prior_noise": prior_noise}
+    values.update({name: torch.tensor(value) for name, value in scales.items()})
+    return tuple(values[name] for name in onnx_infer.INPUT_NAMES)
+
+
+def _onnx_dynamic_axes() -> dict[str, dict[int, str]]:
+    text_axis = {name: {0: "batch", 1: "text"} for name in ("x", "tone", "language")}
+    feature_axis = {name: {0: "batch", 2: "text"} for name in ("bert", "ja_bert", "en_bert", "sdp_noise")}
+    frame_axis = {name: {0: "batch", 2: "frames"} for name in ("prior_noise", "m_p", "logs_p", "y_mask")}
+    return {
+        **text_axis,
+        **feature_axis,
+        **frame_axis,
+        "x_lengths": {0: "batch"},
+        "sid": {0: "batch"},
+        "g": {0: "batch"},
+        "waveform": {0: "batch", 2: "samples"},
+    }
+
+
+def _torchscript_exporter() -> dict[str, bool]:
+    """The keyword that picks the TorchScript exporter where torch.onnx.export has a choice (torch >= 2.5)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
+def _onnx_probe_difference(net: nn.Module, onnx_path: Path, config: dict[str, Any], n_vocab: int) -> float:
+    """Max abs waveform difference of onnxruntime vs torch on probes of lengths the trace did not see."""
+    import onnx_infer
+
+    runner = onnx_infer.OnnxGenerator(onnx_path)
+    scales = {"noise_scale": 0.667, "noise_scale_w": 0.8, "length_scale": 1.0, "sdp_ratio": 0.5}
+    difference = 0.0
+    for length in (13, 3):  # 3: shorter than the attention window, whose branch-free slicing must hold too
+        inputs = _probe_inputs(config, n_vocab, length)
+        # The runner draws its noise with torch in the generator's order, so equal seeds mean equal noise.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(length)
+            expected, _ = infer.infer_waveform(net, **inputs, **scales)
+            torch.manual_seed(length)
+            actual, _ = infer.infer_waveform(runner, **inputs, **scales)
+        if expected.shape != actual.shape:
+            raise RuntimeError(f"ONNX check failed: waveform shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+        difference = max(difference, float((expected - actual).abs().max()))
+    return difference
+
+
+def export_onnx(
+    model_path: str | Path, output_path: str | Path, config_path: str | Path | None = None, *, trace_length: int = 24
+) -> OnnxExportResult:
+    """Export the generator of `model_path` (a `G_*.pth` checkpoint or an export file) as one ONNX graph."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise RuntimeError(
+            f"ONNX export needs the onnx package ({error}): python3 -m pip install onnx onnxruntime"
+        ) from error
+    import onnx_infer
+
+    net, config = infer.load_generator(model_path, config_path, device="cpu", fold_weights=True)
+    if int(config["data"]["n_speakers"]) < 1:
+        raise ValueError("ONNX export needs a model with a speaker table (data.n_speakers >= 1)")
+    n_vocab = int(net.enc_p.emb.num_embeddings)
+    output = Path(output_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        graph = InferenceGraph(net).eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns about Python-level checks it records as constants (equal query/key lengths in
+            # self-attention, the spline's bin-width bounds): none of them depends on the input's length.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's; see the docstring
+            warnings.filterwarnings("ignore", message="Constant folding")  # a skipped optimisation, not an error
+            torch.onnx.export(
+                graph,
+                _onnx_trace_inputs(net, config, n_vocab, trace_length),
+                str(temporary),
+                input_names=list(onnx_infer.INPUT_NAMES),
+                output_names=list(onnx_infer.OUTPUT_NAMES),
+                dynamic_axes=_onnx_dynamic_axes(),
+                opset_version=ONNX_OPSET,
+                **_torchscript_exporter(),
+            )
+        model = onnx.load(str(temporary))
+        metadata = {
+            "format": onnx_infer.ONNX_FORMAT,
+            "config": json.dumps(config, ensure_ascii=False),
+            "n_vocab": str(n_vocab),
+            "noise": "sdp_noise [b,2,t] and prior_noise [b,inter,t_y] are standard normal; see onnx_infer.py",
+            "source": Path(model_path).name,
+        }
+        onnx.helper.set_model_props(model, metadata)
+        model.doc_string = "Bert-VITS2 2.3 SynthesizerTrn.infer (export.py --format onnx)"
+        onnx.save(model, str(temporary))
+        del model
+        difference = _onnx_probe_difference(net, temporary, config, n_vocab)
+        if difference > ONNX_TOLERANCE:
+            raise RuntimeError(f"ONNX check failed: onnxruntime and torch waveforms differ by up to {difference:.3g}")
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    result = OnnxExportResult(output, output.stat().st_size, difference)
+    logger.info("wrote %s: %.1f MB, probe difference %.2g", output, result.bytes_written / 1e6, difference)
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Export a Bert-VITS2 2.3 generator for inference (safetensors)")
+    parser = argparse.ArgumentParser(
+        description="Export a Bert-VITS2 2.3 generator for inference (safetensors or ONNX)"
+    )
     parser.add_argument("-m", "--model", required=True, help="G_*.pth training checkpoint")
     parser.add_argument("-c", "--config", help="its config.json (not needed when re-exporting an export file)")
-    parser.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors or .onnx file")
+    parser.add_argument(
+        "--format", choices=sorted(FORMATS), default=None, help="default: from the output file's extension"
+    )
     parser.add_argument("--keep-weight-norm", action="store_true", help="store weight_g/weight_v instead of folding")
     parser.add_argument("--dtype", default="float32", choices=sorted(EXPORT_DTYPES), help="storage precision")
     return parser
@@ -145,11 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.output.endswith(".safetensors"):
-        logger.error("the output file must end in .safetensors (infer.py recognises export files by it)")
+    output_format = args.format or ("onnx" if args.output.endswith(".onnx") else "safetensors")
+    if not args.output.endswith(FORMATS[output_format]):
+        logger.error(
+            "the output file must end in %s for --format %s (infer.py recognises export files by it)",
+            FORMATS[output_format],
+            output_format,
+        )
+        return 2
+    if output_format == "onnx" and (args.dtype != "float32" or args.keep_weight_norm):
+        logger.error("--dtype and --keep-weight-norm apply to safetensors exports only (ONNX is float32, folded)")
         return 2
     try:
-        export_generator(args.model, args.output, args.config, fold_weights=not args.keep_weight_norm, dtype=args.dtype)
+        if output_format == "onnx":
+            export_onnx(args.model, args.output, args.config)
+        else:
+            export_generator(
+                args.model, args.output, args.config, fold_weights=not args.keep_weight_norm, dtype=args.dtype
+            )
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         logger.error("%s", error)
         return 2

@@ -192,6 +192,11 @@ def load_generator(
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path} (a G_*.pth checkpoint or an export .safetensors)")
+    if path.suffix == ".onnx":
+        # export.py --format onnx: run by onnxruntime behind the same `infer(...)` call (onnx_infer.py).
+        import onnx_infer
+
+        return onnx_infer.load_onnx_generator(path, config_path, device=device)
     if path.suffix == ".safetensors":
         state, metadata = read_export_file(path)
         if config_path:
