@@ -203,7 +203,7 @@ class InferenceGraph(nn.Module):
         return o, prior.m_p, prior.logs_p, prior.y_mask, g
 
 
-def _onnx_trace_inputs(net: nn.Module, config: dict[str, Any], n_vocab: int, length: int) -> tuple[Tensor, ...]:
+def _onnx_trace_inputs(net: nn.Module, config: ModelConfig, n_vocab: int, length: int) -> tuple[Tensor, ...]:
     """Example inputs in `onnx_infer.INPUT_NAMES` order; the frame noise is sized by running the durations."""
     import onnx_infer
 
@@ -248,7 +248,7 @@ def _torchscript_exporter() -> dict[str, bool]:
     return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
-def _onnx_probe_difference(net: nn.Module, onnx_path: Path, config: dict[str, Any], n_vocab: int) -> float:
+def _onnx_probe_difference(net: nn.Module, onnx_path: Path, config: ModelConfig, n_vocab: int) -> float:
     """Max abs waveform difference of onnxruntime vs torch on probes of lengths the trace did not see."""
     import onnx_infer
 
@@ -282,7 +282,7 @@ def export_onnx(
     import onnx_infer
 
     net, config = infer.load_generator(model_path, config_path, device="cpu", fold_weights=True)
-    if int(config["data"]["n_speakers"]) < 1:
+    if config.data.n_speakers < 1:
         raise ValueError("ONNX export needs a model with a speaker table (data.n_speakers >= 1)")
     n_vocab = int(net.enc_p.emb.num_embeddings)
     output = Path(output_path)
@@ -311,7 +311,7 @@ def export_onnx(
         model = onnx.load(str(temporary))
         metadata = {
             "format": onnx_infer.ONNX_FORMAT,
-            "config": json.dumps(config, ensure_ascii=False),
+            "config": json.dumps(config.to_dict(), ensure_ascii=False),  # config.model_config_from_json reads it
             "n_vocab": str(n_vocab),
             "noise": "sdp_noise [b,2,t] and prior_noise [b,inter,t_y] are standard normal; see onnx_infer.py",
             "source": Path(model_path).name,

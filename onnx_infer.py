@@ -23,7 +23,6 @@ server and the web UI use either unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,6 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+
+import config as settings
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,9 @@ class OnnxGenerator:
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
         model = _load_model(self.path)
         self.metadata = {prop.key: prop.value for prop in model.metadata_props}
-        self.config: dict[str, Any] = json.loads(self.metadata["config"])
+        self.config = settings.model_config_from_json(self.metadata["config"], f"{self.path} (its metadata config)")
         self.n_vocab = int(self.metadata["n_vocab"])
-        self.inter_channels = int(self.config["model"]["inter_channels"])
+        self.inter_channels = self.config.model.inter_channels
         self.device = torch.device(device)
 
         options = onnxruntime.SessionOptions()
@@ -216,12 +217,12 @@ def load_onnx_generator(
     config_path: str | Path | None = None,
     device: str | torch.device = "cpu",
     threads: int | None = None,
-) -> tuple[OnnxGenerator, dict[str, Any]]:
+) -> tuple[OnnxGenerator, settings.ModelConfig]:
     """An `OnnxGenerator` and its config (from the file's metadata, or `config_path` when given)."""
     net = OnnxGenerator(path, device=device, threads=threads)
     if config_path is not None:
-        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-        if config.get("model") != net.config.get("model"):
+        config = settings.load_model_config(config_path)
+        if config.model.to_dict() != net.config.model.to_dict():
             raise ValueError(f"{config_path}: its model section differs from the one {path} was exported with")
         net.config = config
     return net, net.config
