@@ -38,9 +38,14 @@ OFFLINE_SCRIPT = textwrap.dedent(
     for language, sentence in [("ZH", "你好，世界。"), ("JP", "こんにちは、世界。"), ("EN", "Hello, world.")]:
         bert_dir = build_tiny_bert(work / language, language, texts=[sentence])
         norm_text, phones, tones, word2ph = clean_text(sentence, language, bert_dir=bert_dir)
-        features = get_bert(norm_text, word2ph, language, "cpu", bert_dir=str(bert_dir))
+        features = get_bert(norm_text, word2ph, language, "cpu", bert_dir=str(bert_dir), style_text=sentence)
         assert features.shape == (1024, len(phones)), (language, features.shape, len(phones))
         results[language] = len(phones)
+
+    # "auto" language identification: lingua's models ship inside its package.
+    from text.language_id import split_by_language
+    parts = split_by_language("我喜欢Python。私はコーヒーが好きです。")
+    assert [language for _, language in parts] == ["ZH", "EN", "JP"], parts
 
     wd = WavLMDiscriminator(32, 3, 16)
     loss = WavLMLoss(sys.argv[2], wd, 22050, 16000)
