@@ -42,6 +42,8 @@ STYLE_WEIGHT = (0.0, 1.0, 0.1, 0.7)
 SENTENCE_PAUSE = (0.0, 5.0, 0.1, 0.2)
 PARAGRAPH_PAUSE = (0.0, 10.0, 0.1, 1.0)
 DEFAULT_MAX_TEXT_LENGTH = 2000
+# Requests waiting for the model at most; more are refused ("queue full") instead of piling up without bound.
+DEFAULT_QUEUE_SIZE = 16
 # System font stacks: the default theme would load its fonts from Google's servers.
 SANS_FONTS = ("ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif")
 MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
@@ -235,7 +237,11 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
                     allow_custom_value=True,
                 )
                 language_box = gr.Dropdown(
-                    choices=list(LANGUAGE_CHOICES), value=language, label="Language", elem_id="language"
+                    choices=list(LANGUAGE_CHOICES),
+                    value=language,
+                    label="Language",
+                    info="mix: tagged text, [speaker]<zh>你好<en>hello|<jp>こんにちは; auto: identified per piece",
+                    elem_id="language",
                 )
                 sdp_ratio = _slider(gr, "SDP ratio", SDP_RATIO, "sdp_ratio")
                 noise_scale = _slider(gr, "Noise", NOISE_SCALE, "noise_scale")
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="device of --model models (default webui.device)")
     parser.add_argument("--language", default=None, help="language selected at start (default webui.language)")
     parser.add_argument("--max-text-length", type=int, default=DEFAULT_MAX_TEXT_LENGTH)
+    parser.add_argument(
+        "--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="requests that may wait; beyond: 'queue full'"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return parser
 
@@ -302,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = global_config.load_config(args.yml)
         webui = settings.webui
         specs = model_specs(args, settings)
+        for option, value in (("--queue-size", args.queue_size), ("--max-text-length", args.max_text_length)):
+            if value < 1:
+                raise ValueError(f"{option} must be >= 1, got {value}")
         if args.threads:
             import torch
 
@@ -311,17 +323,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
-    serve(app, args.host or webui.host, args.port or webui.port)
+    serve(app, args.host or webui.host, args.port or webui.port, args.queue_size)
     return 0
 
 
-def serve(app: Any, host: str, port: int) -> None:
+def serve(app: Any, host: str, port: int, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
     """Serve until interrupted: on `host` only, no share tunnel, no server-side rendering (it needs Node)."""
     import gradio as gr
 
     theme = gr.themes.Default(font=list(SANS_FONTS), font_mono=list(MONO_FONTS))
     logger.info("web UI on http://%s:%d", host, port)
-    app.queue(default_concurrency_limit=1).launch(
+    app.queue(default_concurrency_limit=1, max_size=queue_size).launch(
         server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, theme=theme
     )
 

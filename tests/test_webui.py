@@ -31,6 +31,7 @@ from models import build_generator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 240.0
+MAX_TEXT_LENGTH = 100
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
@@ -144,6 +145,7 @@ def webui_url(voices: TinyVoices) -> Iterator[str]:
     for name, (checkpoint, config_path) in zip(("voice_a", "voice_b"), voices.models):
         command += ["--model", f"{name}={checkpoint}", "--config", str(config_path)]
     command += ["--bert-dir", f"ZH={voices.bert_dir}", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
+    command += ["--max-text-length", str(MAX_TEXT_LENGTH), "--queue-size", "4"]
     env = {**os.environ, "GRADIO_TEMP_DIR": str(voices.folder / "gradio-tmp")}
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)
@@ -229,6 +231,10 @@ def test_api_reports_bad_input(client) -> None:
         _tts(client, "你好。", "voice_b", "spk1")
     with pytest.raises(AppError, match="text is empty"):
         _tts(client, "   ", "voice_a", "spk0")
+    with pytest.raises(AppError, match=f"101 characters long; the limit is {MAX_TEXT_LENGTH}"):
+        _tts(client, "你" * 101, "voice_a", "spk0")
+    with pytest.raises(AppError, match="mix text"):
+        _tts(client, "你好<en", "voice_a", "spk0", language="mix")
 
 
 def test_api_speaker_list_follows_the_model(client) -> None:
@@ -380,3 +386,7 @@ def test_command_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     with caplog.at_level(logging.ERROR):
         assert webui.main(["--yml", str(yml), "-m", str(tmp_path / "missing.pth"), "-c", "x.json"]) == 2
     assert "missing.pth" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert webui.main(["--yml", str(yml), "-m", "G_1.pth", "--queue-size", "0"]) == 2
+    assert "--queue-size must be >= 1, got 0" in caplog.text
