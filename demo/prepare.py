@@ -20,7 +20,6 @@ The BERT features come from tiny random models and carry no linguistic informati
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -85,16 +84,17 @@ def prepare(
     """Run every step into ``out_dir``; returns the number of problems the checker found (0 = ready)."""
     import bert_gen
     import check_dataset
+    import config
     import preprocess_text
     import resample
 
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
     shutil.copyfile(config_template, config_path)
-    data = json.loads(config_path.read_text(encoding="utf-8"))["data"]
+    data = config.load_model_config(config_path).data
 
     wav_dir = out_dir / "wavs"
-    jobs = resample.find_jobs(raw_dir, wav_dir, int(data["sampling_rate"]))
+    jobs = resample.find_jobs(raw_dir, wav_dir, data.sampling_rate)
     resample.resample_all(jobs, processes, show_progress=show_progress)
 
     rows = read_transcription(transcription)
@@ -115,15 +115,13 @@ def prepare(
         clean=True,
         bert_dirs=bert_dirs,
     )
-    settings = bert_gen.Settings(
-        add_blank=bool(data.get("add_blank", True)), device="cpu", bert_dirs=bert_dirs, force=False
-    )
+    settings = bert_gen.Settings(add_blank=data.add_blank, device="cpu", bert_dirs=bert_dirs, force=False)
     results = bert_gen.generate(bert_gen.read_jobs([str(train), str(val)]), settings, processes, show_progress)
     for result in results:
         if result.status == "error":
             logger.error("%s: %s", result.where, result.message)
 
-    hparams = json.loads(config_path.read_text(encoding="utf-8"))
+    hparams = config.load_model_config(config_path)  # now with the speaker table preprocess_text wrote
     problems = [p for f in (train, val) for p in check_dataset.check_filelist(f, hparams)]
     for problem in problems:
         logger.error("%s", problem)

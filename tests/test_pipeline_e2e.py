@@ -161,7 +161,10 @@ def test_preprocess_text_reports_bad_lines(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"data": {"spk2id": {"old": 0}}}), encoding="utf-8")
+    # A whole model config (preprocess_text validates it before and after filling in the speaker table).
+    template = json.loads((REPO_ROOT / "configs" / "demo.json").read_text(encoding="utf-8"))
+    template["data"].update(spk2id={"old": 0}, n_speakers=1)
+    config.write_text(json.dumps(template), encoding="utf-8")
     fake_clean = lambda text, lang: (text, ["_", "n", "i", "_"], [0, 3, 3, 0], [1, 2, 1])  # noqa: E731
     report = preprocess_text.preprocess(
         str(transcription),
