@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -369,6 +371,10 @@ def test_attribute_and_mapping_access_like_hparams():
     cfg.model_dir = "runs/x"
     assert cfg.data.setdefault("spec_cache", False) is False and cfg.data.setdefault("spec_cache", True) is False
     assert cfg.to_dict()["model_dir"] == "runs/x" and cfg.to_dict()["data"]["spec_cache"] is False
+    # What train_ms stores in G_*.pth and beside it reads back as the same settings; DataLoader workers and
+    # torch.save can pickle it.
+    assert config.model_config_from_dict(cfg.to_dict()) == cfg
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
     with pytest.raises(AttributeError, match="no setting 'learnig_rate'.*did you mean 'learning_rate'"):
         cfg.train.learnig_rate = 1e-3
 
@@ -510,12 +516,16 @@ def _bert_dir_values(cli: str, items: list[str]) -> list[str]:
         import infer
 
         return infer.build_parser().parse_args(["-m", "G.pth", "-t", "x", "-s", "s", "-o", "o.wav", *flags]).bert_dir
+    if cli == "webui":
+        import webui
+
+        return webui.build_parser().parse_args(flags).bert_dir
     import server
 
     return server.build_parser().parse_args(flags).bert_dir
 
 
-CLIS = ["bert_gen", "preprocess_text", "infer", "server"]
+CLIS = ["bert_gen", "preprocess_text", "infer", "server", "webui"]
 
 
 @pytest.mark.parametrize("cli", CLIS)
