@@ -1,4 +1,8 @@
-"""Global pipeline settings from ``config.yml`` as typed, validated dataclasses.
+"""Settings as typed, validated dataclasses: the global pipeline settings (``config.yml``) and the model config
+(Bert-VITS2's ``config.json``), plus the one device rule of every script (``resolve_device``).
+
+The model config: ``load_model_config(path)`` (or ``model_config_from_dict`` / ``model_config_from_json`` /
+``as_model_config`` for parsed data) returns a ``ModelConfig`` that every script reads; see its section below.
 
 ``load_config()`` reads the file named by its argument, else by the ``BV2_CONFIG`` environment variable, else
 ``config.yml`` in the working directory. Paths of the resample, preprocess_text, bert_gen and train_ms
