@@ -1121,3 +1121,31 @@ def check_trainable(config: ModelConfig) -> None:
         raise ValueError(f"{source}: 'data.n_speakers' must be > 0 when 'model.use_spk_conditioned_encoder' is true")
     if not config.data.training_files:
         raise ValueError(f"{source}: setting 'data.training_files' is empty (run preprocess_text.py)")
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key != "spk2id":  # the speaker table is one setting
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def changed_settings(old: ModelConfig | Mapping[str, Any], new: ModelConfig) -> list[tuple[str, Any, Any]]:
+    """``(dotted setting, old value, new value)`` for every setting that differs, in file order.
+
+    ``old`` may be the plain dict a checkpoint stored; it is validated first, so defaults compare as defaults
+    (an old config without ``data.unused_bert`` equals one that spells out "randn"). ``model_dir`` is left out:
+    it says where a run lives, not how it trains.
+    """
+    before = _flatten(as_model_config(old, "the stored config").to_dict())
+    after = _flatten(new.to_dict())
+    names = list(after) + [name for name in before if name not in after]
+    return [
+        (name, before.get(name), after.get(name))
+        for name in names
+        if name != "model_dir" and before.get(name) != after.get(name)
+    ]

@@ -566,3 +566,18 @@ def test_a_model_folder_given_as_root_is_an_error_with_the_fix(tmp_path):
         parse_bert_dirs([str(tmp_path / "absent")])
     with pytest.raises(ValueError, match="at most one ROOT"):
         parse_bert_dirs([str(tmp_path), str(tmp_path)])
+
+
+def test_changed_settings_names_what_differs_from_a_stored_config():
+    stored = _demo()  # as a checkpoint stores it: a plain dict, without the defaults spelled out
+    now = config.model_config_from_dict(_demo())
+    assert config.changed_settings(stored, now) == []
+    now.train.learning_rate = 1e-4
+    now.model.hidden_channels = 48
+    now.data.spk2id = {"spk0": 0, "spk1": 1, "spk2": 0}
+    now.model_dir = "elsewhere"
+    assert config.changed_settings(stored, now) == [
+        ("train.learning_rate", 2e-4, 1e-4),
+        ("data.spk2id", {"spk0": 0, "spk1": 1}, {"spk0": 0, "spk1": 1, "spk2": 0}),
+        ("model.hidden_channels", 32, 48),
+    ]
