@@ -677,6 +677,8 @@ class Synthesizer:
         code = check_request_language(language)
         if code == MIX:
             plan = join_plans(plan_parts(piece.parts, piece.speaker, split) for piece in parse_mix(text, speaker))
+        elif code == AUTO:  # "|" ends a piece, as in mix text (and the reference webui's auto mode)
+            plan = join_plans(plan_parts([(piece, AUTO)], speaker, split) for piece in text.split("|"))
         else:
             plan = plan_parts([(text, code)], speaker, split)
         return self._resolve_auto(plan)

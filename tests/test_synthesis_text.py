@@ -5,6 +5,7 @@ Everything runs on tiny random BERTs (text.tiny_bert) and needs neither the refe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,16 +81,23 @@ def test_style_weight_outside_unit_interval_is_rejected(tiny_dirs: dict[str, Pat
         get_bert(norm_text, word2ph, "ZH", "cpu", bert_dir=tiny_dirs["ZH"], style_text="开心", style_weight=1.5)
 
 
-def _synthesizer(tiny_dirs: dict[str, Path], unused_bert: str | None) -> infer.Synthesizer:
-    data = {"sampling_rate": 22050, "add_blank": True, "spk2id": {"a": 0, "b": 1}}
-    if unused_bert is not None:
-        data["unused_bert"] = unused_bert
-    return infer.Synthesizer(nn.Identity(), {"data": data}, bert_dirs=tiny_dirs)
+@pytest.fixture(scope="module")
+def make_synthesizer(tiny_dirs: dict[str, Path], tiny_model_config: dict):
+    """Synthesizers for text preparation only (no generator), with speakers a and b and a given regime."""
+
+    def make(unused_bert: str | None) -> infer.Synthesizer:
+        config = json.loads(json.dumps(tiny_model_config))
+        config["data"].update({"spk2id": {"a": 0, "b": 1}, "n_speakers": 2})
+        if unused_bert is not None:
+            config["data"]["unused_bert"] = unused_bert
+        return infer.Synthesizer(nn.Identity(), config, bert_dirs=tiny_dirs)
+
+    return make
 
 
 @pytest.mark.parametrize("unused_bert", ["zeros", "randn"])
-def test_two_parts_join_at_feature_level(tiny_dirs: dict[str, Path], unused_bert: str) -> None:
-    synthesizer = _synthesizer(tiny_dirs, unused_bert)
+def test_two_parts_join_at_feature_level(make_synthesizer, unused_bert: str) -> None:
+    synthesizer = make_synthesizer(unused_bert)
     parts = [("你好，世界", "ZH"), ("hello world", "EN")]
     joined = synthesizer.prepare_parts(parts, generator=torch.Generator().manual_seed(5))
     # The same parts prepared one by one, drawing the noise from the same generator in the same order.
@@ -117,11 +125,11 @@ def test_two_parts_join_at_feature_level(tiny_dirs: dict[str, Path], unused_bert
         assert abs(joined.ja_bert.std().item() - 1.0) < 0.05
 
 
-def test_synthesizer_reads_unused_bert_regime(tiny_dirs: dict[str, Path]) -> None:
-    assert _synthesizer(tiny_dirs, None).unused_bert == "randn"  # the reference's configs have no such key
-    assert _synthesizer(tiny_dirs, "zeros").unused_bert == "zeros"
-    with pytest.raises(ValueError, match=r"data.unused_bert must be one of 'randn', 'zeros', got 'noise'"):
-        _synthesizer(tiny_dirs, "noise")
+def test_synthesizer_reads_unused_bert_regime(make_synthesizer) -> None:
+    assert make_synthesizer(None).unused_bert == "randn"  # the reference's configs have no such key
+    assert make_synthesizer("zeros").unused_bert == "zeros"
+    with pytest.raises(ValueError, match=r"unused_bert.*'noise'"):
+        make_synthesizer("noise")
 
 
 def test_parse_mix() -> None:
@@ -163,11 +171,15 @@ def test_plan_parts_splits_paragraphs_sentences_and_keeps_runs_together() -> Non
     assert whole == [[infer.Utterance("a", (("你好。今天", "ZH"), ("hello!", "EN")))]]
 
 
-def test_synthesizer_plans_mix_and_auto(tiny_dirs: dict[str, Path]) -> None:
-    synthesizer = _synthesizer(tiny_dirs, "zeros")
+def test_synthesizer_plans_mix_and_auto(make_synthesizer) -> None:
+    synthesizer = make_synthesizer("zeros")
     plan = synthesizer.plan("我喜欢Python。私はコーヒーが好きです。", "a", "AUTO")
     assert [[u.parts for u in paragraph] for paragraph in plan] == [
         [(("我喜欢", "ZH"), ("Python。", "EN")), (("私はコーヒーが好きです。", "JP"),)]
+    ]
+    plan = synthesizer.plan("我喜欢Python|私は", "a", "auto", split=False)
+    assert plan == [
+        [infer.Utterance("a", (("我喜欢", "ZH"), ("Python", "EN"))), infer.Utterance("a", (("私は", "JP"),))]
     ]
     plan = synthesizer.plan("[b]<zh>你好<en>hello|<jp>こんにちは", "a", "Mix")
     assert plan == [
