@@ -72,7 +72,7 @@ def test_randn_items_are_seeded_by_seed_epoch_and_index(filelist: str) -> None:
 def test_zeros_regime_and_bad_value(filelist: str) -> None:
     item = TextAudioSpeakerLoader(filelist, dict(DATA, unused_bert="zeros"))[EpochIndex(1, 3)]
     assert item.bert.any() and not item.ja_bert.any() and not item.en_bert.any()
-    with pytest.raises(ValueError, match=r"data.unused_bert must be one of 'randn', 'zeros', got 'Zeros'"):
+    with pytest.raises(ValueError, match=r"data.unused_bert' must be one of 'randn', 'zeros', got 'Zeros'"):
         TextAudioSpeakerLoader(filelist, dict(DATA, unused_bert="Zeros"))
 
 
