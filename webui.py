@@ -66,9 +66,6 @@ class VoiceService:
         except KeyError as error:
             raise ValueError(error.args[0]) from error
 
-    def speakers(self, name: str) -> list[str]:
-        return self.model(name).synthesizer.speakers
-
     def synthesize(
         self,
         text: str,
@@ -215,9 +212,13 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
             raise gr.Error(str(error)) from error
         return (sampling_rate, samples), audio_player_html(sampling_rate, samples)
 
-    def speakers_of(model: str) -> Any:
-        speakers = service.speakers(model)
-        return gr.Dropdown(choices=speakers, value=speakers[0] if speakers else None)
+    def model_chosen(model: str) -> tuple[Any, Any]:
+        """The chosen model's speakers, and its default language."""
+        loaded = service.model(model)
+        speakers = loaded.synthesizer.speakers
+        return gr.Dropdown(choices=speakers, value=speakers[0] if speakers else None), gr.Dropdown(
+            value=loaded.spec.language
+        )
 
     with gr.Blocks(title="Bert-VITS2 2.3", analytics_enabled=False) as app:
         gr.Markdown("## Bert-VITS2 2.3 text to speech")
@@ -264,7 +265,7 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
                 # hidden, is what API clients get: a WAV file.
                 player = gr.HTML(label="Audio", elem_id="audio")
                 audio = gr.Audio(label="Audio file", type="numpy", interactive=False, visible=False)
-        model.change(speakers_of, inputs=model, outputs=speaker, api_name="speakers")
+        model.change(model_chosen, inputs=model, outputs=[speaker, language_box], api_name="speakers")
         inputs = [text, model, speaker, language_box, sdp_ratio, noise_scale, noise_scale_w, length_scale]
         inputs += [style_text, style_weight, split, sentence_pause, paragraph_pause, seed]
         button.click(generate, inputs=inputs, outputs=[audio, player], api_name="tts", concurrency_limit=1)

@@ -238,8 +238,9 @@ def test_api_reports_bad_input(client) -> None:
 
 
 def test_api_speaker_list_follows_the_model(client) -> None:
-    update = client.predict("voice_b", api_name="/speakers")
-    assert update["value"] == "alice" and [choice[0] for choice in update["choices"]] == ["alice", "bob", "carol"]
+    speakers, language = client.predict("voice_b", api_name="/speakers")
+    assert speakers["value"] == "alice" and [choice[0] for choice in speakers["choices"]] == ["alice", "bob", "carol"]
+    assert language["value"] == "ZH"
 
 
 def _browser_or_skip() -> None:
@@ -250,6 +251,16 @@ def _browser_or_skip() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + "; under CI the browser test is required")
     pytest.skip(message)
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_outside(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no-chromium not installed.*under CI the browser test is required"):
+        _browser_or_skip()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium chromium-driver"):
+        _browser_or_skip()
 
 
 @pytest.fixture()
