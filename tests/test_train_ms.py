@@ -1,22 +1,23 @@
 """train_ms.py: the loss terms of one iteration against the reference kit, the step's bookkeeping, and a real
-short training run (checkpoints, TensorBoard events, log file, evaluation audio)."""
+short training run through the command line whose TensorBoard values are checked (learning rate per epoch, the
+totals as sums of their terms, finite scalars, evaluation audio)."""
 
 from __future__ import annotations
 
-import signal
+import io
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 from tensorboard.backend.event_processing import event_accumulator
 from train_tiny import (
-    load_model,
     make_dataset,
-    read_jsonl,
     run_training,
-    start_training,
     tiny_config,
-    wait_for,
     write_run_files,
 )
 
@@ -141,10 +142,10 @@ def test_iteration_loss_terms_match_reference(golden, golden_trainer, dev_config
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, dev_config) -> dict:
+def tiny(tmp_path_factory, tiny_train_config) -> dict:
     """A tiny-config trainer, its first batch, and its as-built state (tests restore it before use)."""
     folder = tmp_path_factory.mktemp("tiny")
-    hps = utils.HParams(**tiny_config(dev_config, make_dataset(folder / "data")))
+    hps = utils.HParams(**tiny_config(tiny_train_config, make_dataset(folder / "data")))
     hps.model_dir = str(folder / "models")
     torch.manual_seed(1)
     trainer = train_ms.build_trainer(hps, CPU)
@@ -252,10 +253,13 @@ def test_nonfinite_audio_skips_the_updates_it_poisons(tiny):
         assert all(torch.isfinite(v).all() for v in part.raw.state_dict().values()), part.prefix
 
 
-def test_frozen_bert_projection_is_not_trained(dev_config):
+def test_frozen_bert_projection_is_not_trained(tiny_model_config):
     hps = utils.HParams(
         **tiny_config(
-            dev_config, {"training_files": "t", "validation_files": "v"}, freeze_ZH_bert=True, freeze_EN_bert=True
+            tiny_model_config,
+            {"training_files": "t", "validation_files": "v"},
+            freeze_ZH_bert=True,
+            freeze_EN_bert=True,
         )
     )
     trainer = train_ms.build_trainer(hps, CPU)
@@ -305,11 +309,13 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
     )
 
 
-def test_config_errors_name_the_setting(dev_config):
-    config = tiny_config(dev_config, {"training_files": "t", "validation_files": "v"}, segment_size=4000)
+def test_config_errors_name_the_setting(tiny_model_config):
+    config = tiny_config(tiny_model_config, {"training_files": "t", "validation_files": "v"}, segment_size=4000)
     with pytest.raises(ValueError, match=r"train.segment_size \(4000\).*data.hop_length \(256\)"):
         train_ms.validate_hparams(utils.HParams(**config))
-    config = tiny_config(dev_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True, fp16_run=True)
+    config = tiny_config(
+        tiny_model_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True, fp16_run=True
+    )
     with pytest.raises(ValueError, match="bf16_run and train.fp16_run"):
         train_ms.resolve_amp_dtype(utils.HParams(**config).train, torch.device("cuda"))
     assert (
@@ -352,74 +358,129 @@ def _events(folder: Path) -> event_accumulator.EventAccumulator:
     return accumulator
 
 
-def test_tiny_run_writes_checkpoints_events_and_log(tmp_path, dev_config):
-    """20 steps with evaluation every 10: checkpoints of all four nets, every scalar tag, the images, the
-    evaluation audio (with and without SDP), train.log and the resolved config."""
-    filelists = make_dataset(tmp_path / "data")
-    config = tiny_config(dev_config, filelists, log_interval=10, eval_interval=10)
-    files = write_run_files(tmp_path / "run", config)
-    run_training(files, "--max-steps", "20")
+RUN_STEPS = 6  # 4 clips, batch 2, one rank: 2 batches per epoch, so 3 epochs
+RUN_EVAL_INTERVAL = 3
 
+
+def _epoch_of_step(step: int) -> int:
+    return (step + 1) // 2
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_train_config) -> dict:
+    """RUN_STEPS steps through the command line, logging every step and evaluating every RUN_EVAL_INTERVAL."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    filelists = make_dataset(root / "data")
+    config = tiny_config(tiny_train_config, filelists, log_interval=1, eval_interval=RUN_EVAL_INTERVAL)
+    files = write_run_files(root / "run", config)
+    run_training(files, "--max-steps", str(RUN_STEPS))
     model_dir = files["model_dir"]
-    for prefix in ("G", "D", "WD", "DUR"):
-        for step in (10, 20):
-            assert (model_dir / f"{prefix}_{step}.pth").is_file(), f"{prefix}_{step}.pth missing"
-    g20 = torch.load(model_dir / "G_20.pth", map_location="cpu", weights_only=True)
-    assert list(g20)[:4] == list(utils.CLASSIC_CHECKPOINT_KEYS)
-    assert g20["train_state"]["step"] == 20
-    # 4 clips, batch 2, one rank: 2 batches per epoch, so step 20 is the last batch of epoch 10.
-    assert (g20["train_state"]["epoch"], g20["train_state"]["batch_in_epoch"]) == (10, 2)
-    assert g20["iteration"] == g20["train_state"]["epoch"]
+    return {
+        "files": files,
+        "filelists": filelists,
+        "config": config,
+        "train": _events(model_dir),
+        "eval": _events(model_dir / "eval"),
+    }
 
-    train = _events(model_dir)
-    tags = train.Tags()
-    missing = [tag for tag in SCALAR_TAGS if tag not in tags["scalars"]]
-    assert not missing, f"scalar tags missing: {missing}"
-    assert [e.step for e in train.Scalars("loss/g/total")] == [10, 20]
-    assert {"slice/mel_org", "slice/mel_gen", "all/mel", "all/attn"} <= set(tags["images"])
-    evaluation = _events(model_dir / "eval")
-    eval_tags = evaluation.Tags()
-    assert {"gen/audio_0_True", "gen/audio_0_False", "gt/audio_0"} <= set(eval_tags["audio"])
-    assert {"gen/mel_0", "gt/mel_0"} <= set(eval_tags["images"])
-    assert [e.step for e in evaluation.Audio("gt/audio_0")] == [10, 20]
+
+def test_tiny_run_writes_checkpoints_log_and_config(tiny_run):
+    model_dir = tiny_run["files"]["model_dir"]
+    for prefix in ("G", "D", "WD", "DUR"):
+        for step in (RUN_EVAL_INTERVAL, RUN_STEPS):
+            assert (model_dir / f"{prefix}_{step}.pth").is_file(), f"{prefix}_{step}.pth missing"
+    g = torch.load(model_dir / f"G_{RUN_STEPS}.pth", map_location="cpu", weights_only=True)
+    assert list(g)[:4] == list(utils.CLASSIC_CHECKPOINT_KEYS)
+    state = g["train_state"]
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (RUN_STEPS, _epoch_of_step(RUN_STEPS), 2)
+    assert g["iteration"] == state["epoch"]
 
     log = (model_dir / "train.log").read_text(encoding="utf-8")
-    assert "Train Epoch" in log and "step 20" in log
-    saved = utils.get_hparams_from_file(model_dir / "config.json")
-    assert saved.train.eval_interval == 10 and saved.data.training_files == filelists["training_files"]
+    assert "Train Epoch" in log and f"step {RUN_STEPS}" in log
+    saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    assert saved["train"]["eval_interval"] == RUN_EVAL_INTERVAL
+    assert saved["data"]["training_files"] == tiny_run["filelists"]["training_files"]
 
 
-def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tmp_path, dev_config):
-    filelists = make_dataset(tmp_path / "data")
-    files = write_run_files(tmp_path / "run", tiny_config(dev_config, filelists, eval_interval=1000))
-    dump = tmp_path / "dump"
+def _scalars(events: event_accumulator.EventAccumulator, tag: str) -> dict[int, float]:
+    return {event.step: event.value for event in events.Scalars(tag)}
 
-    def steps() -> list[dict]:
-        path = dump / "rank0.jsonl"
-        return [r for r in read_jsonl(path) if r["event"] == "step"] if path.exists() else []
 
-    process = start_training(files, "--max-steps", "1000", "--debug-dump", str(dump), log_path=tmp_path / "out.log")
-    try:
-        wait_for(lambda: len(steps()) >= 1, timeout=600, process=process, what="a training step")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=300) == 0, (tmp_path / "out.log").read_text()[-4000:]
-    finally:
-        if process.poll() is None:
-            process.kill()
-    last = steps()[-1]["step"]
-    g_path = files["model_dir"] / f"G_{last}.pth"
-    assert g_path.is_file(), sorted(p.name for p in files["model_dir"].iterdir())
-    assert torch.load(g_path, map_location="cpu", weights_only=True)["train_state"]["step"] == last
-    assert "received SIGTERM" in (tmp_path / "out.log").read_text()
-    assert load_model(g_path)  # loadable, complete
+def test_tiny_run_logs_every_scalar_at_every_step_and_all_are_finite(tiny_run):
+    train = tiny_run["train"]
+    tags = train.Tags()["scalars"]
+    missing = [tag for tag in SCALAR_TAGS if tag not in tags]
+    assert not missing, f"scalar tags missing: {missing}"
+    for tag in tags:
+        values = _scalars(train, tag)
+        assert sorted(values) == list(range(1, RUN_STEPS + 1)), f"{tag}: steps {sorted(values)}"
+        assert all(math.isfinite(v) for v in values.values()), f"{tag}: {values}"
+    assert {"slice/mel_org", "slice/mel_gen", "all/mel", "all/attn"} <= set(train.Tags()["images"])
+
+
+def test_tiny_run_learning_rate_decays_once_per_epoch(tiny_run):
+    """learning_rate at every step is lr * lr_decay ** (epoch - 1) (float32 in the event file)."""
+    train_settings = tiny_run["config"]["train"]
+    lr, decay = train_settings["learning_rate"], train_settings["lr_decay"]
+    for step, value in _scalars(tiny_run["train"], "learning_rate").items():
+        expected = lr * decay ** (_epoch_of_step(step) - 1)
+        assert value == pytest.approx(expected, rel=1e-6), f"step {step}: {value} vs {expected}"
+
+
+def test_tiny_run_totals_are_the_sums_of_their_terms(tiny_run):
+    """loss/g/total is the sum of the generator's terms; the discriminators' totals sum their per-scale terms."""
+    train = tiny_run["train"]
+    scalars = {tag: _scalars(train, tag) for tag in train.Tags()["scalars"]}
+    g_terms = ["fm", "mel", "dur", "kl", "lm", "lm_gen", "dur_gen", *map(str, range(6))]
+    sums = {
+        "loss/g/total": [f"loss/g/{term}" for term in g_terms],
+        "loss/g/dur_gen": ["loss/g/dur_gen_0", "loss/g/dur_gen_1"],
+        "loss/d/total": [f"loss/d_{kind}/{i}" for kind in ("r", "g") for i in range(6)],
+        "loss/dur_disc/total": [f"loss/dur_disc_{kind}/{i}" for kind in ("r", "g") for i in range(2)],
+    }
+    for total, terms in sums.items():
+        for step in range(1, RUN_STEPS + 1):
+            parts = sum(scalars[term][step] for term in terms)
+            assert scalars[total][step] == pytest.approx(parts, rel=1e-5, abs=1e-5), f"{total} at step {step}"
+
+
+def _decoded(event) -> tuple[np.ndarray, int]:
+    samples, rate = soundfile.read(io.BytesIO(event.encoded_audio_string), dtype="float32")
+    return samples, rate
+
+
+def test_tiny_run_evaluation_audio_has_the_expected_length_and_is_not_silent(tiny_run):
+    """At each evaluation: the ground truth is the validation clip itself, and both syntheses (with and without
+    the stochastic duration predictor) are finite, not silent, and whole frames long."""
+    evaluation = tiny_run["eval"]
+    hop = tiny_run["config"]["data"]["hop_length"]
+    sampling_rate = tiny_run["config"]["data"]["sampling_rate"]
+    assert {"gen/mel_0", "gt/mel_0"} <= set(evaluation.Tags()["images"])
+    clip_path = Path(tiny_run["filelists"]["validation_files"]).read_text(encoding="utf-8").split("|")[0]
+    clip, clip_rate = soundfile.read(clip_path, dtype="float32")
+    assert clip_rate == sampling_rate
+    evals = [step for step in range(1, RUN_STEPS + 1) if step % RUN_EVAL_INTERVAL == 0]
+    for tag in ("gt/audio_0", "gen/audio_0_True", "gen/audio_0_False"):
+        events = evaluation.Audio(tag)
+        assert [e.step for e in events] == evals, tag
+        for event in events:
+            samples, rate = _decoded(event)
+            assert rate == sampling_rate and samples.ndim == 1, tag
+            assert np.isfinite(samples).all() and np.abs(samples).max() > 1e-3 and samples.std() > 1e-4, tag
+            if tag == "gt/audio_0":
+                # The clip's samples (16-bit in both files), cut to whole frames at most.
+                assert len(clip) - hop < len(samples) <= len(clip), (len(samples), len(clip))
+                np.testing.assert_allclose(samples, clip[: len(samples)], atol=2 / 32768)
+            else:
+                assert len(samples) % hop == 0 and hop <= len(samples) <= 1000 * hop, (tag, len(samples))
 
 
 @pytest.mark.slow
-def test_longer_run_lowers_the_mel_loss(tmp_path, dev_config):
+def test_longer_run_lowers_the_mel_loss(tmp_path, tiny_train_config):
     """80 steps on the four tiny clips: the mel reconstruction loss of the last steps is clearly below that of
     the first ones."""
     filelists = make_dataset(tmp_path / "data")
-    config = tiny_config(dev_config, filelists, log_interval=1, eval_interval=1000)
+    config = tiny_config(tiny_train_config, filelists, log_interval=1, eval_interval=1000)
     files = write_run_files(tmp_path / "run", config)
     run_training(files, "--max-steps", "80", timeout=3600)
     mel = [event.value for event in _events(files["model_dir"]).Scalars("loss/g/mel")]
