@@ -578,11 +578,13 @@ class Generator(nn.Module):
             stage = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             xs = stage[0](x)
             for block in stage[1:]:
-                xs = xs + block(x)
-            x = xs / self.num_kernels
+                # Summed in place into the first block's fresh output (no new [b, c, t] buffer per block); the
+                # add's backward needs no values. A block that returned its input unchanged is not summed into.
+                xs = xs.add_(block(x)) if xs is not x else xs + block(x)
+            x = xs.div_(self.num_kernels) if xs is not x else xs / self.num_kernels
         x = F.leaky_relu(x)  # default slope 0.01 here, as in the reference
         x = self.conv_post(x)  # [b, 1, t_wav]
-        return torch.tanh(x)
+        return torch.tanh_(x)  # in place on the fresh conv output (tanh's backward uses its result)
 
     def remove_weight_norm(self) -> None:
         """Fold weight norm into plain weights (for inference / export)."""

@@ -216,10 +216,11 @@ class ResBlock1(nn.Module):
     def forward(self, x: Tensor, x_mask: Tensor | None = None) -> Tensor:
         """x [b, c, t], x_mask [b, 1, t] or None -> [b, c, t]."""
         for c1, c2 in zip(self.convs1, self.convs2):
-            xt = _masked(F.leaky_relu(x, LRELU_SLOPE), x_mask)
-            xt = c1(xt)
-            xt = _masked(F.leaky_relu(xt, LRELU_SLOPE), x_mask)
-            x = c2(xt) + x
+            xt = c1(_masked(F.leaky_relu(x, LRELU_SLOPE), x_mask))
+            # In place on the fresh convolution outputs, saving two [b, c, t] buffers per step (the decoder's
+            # largest tensors); a convolution's backward needs its input and weight, not its output.
+            xt = c2(_masked(F.leaky_relu_(xt, LRELU_SLOPE), x_mask))
+            x = xt.add_(x)
         return _masked(x, x_mask)
 
     def remove_weight_norm(self) -> None:
@@ -246,7 +247,7 @@ class ResBlock2(nn.Module):
         """x [b, c, t], x_mask [b, 1, t] or None -> [b, c, t]."""
         for conv in self.convs:
             xt = _masked(F.leaky_relu(x, LRELU_SLOPE), x_mask)
-            x = conv(xt) + x
+            x = conv(xt).add_(x)  # in place on the fresh convolution output, as in ResBlock1
         return _masked(x, x_mask)
 
     def remove_weight_norm(self) -> None:
