@@ -1,13 +1,24 @@
-"""Real-time factor of generator inference on CPU, with the official model size.
+"""Real-time factor of generator inference on CPU, with the official model size: ours (torch), a
+reference-like torch variant and onnxruntime, side by side in one run.
 
-    python bench/infer.py [--config configs/config.json] [--seconds 5] [--repeats 3] [--threads N]
+    python bench/infer.py [--config configs/config.json] [--seconds 1.6] [--repeats 5] [--threads 1] [--no-onnx]
 
 What is measured: `SynthesizerTrn.infer` (text encoder, both duration predictors, flow, decoder) for one
 utterance of about `--seconds` of audio, built from the official config (random weights, weight norm folded as
-infer.py does). What is not: the text front end and BERT. The BERT features are random tensors of the right
-shape [1, 1024, T] and the phone ids are random (with blanks), because neither the real BERT models nor a
-trained model are available offline. An untrained duration predictor gives about one frame per id, so the
-length scale is calibrated once to make the output about `--seconds` long; RTF = compute time / audio time.
+infer.py does), run three ways on the same weights, inputs and noise:
+
+* `torch (ours)`: `infer.infer_waveform` on our generator;
+* `torch (reference-like)`: the same net with attention and decoder run the reference's way
+  (bench/reference_like.py says exactly what differs);
+* `onnxruntime`: the generator exported by `export.export_onnx` (to a temporary folder) and run by
+  onnx_infer.py, with as many intra-op threads as torch.
+
+The variants are interleaved repeat by repeat, so machine load hits them alike. RTF = compute time / audio
+time, from wall-clock time and from this process's CPU time (less disturbed by other processes on a shared
+machine; with one thread it is the compute itself). What is not measured: the text front end and BERT. The BERT
+features are random tensors of the right shape [1, 1024, T] and the phone ids are random (with blanks), because
+neither the real BERT models nor a trained model are available offline. An untrained duration predictor gives
+about one frame per id, so the length scale is calibrated once to make the output about `--seconds` long.
 """
 
 from __future__ import annotations
@@ -17,8 +28,11 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import infer  # noqa: E402  (the repository root is put on the path just above)
+from bench.reference_like import reference_like  # noqa: E402
 from models import build_generator  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -36,6 +51,7 @@ OFFICIAL_CONFIG_CANDIDATES = (
 )
 # Spoken Mandarin runs at roughly 4-5 characters a second, i.e. ~9 phones; with blanks ~19 ids per second.
 IDS_PER_SECOND = 19
+SCALES = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8}
 
 
 def _find_config(path: str | None) -> Path:
@@ -71,57 +87,107 @@ def _inputs(n_ids: int, n_vocab: int) -> dict[str, torch.Tensor]:
     }
 
 
+class Timing(NamedTuple):
+    wall: float
+    cpu: float
+    audio: float
+
+
+def _run(net: Any, inputs: dict[str, torch.Tensor], sampling_rate: int, length_scale: float) -> tuple[Timing, Any]:
+    torch.manual_seed(0)  # the same noise every run and variant, so every run makes the same number of frames
+    wall, cpu = time.perf_counter(), time.process_time()
+    o, _ = infer.infer_waveform(net, **inputs, **SCALES, length_scale=length_scale)
+    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu, o.shape[-1] / sampling_rate)
+    return timing, o
+
+
+def _calibrate(net: Any, inputs: dict[str, torch.Tensor], sampling_rate: int, seconds: float) -> float:
+    # ceil() of the durations makes the length only roughly proportional to the scale: a few correction steps.
+    length_scale = 1.0
+    for _ in range(4):
+        timing, _ = _run(net, inputs, sampling_rate, length_scale)
+        if abs(timing.audio - seconds) < 0.05 * seconds:
+            break
+        length_scale *= seconds / timing.audio
+    return length_scale
+
+
+def _export_onnx(config: dict, state: dict[str, torch.Tensor], folder: Path) -> Path:
+    import export
+
+    config_path, checkpoint, output = folder / "config.json", folder / "G_0.pth", folder / "voice.onnx"
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    torch.save({"model": state}, checkpoint)  # as training writes it (weight norm not folded)
+    start = time.perf_counter()
+    result = export.export_onnx(checkpoint, output, config_path)
+    logger.info("ONNX export: %.1f MB in %.0f s", result.bytes_written / 1e6, time.perf_counter() - start)
+    return output
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="model config (default: configs/config.json, else the kit's)")
     parser.add_argument("--speakers", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=5.0, help="target audio length")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seconds", type=float, default=1.6, help="target audio length")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime CPU threads")
+    parser.add_argument("--no-onnx", action="store_true", help="time the two torch variants only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(1234)
 
     config_path = _find_config(args.config)
     config = _config_with_speakers(config_path, args.speakers)
     sampling_rate = config["data"]["sampling_rate"]
     net = build_generator(config, for_training=False)
+    checkpoint_state = {key: value.clone() for key, value in net.state_dict().items()}
     infer.fold_weight_norm(net)
     n_params = sum(p.numel() for p in net.parameters())
     inputs = _inputs(max(int(args.seconds * IDS_PER_SECOND), 3), net.enc_p.emb.num_embeddings)
-    scales = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8}
 
-    def run(length_scale: float) -> tuple[float, float]:
-        torch.manual_seed(0)  # the same noise every run, so every run makes the same number of frames
-        start = time.perf_counter()
-        o, _ = infer.infer_waveform(net, **inputs, **scales, length_scale=length_scale)
-        return time.perf_counter() - start, o.shape[-1] / sampling_rate
+    with tempfile.TemporaryDirectory() as folder:
+        variants: dict[str, Callable[[float], tuple[Timing, Any]]] = {
+            "torch (ours)": lambda scale: _run(net, inputs, sampling_rate, scale),
+        }
 
-    # Warm-up, and calibration of the length scale: ceil() of the durations makes the length only roughly
-    # proportional to the scale, so a few correction steps are needed.
-    length_scale = 1.0
-    for _ in range(4):
-        _, seconds = run(length_scale)
-        if abs(seconds - args.seconds) < 0.05 * args.seconds:
-            break
-        length_scale *= args.seconds / seconds
-    timings, durations = [], []
-    for _ in range(args.repeats):
-        elapsed, seconds = run(length_scale)
-        timings.append(elapsed)
-        durations.append(seconds)
-    rtfs = [t / d for t, d in zip(timings, durations)]
+        def reference_run(scale: float) -> tuple[Timing, Any]:
+            with reference_like():
+                return _run(net, inputs, sampling_rate, scale)
+
+        variants["torch (reference-like)"] = reference_run
+        if not args.no_onnx:
+            import onnx_infer
+
+            runner = onnx_infer.OnnxGenerator(
+                _export_onnx(config, checkpoint_state, Path(folder)), threads=args.threads
+            )
+            variants["onnxruntime"] = lambda scale: _run(runner, inputs, sampling_rate, scale)
+
+        length_scale = _calibrate(net, inputs, sampling_rate, args.seconds)
+        timings: dict[str, list[Timing]] = {name: [] for name in variants}
+        outputs = {}
+        for name, variant in variants.items():  # warm-up, and the waveforms to compare
+            _, outputs[name] = variant(length_scale)
+        for _ in range(args.repeats):
+            for name, variant in variants.items():
+                timings[name].append(variant(length_scale)[0])
+
     print(
         f"config {config_path} ({n_params / 1e6:.1f} M generator parameters, {sampling_rate} Hz), "
-        f"{torch.get_num_threads()} CPU thread(s), {inputs['x'].shape[1]} ids, length scale {length_scale:.2f}, "
-        f"random weights and random BERT features (front end and BERT not included)"
+        f"{args.threads} CPU thread(s), {inputs['x'].shape[1]} ids, length scale {length_scale:.2f}, "
+        f"random weights and random BERT features (front end and BERT not included), median of {args.repeats}"
     )
-    print(
-        f"audio {statistics.mean(durations):.2f} s, compute {statistics.median(timings):.2f} s (median of "
-        f"{args.repeats}); RTF {statistics.median(rtfs):.3f} (min {min(rtfs):.3f}, max {max(rtfs):.3f})"
-    )
+    reference = outputs["torch (ours)"]
+    print(f"{'variant':<24} {'audio s':>8} {'wall s':>8} {'RTF wall':>9} {'RTF cpu':>8}  max |o - ours|")
+    for name, runs in timings.items():
+        audio = statistics.mean(t.audio for t in runs)
+        difference = float((outputs[name] - reference).abs().max()) if outputs[name].shape == reference.shape else -1
+        print(
+            f"{name:<24} {audio:8.2f} {statistics.median(t.wall for t in runs):8.2f} "
+            f"{statistics.median(t.wall / t.audio for t in runs):9.3f} "
+            f"{statistics.median(t.cpu / t.audio for t in runs):8.3f}  {difference:.2g}"
+        )
     return 0
 
 
