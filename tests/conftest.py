@@ -40,6 +40,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report.longrepr = f"skipped under CI=true, which allows no skips: {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """The same for a whole module skipped at import (``pytest.importorskip``, ``allow_module_level``)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and under_ci():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{collector.nodeid} skipped under CI=true, which allows no skips: {reason}"
+
+
 def _kit_or_skip() -> Path:
     if KIT_DIR.is_dir():
         return KIT_DIR

@@ -12,17 +12,15 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
 import config as settings
 import export
 import infer
+import onnx_infer
 from models import build_generator
-
-onnx = pytest.importorskip("onnx")
-onnxruntime = pytest.importorskip("onnxruntime")
-import onnx_infer  # noqa: E402  (after the skip: it needs onnx at import of the runner)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT_INPUTS = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
