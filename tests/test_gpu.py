@@ -25,8 +25,9 @@ import monotonic_align
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": {}, "bf16": {"bf16_run": True}, "fp16": {"fp16_run": True}}
 # First-step losses of bf16/fp16 against fp32 on the same weights, batch and random draws. Half precision
-# changes the sums at the 1e-3 level; the adversarial terms of an untrained net are the most sensitive.
-LOSS_RTOL = {"loss/g/mel": 0.02, "loss/g/kl": 0.05, "loss/g/total": 0.05, "loss/d/total": 0.05}
+# changes single values at the 1e-3 level and means of many by less; these bounds catch a broken path (a loss
+# off by a factor, a term in the wrong dtype) without flagging rounding.
+LOSS_RTOL = {"loss/g/mel": 0.05, "loss/g/kl": 0.1, "loss/g/total": 0.1, "loss/d/total": 0.1}
 
 pytestmark = pytest.mark.gpu
 
