@@ -1,7 +1,8 @@
 """server.py as a real subprocess on 127.0.0.1, answering real HTTP requests.
 
-The server serves two tiny, randomly initialised generators built here (no reference kit needed) from a
-config.yml `server.models` section: "alpha" (4 speakers, 22050 Hz) and "beta" (2 speakers, 16000 Hz).
+The server serves tiny, randomly initialised generators built here (no reference kit needed) from a config.yml
+`server.models` section: "alpha" (4 speakers, 22050 Hz), "beta" (2 speakers, 16000 Hz) and "gamma" (beta
+exported to ONNX, run by onnxruntime).
 """
 
 from __future__ import annotations
@@ -122,11 +123,14 @@ class RunningServer:
 
 @pytest.fixture(scope="module")
 def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    import export
     from text.tiny_bert import build_tiny_bert
 
     folder = tmp_path_factory.mktemp("server")
     alpha_model, alpha_config = _write_tiny_model(folder / "alpha", TINY_CONFIG, seed=1)
     beta_model, beta_config = _write_tiny_model(folder / "beta", _beta_config(), seed=2)
+    gamma_model = folder / "gamma" / "beta.onnx"  # beta through onnxruntime (infer.load_synthesizer's .onnx hook)
+    export.export_onnx(beta_model, gamma_model, beta_config)
     bert_dir = build_tiny_bert(folder / "tiny-zh", "ZH", seed=0)
     yml = folder / "config.yml"
     server_section = {
@@ -141,6 +145,7 @@ def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
                 "speakers": [{"speaker": "spk2", "length_scale": PRESET_LENGTH}],
             },
             {"name": "beta", "model": str(beta_model), "config": str(beta_config)},
+            {"name": "gamma", "model": str(gamma_model)},  # an export carries its config
         ],
     }
     yml.write_text(yaml.safe_dump({"server": server_section}), encoding="utf-8")
@@ -184,8 +189,8 @@ def _voice(client: httpx.Client, **params: object) -> httpx.Response:
 
 def test_health_and_models(client: httpx.Client) -> None:
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["models"] == 2 and health["queue"]["size"] == QUEUE_SIZE
-    alpha, beta = client.get("/models").json()["models"]
+    assert health["status"] == "ok" and health["models"] == 3 and health["queue"]["size"] == QUEUE_SIZE
+    alpha, beta, gamma = client.get("/models").json()["models"]
     assert (alpha["id"], alpha["name"], alpha["speakers"], alpha["sampling_rate"]) == (
         0,
         "alpha",
@@ -193,7 +198,8 @@ def test_health_and_models(client: httpx.Client) -> None:
         22050,
     )
     assert (beta["id"], beta["name"], beta["speakers"], beta["sampling_rate"]) == (1, "beta", BETA_SPEAKERS, 16000)
-    for model in (alpha, beta):
+    assert (gamma["id"], gamma["name"], gamma["speakers"], gamma["sampling_rate"]) == (2, "gamma", BETA_SPEAKERS, 16000)
+    for model in (alpha, beta, gamma):
         assert {"ZH", "JP", "EN"} <= set(model["languages"]) and model["default_language"] == "ZH"
         assert model["formats"] == ["wav", "flac", "ogg", "mp3"]
     assert alpha["presets"]["spk2"]["length_scale"] == PRESET_LENGTH
@@ -272,6 +278,13 @@ def test_models_are_picked_by_index_or_name(client: httpx.Client) -> None:
     assert wrong_speaker.status_code == 404 and "known speakers: alice, bob" in wrong_speaker.json()["error"]
 
 
+def test_an_onnx_model_speaks_like_its_checkpoint(client: httpx.Client) -> None:
+    torch_audio, torch_rate = _read_audio(_voice(client, model="beta", speaker="bob"))
+    onnx_audio, onnx_rate = _read_audio(_voice(client, model="gamma", speaker="bob"))
+    assert (onnx_rate, onnx_audio.size) == (torch_rate, torch_audio.size) == (16000, torch_audio.size)
+    np.testing.assert_allclose(onnx_audio, torch_audio, atol=2e-3)  # onnxruntime within 1e-3, plus 16-bit steps
+
+
 def test_speaker_changes_the_audio(client: httpx.Client) -> None:
     first, _ = _read_audio(_voice(client, speaker="spk0"), "int16")
     second, _ = _read_audio(_voice(client, speaker="spk1"), "int16")
@@ -340,8 +353,8 @@ INVALID_REQUESTS = [
     ("too long", "GET", {"text": "你" * (MAX_TEXT_LENGTH + 1), "speaker": "spk0"}, 422, "limit is"),
     ("style too long", "GET", {"text": "你好", "speaker": "spk0", "style_text": "好" * 61}, 422, "style_text is"),
     ("unknown speaker", "GET", {"text": "你好", "speaker": "nobody"}, 404, "known speakers: spk0"),
-    ("unknown model", "GET", {"text": "你好", "speaker": "spk0", "model": "gamma"}, 404, "known models: 0 (alpha)"),
-    ("model index too big", "GET", {"text": "你好", "speaker": "spk0", "model": "2"}, 404, "unknown model"),
+    ("unknown model", "GET", {"text": "你好", "speaker": "spk0", "model": "delta"}, 404, "known models: 0 (alpha)"),
+    ("model index too big", "GET", {"text": "你好", "speaker": "spk0", "model": "3"}, 404, "unknown model"),
     ("unknown language", "GET", {"text": "你好", "speaker": "spk0", "language": "FR"}, 400, "unknown language"),
     ("unknown format", "GET", {"text": "你好", "speaker": "spk0", "format": "mp4"}, 400, "format 'mp4' is unknown"),
     ("sdp above 1", "GET", {"text": "你好", "speaker": "spk0", "sdp_ratio": "1.5"}, 422, "sdp_ratio"),
