@@ -250,3 +250,21 @@ def test_dev_onnx_reproduces_reference_infer(dev_runner: onnx_infer.OnnxGenerato
     o, _, y_mask, _ = runner.infer(**text, **expected["params"])
     torch.testing.assert_close(y_mask, expected["y_mask"], rtol=0, atol=0)
     assert float((o - expected["o"]).abs().max()) <= PARITY_TOLERANCE
+
+
+def test_tiny_onnx_speaks_text_like_its_checkpoint(tiny_export: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Text in, audio out through `Synthesizer.synthesize` (front end, BERT, sentences): same seed, same audio."""
+    from text.tiny_bert import build_tiny_bert
+
+    checkpoint, config_path, onnx_path = tiny_export
+    bert_dir = tmp_path / "tiny-zh"
+    build_tiny_bert(bert_dir, "ZH", seed=0)
+    results = [
+        infer.load_synthesizer(path, config, bert_dirs={"ZH": bert_dir}).synthesize(
+            "你好。今天天气很好！", "b", "ZH", seed=5
+        )
+        for path, config in ((checkpoint, config_path), (onnx_path, None))
+    ]
+    (rate_torch, audio_torch), (rate_onnx, audio_onnx) = results
+    assert rate_torch == rate_onnx == 16000 and audio_torch.shape == audio_onnx.shape and audio_onnx.size > 0
+    assert float(abs(audio_torch - audio_onnx).max()) <= PARITY_TOLERANCE
