@@ -1,106 +1,217 @@
 """train_ms.py under real torchrun (gloo, CPU): two local processes, and two single-process "nodes" joined by a
-c10d rendezvous. After every step both ranks hold bit-identical generator weights, and they train on disjoint
-clips."""
+c10d rendezvous. After every optimizer step both ranks hold bit-identical weights of all four nets (generator,
+multi-period, WavLM and duration discriminators), with identical optimizer moments at the end; the ranks train on
+disjoint clips; and a two-rank run SIGKILLed mid-step resumes to the uninterrupted run's exact state.
+
+The runs go through tests/probe_run.py, which watches them with torch's public hooks (optimizer steps,
+``torch.load``) and holds them at a named point for the kill.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from train_tiny import REPO_ROOT, free_port, make_dataset, read_jsonl, subprocess_env, tiny_config, write_run_files
+from train_tiny import (
+    PROBE_SCRIPT,
+    REPO_ROOT,
+    free_port,
+    make_dataset,
+    probe_env,
+    read_jsonl,
+    tiny_config,
+    train_args,
+    wait_paused,
+    write_run_files,
+)
 
 N_CLIPS = 4
-MAX_STEPS = 2  # 4 clips, 2 ranks x batch 2: 1 batch per epoch, so the run crosses an epoch boundary
+BATCH = 2
+MAX_STEPS = 3  # 4 clips, 2 ranks x batch 2: 1 batch per epoch, so the runs cross two epoch boundaries
+EVAL_INTERVAL = 2  # evaluate and save at step 2, then the final save at step 3
+NETS = 4  # generator, multi-period, WavLM and duration discriminators: one optimizer each
+PREFIXES = ("G", "D", "WD", "DUR")
+CLIP = re.compile(r"^clip(\d+)\.bert\.pt$")
 
 
-def _train_args(files: dict[str, Path], dump: Path) -> list[str]:
-    return [
-        "train_ms.py",
-        "-c",
-        str(files["config"]),
-        "-m",
-        str(files["dataset"]),
-        "-y",
-        str(files["yml"]),
-        "--device",
-        "cpu",
-        "--num-workers",
-        "0",
-        "--threads",
-        "1",
-        "--max-steps",
-        str(MAX_STEPS),
-        "--debug-dump",
-        str(dump),
-    ]
+def _setup(folder: Path, model_config: dict, filelists: dict[str, str]) -> dict[str, Path]:
+    config = tiny_config(model_config, filelists, eval_interval=EVAL_INTERVAL, log_interval=1)
+    return write_run_files(folder, config)
 
 
-def _setup(tmp_path: Path, dev_config: dict) -> dict[str, Path]:
-    filelists = make_dataset(tmp_path / "data", n_train=N_CLIPS)
-    return write_run_files(tmp_path / "run", tiny_config(dev_config, filelists, eval_interval=1000))
+def _torchrun(*options: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *options]
 
 
-def _check_ranks_agree(dump: Path, files: dict[str, Path]) -> None:
-    records = {rank: read_jsonl(dump / f"rank{rank}.jsonl") for rank in (0, 1)}
-    steps = {rank: [r for r in records[rank] if r["event"] == "step"] for rank in (0, 1)}
-    assert [r["step"] for r in steps[0]] == [r["step"] for r in steps[1]] == list(range(1, MAX_STEPS + 1))
-    for a, b in zip(steps[0], steps[1]):
-        assert a["checksum"] == b["checksum"], f"generator weights differ between ranks after step {a['step']}"
-    assert len({r["checksum"] for r in steps[0]}) == MAX_STEPS  # and they did change every step
-
-    for epoch in (1, 2):
-        batches = {
-            rank: next(r["batches"] for r in records[rank] if r["event"] == "epoch" and r["epoch"] == epoch)
-            for rank in (0, 1)
-        }
-        clips = {rank: [i for batch in batches[rank] for i in batch] for rank in (0, 1)}
-        assert not set(clips[0]) & set(clips[1]), f"epoch {epoch}: ranks share clips {clips}"
-        assert sorted(clips[0] + clips[1]) == list(range(N_CLIPS))
-
-    checkpoint = torch.load(files["model_dir"] / f"G_{MAX_STEPS}.pth", map_location="cpu", weights_only=True)
-    assert checkpoint["train_state"]["world_size"] == 2 and checkpoint["train_state"]["step"] == MAX_STEPS
-    assert len(checkpoint["rng_states"]) == 2
-
-
-def _run(command: list[str], timeout: float = 900) -> None:
-    result = subprocess.run(
-        command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
-    )
+def _run(command: list[str], env: dict[str, str], timeout: float = 900) -> None:
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{command} exited with {result.returncode}\n{result.stderr[-6000:]}"
 
 
-def test_torchrun_two_processes(tmp_path, dev_config):
-    files = _setup(tmp_path, dev_config)
-    dump = tmp_path / "dump"
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *_train_args(files, dump)]
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _checkpoint(model_dir: Path, prefix: str, step: int) -> dict:
+    return torch.load(model_dir / f"{prefix}_{step}.pth", map_location="cpu", weights_only=True)
+
+
+def _batches_per_step(records: list[dict], n_train: int) -> list[list[int]]:
+    """Each iteration's training clips: the last BATCH training-clip loads before its first optimizer step (the
+    dataset check at startup and the evaluation read clips too)."""
+    batches, loaded = [], []
+    for record in records:
+        if record["event"] == "load" and (match := CLIP.match(record["file"])) and int(match[1]) < n_train:
+            loaded.append(int(match[1]))
+        elif record["event"] == "opt" and record["optimizer"] == 0:
+            batches.append(loaded[-BATCH:])
+            loaded = []
+    return batches
+
+
+def _check_ranks_agree(probe_dir: Path, files: dict[str, Path]) -> None:
+    records = {rank: read_jsonl(probe_dir / f"rank{rank}.jsonl") for rank in (0, 1)}
+    steps = {
+        rank: [(r["optimizer"], r["numel"], r["checksum"]) for r in records[rank] if r["event"] == "opt"]
+        for rank in (0, 1)
+    }
+    # Every iteration steps the four optimizers in the same order on both ranks, with identical weights after.
+    assert len(steps[0]) == NETS * MAX_STEPS, steps[0]
+    assert [s[0] for s in steps[0]] == list(range(NETS)) * MAX_STEPS
+    for index, (a, b) in enumerate(zip(steps[0], steps[1], strict=True)):
+        assert a == b, f"optimizer {a[0]} of step {index // NETS + 1}: the ranks' weights differ"
+    for net in range(NETS):
+        checksums = [s[2] for s in steps[0] if s[0] == net]
+        assert len(set(checksums)) == MAX_STEPS, f"optimizer {net} did not change its weights every step"
+
+    # At the end: the same weights and Adam moments on both ranks, and they are what the checkpoints hold.
+    final = {rank: torch.load(probe_dir / f"rank{rank}_final.pt", weights_only=True) for rank in (0, 1)}
+    assert len(final[0]) == len(final[1]) == NETS
+    for net in range(NETS):
+        assert _same(final[0][net]["params"], final[1][net]["params"]), f"optimizer {net}: final weights differ"
+        assert _same(final[0][net]["state"], final[1][net]["state"]), f"optimizer {net}: Adam state differs"
+    matched = {}
+    for prefix in PREFIXES:
+        saved = _checkpoint(files["model_dir"], prefix, MAX_STEPS)["optimizer"]
+        matched[prefix] = [net for net in range(NETS) if _same(saved, final[0][net]["state"])]
+    assert sorted(sum(matched.values(), [])) == list(range(NETS)), f"checkpoint optimizers vs ranks: {matched}"
+
+    for step, (a, b) in enumerate(zip(*(_batches_per_step(records[rank], N_CLIPS) for rank in (0, 1))), start=1):
+        assert len(a) == len(b) == BATCH and not set(a) & set(b), f"step {step}: rank clips {a} and {b}"
+        assert sorted(a + b) == list(range(N_CLIPS)), f"step {step}: clips {a} + {b} do not cover the epoch"
+
+    g = _checkpoint(files["model_dir"], "G", MAX_STEPS)
+    assert g["train_state"]["world_size"] == 2 and g["train_state"]["step"] == MAX_STEPS
+    assert len(g["rng_states"]) == 2
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> dict[str, str]:
+    return make_dataset(tmp_path_factory.mktemp("ddp-data"), n_train=N_CLIPS)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tiny_train_config, dataset) -> dict:
+    """An uninterrupted two-rank run of MAX_STEPS steps under torchrun --standalone, watched by the probe."""
+    root = tmp_path_factory.mktemp("ddp-straight")
+    files = _setup(root / "run", tiny_train_config, dataset)
+    probe_dir = root / "probe"
+    command = _torchrun(
+        "--standalone", "--nproc_per_node=2", str(PROBE_SCRIPT), *train_args(files, "--max-steps", str(MAX_STEPS))
     )
-    _check_ranks_agree(dump, files)
+    _run(command, probe_env(probe_dir))
+    return {"files": files, "probe_dir": probe_dir}
 
 
-def test_torchrun_two_nodes_c10d_rendezvous(tmp_path, dev_config):
-    files = _setup(tmp_path, dev_config)
-    dump = tmp_path / "dump"
+def test_torchrun_two_processes_keep_all_four_nets_identical(two_process_run):
+    _check_ranks_agree(two_process_run["probe_dir"], two_process_run["files"])
+
+
+def test_torchrun_two_ranks_resume_after_sigkill(two_process_run, tmp_path, tiny_train_config, dataset):
+    """SIGKILL the whole torchrun group (agent and both workers) in the middle of step 3, after the step-2
+    checkpoint; a new two-rank torchrun resumes from it and ends bitwise equal to the uninterrupted run."""
+    files = _setup(tmp_path / "run", tiny_train_config, dataset)
+    probe_dir = tmp_path / "probe"
+    command = _torchrun(
+        "--standalone", "--nproc_per_node=2", str(PROBE_SCRIPT), *train_args(files, "--max-steps", "1000")
+    )
+    log = tmp_path / "killed.log"
+    with open(log, "w", encoding="utf-8") as handle:
+        agent = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=probe_env(probe_dir, pause=f"step:{NETS * EVAL_INTERVAL + 2}"),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    workers = []
+    try:
+        for rank in (0, 1):
+            wait_paused(probe_dir, agent, rank)
+            workers.append(json.loads((probe_dir / f"paused.{rank}").read_text(encoding="utf-8"))["pid"])
+    finally:
+        # torchrun starts each worker in a session of its own: the agent first (so it restarts nothing), then
+        # the workers.
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait(timeout=120)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    model_dir = files["model_dir"]
+    assert sorted(p.name for p in model_dir.glob("G_*.pth")) == [f"G_{EVAL_INTERVAL}.pth"], log.read_text()[-3000:]
+
+    resume = _torchrun(
+        "--standalone", "--nproc_per_node=2", "train_ms.py", *train_args(files, "--max-steps", str(MAX_STEPS))
+    )
+    _run(resume, probe_env(None))
+    expected_dir = two_process_run["files"]["model_dir"]
+    for prefix in PREFIXES:
+        expected, actual = _checkpoint(expected_dir, prefix, MAX_STEPS), _checkpoint(model_dir, prefix, MAX_STEPS)
+        expected.pop("config", None), actual.pop("config", None)  # the configs name their own folders
+        assert _same(expected, actual), f"{prefix}_{MAX_STEPS}.pth differs from the uninterrupted run's"
+
+
+def test_torchrun_two_nodes_c10d_rendezvous(tmp_path, tiny_train_config, dataset):
+    files = _setup(tmp_path / "run", tiny_train_config, dataset)
+    probe_dir = tmp_path / "probe"
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = []
     for node_rank in (0, 1):
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
+        command = _torchrun(
             "--nnodes=2",
             "--nproc_per_node=1",
             f"--node_rank={node_rank}",
             "--rdzv_backend=c10d",
             f"--rdzv_endpoint={endpoint}",
             "--rdzv_id=train_ms_test",
-            *_train_args(files, dump),
-        ]
+            str(PROBE_SCRIPT),
+            *train_args(files, "--max-steps", str(MAX_STEPS)),
+        )
         log = open(tmp_path / f"node{node_rank}.log", "w", encoding="utf-8")  # noqa: SIM115
         nodes.append(
-            (subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT), log)
+            (
+                subprocess.Popen(
+                    command, cwd=REPO_ROOT, env=probe_env(probe_dir), stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
         )
     try:
         for process, log in nodes:
@@ -111,4 +222,4 @@ def test_torchrun_two_nodes_c10d_rendezvous(tmp_path, dev_config):
         for process, _ in nodes:
             if process.poll() is None:
                 process.kill()
-    _check_ranks_agree(dump, files)
+    _check_ranks_agree(probe_dir, files)
