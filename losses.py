@@ -1,7 +1,9 @@
-"""GAN, feature-matching, KL and WavLM losses of the Bert-VITS2 training step.
+"""Every loss formula of the Bert-VITS2 training step: GAN, feature-matching, mel, duration, KL and WavLM terms,
+and the two sums the discriminator and generator steps minimise (named as the reference logs them).
 
 Every loss is evaluated in float32 (inputs are upcast and autocast is switched off locally), as the
-reference training script does by wrapping the loss calls in ``autocast(enabled=False)``.
+reference training script does by wrapping the loss calls in ``autocast(enabled=False)``. The training step
+runs the nets; the numbers it minimises are computed here.
 """
 
 from __future__ import annotations
@@ -9,14 +11,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchaudio
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["feature_loss", "discriminator_loss", "generator_loss", "kl_loss", "load_wavlm", "WavLMLoss"]
+__all__ = [
+    "feature_loss",
+    "discriminator_loss",
+    "generator_loss",
+    "kl_loss",
+    "mel_loss",
+    "duration_loss",
+    "stack_wavlm_states",
+    "wavlm_feature_loss",
+    "wavlm_discriminator_loss",
+    "wavlm_generator_loss",
+    "discriminator_step_losses",
+    "generator_step_losses",
+    "load_wavlm",
+    "WavLMLoss",
+]
 
 # A folder written by `save_pretrained` holds config.json plus one of these weight files.
 _WEIGHT_FILES = (
@@ -81,6 +100,119 @@ def kl_loss(z_p: Tensor, logs_q: Tensor, m_p: Tensor, logs_p: Tensor, z_mask: Te
     return torch.sum(kl * z_mask) / torch.sum(z_mask)
 
 
+def mel_loss(y_mel: Tensor, y_hat_mel: Tensor) -> Tensor:
+    """Mean |mel(real) − mel(generated)| over [b, n_mels, frames] (the reference scales it by train.c_mel)."""
+    return F.l1_loss(y_mel.float(), y_hat_mel.float())
+
+
+def duration_loss(l_length: Tensor) -> Tensor:
+    """Sum over the batch of the duration predictors' per-item losses [b]."""
+    return torch.sum(l_length.float())
+
+
+def stack_wavlm_states(hidden_states: Sequence[Tensor]) -> Tensor:
+    """WavLM layer outputs L × [b, t, c] -> the WavLM discriminator's input [b, L·c, t] (layer-major channels)."""
+    stacked = torch.stack(tuple(hidden_states), dim=1)  # [b, L, t, c]
+    return stacked.transpose(-1, -2).flatten(start_dim=1, end_dim=2)  # [b, L·c, t]
+
+
+def wavlm_feature_loss(real_states: Sequence[Tensor], fake_states: Sequence[Tensor]) -> Tensor:
+    """Σ over WavLM layers of mean |h(real) − h(generated)| (the reference's loss_lm)."""
+    loss: Tensor | float = 0.0
+    for real, fake in zip(real_states, fake_states):
+        loss = loss + torch.mean(torch.abs(real.float() - fake.float()))
+    return loss  # type: ignore[return-value]
+
+
+def wavlm_discriminator_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """LSGAN term of the WavLM discriminator: mean((1 − WD(real))²) + mean(WD(generated)²)."""
+    return torch.mean((1 - d_real.float()) ** 2) + torch.mean(d_fake.float() ** 2)
+
+
+def wavlm_generator_loss(d_fake: Tensor) -> Tensor:
+    """LSGAN generator term of the WavLM discriminator: mean((1 − WD(generated))²)."""
+    return torch.mean((1 - d_fake.float()) ** 2)
+
+
+def _indexed(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
+    return {f"{prefix}/{i}": value for i, value in enumerate(values)}
+
+
+def discriminator_step_losses(
+    mpd_real: Sequence[Tensor],
+    mpd_fake: Sequence[Tensor],
+    loss_wd: Tensor,
+    dur_real: Tensor | None = None,
+    dur_fake: Tensor | None = None,
+) -> dict[str, Any]:
+    """What the three discriminator updates minimise, under the reference's TensorBoard names.
+
+    ``mpd_*``: the multi-period discriminator's outputs; ``loss_wd``: the WavLM discriminator's term;
+    ``dur_*``: the duration discriminator's [b, t_x, 1] scores (None without one). ``loss/d/total``,
+    ``loss/dur_disc/total`` and ``loss/wd/total`` are tensors; the per-entry terms are floats.
+    """
+    loss_disc, losses_r, losses_g = discriminator_loss(mpd_real, mpd_fake)
+    losses: dict[str, Any] = {
+        "loss/d/total": loss_disc,
+        **_indexed("loss/d_r", losses_r),
+        **_indexed("loss/d_g", losses_g),
+    }
+    if dur_real is not None and dur_fake is not None:
+        loss_dur_disc, dur_r, dur_g = discriminator_loss(dur_real, dur_fake)
+        losses["loss/dur_disc/total"] = loss_dur_disc
+        losses.update({**_indexed("loss/dur_disc_r", dur_r), **_indexed("loss/dur_disc_g", dur_g)})
+    losses["loss/wd/total"] = loss_wd
+    return losses
+
+
+def generator_step_losses(
+    *,
+    mpd_fake: Sequence[Tensor],
+    fmap_real: Sequence[Sequence[Tensor]],
+    fmap_fake: Sequence[Sequence[Tensor]],
+    y_mel: Tensor,
+    y_hat_mel: Tensor,
+    l_length: Tensor,
+    z_p: Tensor,
+    logs_q: Tensor,
+    m_p: Tensor,
+    logs_p: Tensor,
+    z_mask: Tensor,
+    loss_lm: Tensor,
+    loss_lm_gen: Tensor,
+    c_mel: float,
+    c_kl: float,
+    dur_fake: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The generator's terms and their sum ``loss/g/total`` (what its update minimises), reference names.
+
+    Summed in the reference's order: GAN + feature matching + mel·c_mel + duration + KL·c_kl + WavLM feature
+    + WavLM GAN (+ duration-discriminator GAN when there is one).
+    """
+    loss_gen, losses_gen = generator_loss(mpd_fake)
+    loss_fm = feature_loss(fmap_real, fmap_fake)
+    loss_mel = mel_loss(y_mel, y_hat_mel) * c_mel
+    loss_dur = duration_loss(l_length)
+    loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * c_kl
+    total = loss_gen + loss_fm + loss_mel + loss_dur + loss_kl + loss_lm + loss_lm_gen
+    losses: dict[str, Tensor] = {
+        "loss/g/fm": loss_fm,
+        "loss/g/mel": loss_mel,
+        "loss/g/dur": loss_dur,
+        "loss/g/kl": loss_kl,
+        "loss/g/lm": loss_lm,
+        "loss/g/lm_gen": loss_lm_gen,
+        **_indexed("loss/g", losses_gen),
+    }
+    if dur_fake is not None:
+        loss_dur_gen, losses_dur_gen = generator_loss(dur_fake)
+        total = total + loss_dur_gen
+        losses["loss/g/dur_gen"] = loss_dur_gen
+        losses.update({f"loss/g/dur_gen_{i}": value for i, value in enumerate(losses_dur_gen)})
+    losses["loss/g/total"] = total
+    return losses
+
+
 def _missing_wavlm_message(folder: Path, problem: str) -> str:
     return (
         f"WavLM model folder {str(folder)!r} (resolved: {folder.resolve()}) {problem}. "
@@ -125,12 +257,6 @@ def _as_waves(x: Tensor) -> Tensor:
     return x.float()
 
 
-def _stack_hidden_states(hidden_states: Sequence[Tensor]) -> Tensor:
-    """Layer outputs L × [b, t, c] -> discriminator input [b, L·c, t] (layer-major channels)."""
-    stacked = torch.stack(tuple(hidden_states), dim=1)  # [b, L, t, c]
-    return stacked.transpose(-1, -2).flatten(start_dim=1, end_dim=2)  # [b, L·c, t]
-
-
 class WavLMLoss(nn.Module):
     """Speech-language-model losses: WavLM feature matching and the WavLM-discriminator GAN terms.
 
@@ -151,29 +277,31 @@ class WavLMLoss(nn.Module):
         self.wavlm.eval()
         return self
 
-    def _hidden_states(self, wav: Tensor) -> tuple[Tensor, ...]:
-        wav_16 = self.resample(_as_waves(wav))  # [b, t_16k]
-        return self.wavlm(input_values=wav_16, output_hidden_states=True).hidden_states
+    def hidden_states(self, wav: Tensor) -> tuple[Tensor, ...]:
+        """WavLM layer outputs L × [b, t_slm, c] (float32) of waves [b, t] or [b, 1, t] at ``model_sr``.
+
+        The training step computes these once per wave and per iteration and feeds them to the formulas above
+        (the reference recomputes them in every term).
+        """
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            wav_16 = self.resample(_as_waves(wav))  # [b, t_16k]
+            return tuple(self.wavlm(input_values=wav_16, output_hidden_states=True).hidden_states)
 
     def _embeddings(self, wav: Tensor) -> Tensor:
-        return _stack_hidden_states(self._hidden_states(wav))  # [b, L·c, t_slm]
+        return stack_wavlm_states(self.hidden_states(wav))  # [b, L·c, t_slm]
+
+    # The reference's WavLMLoss interface: each call runs WavLM again on its inputs.
 
     def forward(self, wav: Tensor, y_rec: Tensor) -> Tensor:
         """Σ over WavLM layers of mean |h(real) − h(generated)|."""
-        with torch.autocast(device_type=y_rec.device.type, enabled=False):
-            with torch.no_grad():
-                real_states = self._hidden_states(wav)
-            fake_states = self._hidden_states(y_rec)
-            loss = 0.0
-            for real, fake in zip(real_states, fake_states):
-                loss = loss + torch.mean(torch.abs(real - fake))
-            return loss
+        with torch.no_grad():
+            real_states = self.hidden_states(wav)
+        return wavlm_feature_loss(real_states, self.hidden_states(y_rec))
 
     def generator(self, y_rec: Tensor) -> Tensor:
         """LSGAN generator term mean((1 − WD(generated))²)."""
         with torch.autocast(device_type=y_rec.device.type, enabled=False):
-            d_fake = self.wd(self._embeddings(y_rec))
-            return torch.mean((1 - d_fake.float()) ** 2)
+            return wavlm_generator_loss(self.wd(self._embeddings(y_rec)))
 
     def discriminator(self, wav: Tensor, y_rec: Tensor) -> Tensor:
         """LSGAN discriminator term mean((1 − WD(real))²) + mean(WD(generated)²); only WD gets gradients."""
@@ -181,9 +309,7 @@ class WavLMLoss(nn.Module):
             with torch.no_grad():
                 real = self._embeddings(wav)
                 fake = self._embeddings(y_rec)
-            d_real = self.wd(real).float()
-            d_fake = self.wd(fake).float()
-            return torch.mean((1 - d_real) ** 2) + torch.mean(d_fake**2)
+            return wavlm_discriminator_loss(self.wd(real), self.wd(fake))
 
     def discriminator_forward(self, wav: Tensor) -> Tensor:
         """WD scores [b, t_slm] of a wave (WavLM features without gradient)."""

@@ -138,7 +138,7 @@ def test_wavlm_resampler_hidden_states_and_embeddings(golden: dict, wavlm_loss: 
         wave_16 = wavlm_loss.resample(g[name])
         _close(wave_16, g[f"{name}_16"])
         with torch.no_grad():
-            states = wavlm_loss._hidden_states(g[name])
+            states = wavlm_loss.hidden_states(g[name])
             embeddings = wavlm_loss._embeddings(g[name])
         assert len(states) == len(g[f"{name}_hidden_states"]) == 3
         for got, want in zip(states, g[f"{name}_hidden_states"]):
