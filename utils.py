@@ -8,17 +8,19 @@ atomically, so a crash mid-save never leaves a truncated ``G_*.pth`` that a resu
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
 import os
 import pickle
+import random
 import re
 import subprocess
 import uuid
 import zipfile
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -139,25 +141,89 @@ def get_hparams_from_file(config_path: str | os.PathLike[str]) -> HParams:
 # Logging and provenance
 
 
-def get_logger(model_dir: str | os.PathLike[str], filename: str = "train.log") -> logging.Logger:
-    """Logger named after the model folder that also writes to ``model_dir/filename``.
+def setup_train_log(model_dir: str | os.PathLike[str], rank: int = 0, filename: str = "train.log") -> None:
+    """Console logging on every rank (warnings only off rank 0) and ``model_dir/filename`` on rank 0.
 
-    Calling it again for the same file does not add a second handler (no duplicated lines).
+    Replaces the root logger's handlers, so calling it again (another run in the same process) never
+    duplicates lines.
     """
-    model_dir = os.fspath(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
-    run_logger = logging.getLogger(os.path.basename(os.path.normpath(model_dir)) or "train")
-    run_logger.setLevel(logging.DEBUG)
-    log_path = os.path.abspath(os.path.join(model_dir, filename))
-    already_attached = any(
-        isinstance(h, logging.FileHandler) and h.baseFilename == log_path for h in run_logger.handlers
-    )
-    if not already_attached:
-        handler = logging.FileHandler(log_path, encoding="utf-8")
-        handler.setLevel(logging.DEBUG)
-        handler.setFormatter(logging.Formatter("%(asctime)s\t%(name)s\t%(levelname)s\t%(message)s"))
-        run_logger.addHandler(handler)
-    return run_logger
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler()
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if rank == 0:
+        os.makedirs(os.fspath(model_dir), exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(os.fspath(model_dir), filename), encoding="utf-8")
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+
+
+class TrainLogger:
+    """``train.log`` and the TensorBoard events of one run; the training loop hands it metrics.
+
+    Only rank 0 writes (the others get a logger whose calls do nothing); the event writers (``model_dir`` for
+    training, ``model_dir/eval`` for evaluation, as the reference) open on first use.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], rank: int = 0) -> None:
+        self.model_dir = os.fspath(model_dir)
+        self.enabled = rank == 0
+        self._writers: dict[str, Any] = {}
+        setup_train_log(self.model_dir, rank)
+
+    def _writer(self, name: str) -> Any:
+        if name not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter  # heavy import, rank 0 only
+
+            folder = self.model_dir if name == "train" else os.path.join(self.model_dir, name)
+            self._writers[name] = SummaryWriter(log_dir=folder)
+        return self._writers[name]
+
+    def log_train(
+        self,
+        step: int,
+        epoch: int,
+        epoch_fraction: float,
+        scalars: Mapping[str, float],
+        mels: Mapping[str, Any],
+        alignments: Mapping[str, Any],
+    ) -> None:
+        """One ``Train Epoch`` line in train.log, every scalar, and the mel / attention images ([c, t] arrays)."""
+        if not self.enabled:
+            return
+        logger.info(
+            "Train Epoch: %d [%.0f%%] step %d: g %.4f, d %.4f, fm %.4f, mel %.4f, dur %.4f, kl %.4f, lr %.3g",
+            epoch,
+            100.0 * epoch_fraction,
+            step,
+            *(scalars.get(tag, float("nan")) for tag in _LOGGED_TERMS),
+        )
+        images = {tag: plot_spectrogram_to_numpy(mel) for tag, mel in mels.items()}
+        images.update({tag: plot_alignment_to_numpy(alignment) for tag, alignment in alignments.items()})
+        summarize(self._writer("train"), step, scalars=scalars, images=images)
+
+    def log_eval(self, step: int, mels: Mapping[str, Any], audios: Mapping[str, Any], sampling_rate: int) -> None:
+        """Evaluation mel images ([c, t] arrays) and audio clips ([1, t] or [t], in [-1, 1])."""
+        if not self.enabled:
+            return
+        images = {tag: plot_spectrogram_to_numpy(mel) for tag, mel in mels.items()}
+        writer = self._writer("eval")
+        summarize(writer, step, images=images, audios=audios, audio_sampling_rate=sampling_rate)
+        writer.flush()
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+# The terms of the reference's console line, in its order.
+_LOGGED_TERMS = ("loss/g/total", "loss/d/total", "loss/g/fm", "loss/g/mel", "loss/g/dur", "loss/g/kl", "learning_rate")
 
 
 def check_git_hash(model_dir: str | os.PathLike[str]) -> str | None:
@@ -276,16 +342,17 @@ def load_checkpoint(
     strict: bool = True,
     scheduler: Any | None = None,
     scaler: Any | None = None,
+    source: str | None = None,
 ) -> tuple[nn.Module, torch.optim.Optimizer | None, float, int]:
     """Load weights (and optimizer state unless skipped) from a reference-layout checkpoint.
 
     ``checkpoint_path`` may also be a dict already returned by ``read_checkpoint`` (to reach extra keys such
-    as ``train_state`` without reading a large file twice). ``scheduler`` / ``scaler`` are restored from the
-    file's ``scheduler`` / ``scaler`` entries when both are present. Returns
-    ``(model, optimizer, learning_rate, iteration)`` like the reference.
+    as ``train_state`` without reading a large file twice; ``source`` then names it in messages).
+    ``scheduler`` / ``scaler`` are restored from the file's ``scheduler`` / ``scaler`` entries when both are
+    present. Returns ``(model, optimizer, learning_rate, iteration)`` like the reference.
     """
     if isinstance(checkpoint_path, Mapping):
-        checkpoint, source = checkpoint_path, "checkpoint"
+        checkpoint, source = checkpoint_path, source or "checkpoint"
     else:
         source = os.fspath(checkpoint_path)
         checkpoint = read_checkpoint(source)
@@ -444,6 +511,217 @@ def clean_checkpoints(path_to_models: str | os.PathLike[str] = "logs/44k/", n_ck
             deleted.append(path)
             logger.info("Free up space by deleting ckpt %s", path)
     return deleted
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Everything that survives a restart: one registry, one save loop, one load loop
+
+
+class Stateful(Protocol):
+    """What the registry saves and restores: anything with ``state_dict()`` and ``load_state_dict()``."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+@dataclasses.dataclass
+class RegisteredNet:
+    """One trained net and its optimizer and LR schedule, saved as ``<prefix>_<step>.pth``."""
+
+    prefix: str
+    net: nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any | None = None
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a load found: nets without any file (fresh weights), nets whose LR schedule was not restored."""
+
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unscheduled: list[str] = dataclasses.field(default_factory=list)
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class SavedValue:
+    """Plain data stored as is in the lead file (e.g. the resolved config); a load keeps the file's in ``loaded``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.loaded: Any = None
+
+    def state_dict(self) -> Any:
+        return self.value
+
+    def load_state_dict(self, state: Any) -> None:
+        self.loaded = state
+
+
+class CheckpointRegistry:
+    """Everything a training run needs to continue exactly, registered by name and saved/loaded by one loop.
+
+    Files keep the reference layout: one ``<prefix>_<step>.pth`` per registered net with ``model``,
+    ``iteration`` (the epoch), ``optimizer`` and ``learning_rate``, plus the net's LR schedule under
+    ``scheduler``. The first registered net's file (``G_``) is the lead file: it also holds every state added
+    with ``add_state`` (train state, GradScaler, per-rank RNG, config) and is written last, so a complete
+    ``G_<step>.pth`` means its siblings are complete too.
+    """
+
+    def __init__(self) -> None:
+        self.nets: list[RegisteredNet] = []
+        self.states: dict[str, Stateful] = {}
+
+    def add_net(
+        self, prefix: str, net: nn.Module, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None
+    ) -> None:
+        if any(entry.prefix == prefix for entry in self.nets):
+            raise ValueError(f"a net with prefix {prefix!r} is already registered")
+        self.nets.append(RegisteredNet(prefix, net, optimizer, scheduler))
+
+    def add_state(self, key: str, obj: Stateful) -> None:
+        if key in CLASSIC_CHECKPOINT_KEYS or key == "scheduler" or key in self.states:
+            raise ValueError(f"checkpoint key {key!r} is taken")
+        self.states[key] = obj
+
+    def save(
+        self, model_dir: str, step: int, epoch: int, learning_rate: float, *, write: bool = True, keep: int = 0
+    ) -> list[str]:
+        """Write every net's file for ``step`` (atomically, the lead file last); returns the paths written.
+
+        Every rank must call it (a state such as the per-rank RNG gathers from all ranks); only callers with
+        ``write`` write. ``keep`` > 0 then deletes all but the newest ``keep`` checkpoints of each net.
+        """
+        states = {key: obj.state_dict() for key, obj in self.states.items()}
+        if not write:
+            return []
+        lead, *others = self.nets
+        paths = []
+        for entry in [*reversed(others), lead]:
+            extra: dict[str, Any] = {"scheduler": entry.scheduler} if entry.scheduler is not None else {}
+            if entry is lead:
+                extra.update(states)
+            path = checkpoint_file(model_dir, entry.prefix, step)
+            # The reference stores the configured learning rate and, under "iteration", the epoch.
+            save_checkpoint(entry.net, entry.optimizer, learning_rate, epoch, path, extra=extra)
+            paths.append(path)
+        if keep > 0:
+            clean_checkpoints(model_dir, keep)
+        return paths
+
+    def load(
+        self, lead: Mapping[str, Any], lead_path: str, *, optimizers: bool = True, schedulers: bool = True
+    ) -> LoadReport:
+        """Restore from ``lead`` (the read lead file) and, per other net, its sibling of the same step, else
+        the newest complete one (with a warning). Weights load strictly; the registered states load in their
+        registration order from the lead file when it has them (so the RNG, registered last, is restored last).
+        """
+        model_dir = os.path.dirname(os.fspath(lead_path))
+        step = checkpoint_step(lead_path) or 0
+        report = LoadReport()
+        for entry in self.nets:
+            if entry is self.nets[0]:
+                checkpoint, source = lead, os.fspath(lead_path)
+            else:
+                checkpoint, source = _read_sibling(model_dir, entry.prefix, step)
+            if checkpoint is None:
+                report.missing.append(entry.prefix)
+                continue
+            with_schedule = schedulers and entry.scheduler is not None and checkpoint.get("scheduler") is not None
+            load_checkpoint(
+                checkpoint,
+                entry.net,
+                entry.optimizer,
+                skip_optimizer=not optimizers or entry.optimizer is None,
+                scheduler=entry.scheduler if with_schedule else None,
+                source=source,
+            )
+            if not with_schedule:
+                report.unscheduled.append(entry.prefix)
+            report.sources[entry.prefix] = source
+        for key, obj in self.states.items():
+            if lead.get(key):  # None or empty (e.g. a disabled GradScaler's state): nothing to restore
+                obj.load_state_dict(lead[key])
+        return report
+
+    def load_weights(self, folder: str) -> list[str]:
+        """Weights only, from the newest ``<prefix>_*.pth`` per net in ``folder`` (e.g. a base model to fine-tune).
+
+        Shapes that differ keep their current values, with a warning. Returns the prefixes without a file.
+        """
+        missing = []
+        for entry in self.nets:
+            path = latest_checkpoint_path(folder, f"{entry.prefix}_*.pth")
+            if path is None:
+                missing.append(entry.prefix)
+                continue
+            load_state_dict_checked(entry.net, read_checkpoint(path)["model"], strict=False, source=path)
+            logger.info("loaded weights from %s", path)
+        return missing
+
+
+def checkpoint_file(model_dir: str | os.PathLike[str], prefix: str, step: int) -> str:
+    """``model_dir/<prefix>_<step>.pth``, the reference's file name."""
+    return os.path.join(os.fspath(model_dir), f"{prefix}_{step}.pth")
+
+
+def _read_sibling(model_dir: str, prefix: str, step: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The ``prefix`` checkpoint of the same step, else the newest complete one (with a warning), else None."""
+    same_step = checkpoint_file(model_dir, prefix, step)
+    if os.path.isfile(same_step) and is_complete_checkpoint(same_step):
+        return read_checkpoint(same_step), same_step
+    latest = latest_checkpoint_path(model_dir, f"{prefix}_*.pth")
+    if latest is None:
+        return None, None
+    logger.warning("%s is missing or incomplete; using %s instead", same_step, latest)
+    return read_checkpoint(latest), latest
+
+
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random generators as plain data (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class RankRNG:
+    """The random generators of every rank: saved for all ranks in rank order, restored per rank."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        """Every rank's generator states (a collective when distributed: every rank must call it)."""
+        local = capture_rng_state(self.device)
+        if self.world_size == 1:
+            return [local]
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, local)
+        return gathered
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        if len(states) != self.world_size:
+            logger.warning(
+                "checkpoint was written by %d ranks, now %d: random generators are not restored",
+                len(states),
+                self.world_size,
+            )
+            return
+        restore_rng_state(states[self.rank], self.device)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -251,6 +251,87 @@ def test_load_accepts_an_already_read_checkpoint(tmp_path):
     assert torch.equal(restored.proj.weight, net.proj.weight)
 
 
+class Counter:
+    """A stateful object the registry saves and restores."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def state_dict(self) -> dict[str, int]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.value = state["value"]
+
+
+def _registry(seed: int, steps: int) -> tuple[utils.CheckpointRegistry, dict]:
+    g, g_optim, g_sched, _ = make_training_state(seed=seed, steps=steps)
+    d, d_optim, d_sched, _ = make_training_state(seed=seed + 1, steps=steps)
+    counter = Counter(steps)
+    registry = utils.CheckpointRegistry()
+    registry.add_net("G", g, g_optim, g_sched)
+    registry.add_net("D", d, d_optim, d_sched)
+    registry.add_state("train_state", counter)
+    registry.add_state("rng_states", utils.RankRNG(0, 1, torch.device("cpu")))
+    return registry, {"G": (g, g_optim, g_sched), "D": (d, d_optim, d_sched), "counter": counter}
+
+
+def test_registry_save_zero_load_restores_everything(tmp_path):
+    """One save loop writes G_/D_ in the reference layout (lead file last, extra state in it); one load loop
+    restores weights, optimizers, schedules, the registered states and the RNG."""
+    registry, parts = _registry(seed=0, steps=3)
+    torch.manual_seed(99)
+    paths = registry.save(str(tmp_path), step=7, epoch=2, learning_rate=2e-4)
+    assert [os.path.basename(p) for p in paths] == ["D_7.pth", "G_7.pth"]  # the lead file last
+    expected_next = torch.rand(3)
+    g_file = torch.load(tmp_path / "G_7.pth", weights_only=True)
+    assert list(g_file)[:4] == CLASSIC_KEYS and g_file["iteration"] == 2 and g_file["learning_rate"] == 2e-4
+    assert {"scheduler", "train_state", "rng_states"} <= set(g_file)
+    assert "train_state" not in torch.load(tmp_path / "D_7.pth", weights_only=True)
+
+    fresh, fresh_parts = _registry(seed=5, steps=1)
+    for prefix in ("G", "D"):
+        with torch.no_grad():
+            for p in fresh_parts[prefix][0].parameters():
+                p.zero_()
+    report = fresh.load(utils.read_checkpoint(tmp_path / "G_7.pth"), str(tmp_path / "G_7.pth"))
+    assert report.missing == [] and report.unscheduled == []
+    assert torch.equal(torch.rand(3), expected_next)  # the RNG restored last
+    assert fresh_parts["counter"].value == 3
+    for prefix in ("G", "D"):
+        net, optim, sched = parts[prefix]
+        new_net, new_optim, new_sched = fresh_parts[prefix]
+        for key, value in net.state_dict().items():
+            assert torch.equal(new_net.state_dict()[key], value), f"{prefix}: {key}"
+        assert new_sched.state_dict() == sched.state_dict()
+        assert new_optim.state_dict()["param_groups"] == optim.state_dict()["param_groups"]
+        for index, state in optim.state_dict()["state"].items():
+            assert torch.equal(new_optim.state_dict()["state"][index]["exp_avg"], state["exp_avg"])
+
+
+def test_registry_load_falls_back_for_a_missing_sibling_and_reports_it(tmp_path, caplog):
+    registry, _ = _registry(seed=0, steps=2)
+    registry.save(str(tmp_path), step=5, epoch=1, learning_rate=2e-4)
+    registry.save(str(tmp_path), step=9, epoch=1, learning_rate=2e-4)
+    os.remove(tmp_path / "D_9.pth")
+    fresh, _ = _registry(seed=3, steps=1)
+    with caplog.at_level(logging.WARNING):
+        report = fresh.load(utils.read_checkpoint(tmp_path / "G_9.pth"), str(tmp_path / "G_9.pth"))
+    assert "D_9.pth is missing or incomplete; using" in caplog.text and report.sources["D"].endswith("D_5.pth")
+    os.remove(tmp_path / "D_5.pth")
+    report = fresh.load(utils.read_checkpoint(tmp_path / "G_9.pth"), str(tmp_path / "G_9.pth"), schedulers=False)
+    assert report.missing == ["D"] and report.unscheduled == ["G"]
+
+
+def test_registry_refuses_taken_names():
+    registry, _ = _registry(seed=0, steps=1)
+    for key in ("model", "optimizer", "scheduler", "train_state"):
+        with pytest.raises(ValueError, match="taken"):
+            registry.add_state(key, Counter())
+    with pytest.raises(ValueError, match="already registered"):
+        registry.add_net("G", TinyNet())
+
+
 @pytest.mark.parametrize("name", ["G_100.pth", "DUR_100.pth", "WD_100.pth"])
 def test_reference_checkpoints_have_the_documented_layout_and_load(dev_dir, tmp_path, name):
     layout = json.loads((dev_dir / "ckpt" / "layout.json").read_text(encoding="utf-8"))[name]
@@ -390,21 +471,56 @@ def test_clean_checkpoints_does_not_confuse_d_with_dur(tmp_path):
 # logging, provenance, TensorBoard, plots
 
 
-def test_get_logger_writes_to_the_file_once(tmp_path):
-    model_dir = tmp_path / "my_run_logger_test"
-    first = utils.get_logger(model_dir)
-    second = utils.get_logger(str(model_dir))
+def test_train_logger_writes_train_log_once_and_tensorboard_values(tmp_path):
+    """Rank 0: train.log gets each line once (a second logger for the same run does not duplicate it) and the
+    events hold the scalars, the images and the evaluation audio at their steps."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    root_handlers = list(logging.getLogger().handlers)
+    root_level = logging.getLogger().level
     try:
-        assert first is second
-        first.info("hello %s", "world")
-        for handler in first.handlers:
+        utils.TrainLogger(tmp_path, rank=0).close()
+        log = utils.TrainLogger(tmp_path, rank=0)
+        scalars = {"loss/g/total": 3.5, "loss/d/total": 1.25, "learning_rate": 2e-4}
+        log.log_train(10, 2, 0.5, scalars, {"all/mel": torch.rand(8, 20)}, {"all/attn": torch.rand(20, 7)})
+        log.log_eval(10, {"gen/mel_0": np.random.rand(8, 12)}, {"gen/audio_0_True": torch.rand(1, 400) - 0.5}, 16000)
+        log.close()
+        for handler in logging.getLogger().handlers:
             handler.flush()
-        text = (model_dir / "train.log").read_text(encoding="utf-8")
-        assert text.count("hello world") == 1 and "\tINFO\t" in text
     finally:
-        for handler in list(first.handlers):
-            first.removeHandler(handler)
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
             handler.close()
+        for handler in root_handlers:
+            logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(root_level)
+    text = (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert text.count("Train Epoch: 2 [50%] step 10: g 3.5000, d 1.2500") == 1
+    train = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    train.Reload()
+    assert [(e.step, e.value) for e in train.Scalars("loss/g/total")] == [(10, 3.5)]
+    assert set(train.Tags()["images"]) == {"all/mel", "all/attn"}
+    evaluation = event_accumulator.EventAccumulator(str(tmp_path / "eval"), size_guidance={"audio": 0, "images": 0})
+    evaluation.Reload()
+    assert [e.step for e in evaluation.Audio("gen/audio_0_True")] == [10]
+    assert evaluation.Tags()["images"] == ["gen/mel_0"]
+
+
+def test_train_logger_off_rank_0_writes_nothing(tmp_path):
+    root_handlers = list(logging.getLogger().handlers)
+    root_level = logging.getLogger().level
+    try:
+        log = utils.TrainLogger(tmp_path / "run", rank=1)
+        log.log_train(1, 1, 0.0, {"loss/g/total": 1.0}, {}, {})
+        log.close()
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        for handler in root_handlers:
+            logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(root_level)
+    assert not (tmp_path / "run").exists()
 
 
 def test_check_git_hash_records_and_compares(tmp_path, caplog, monkeypatch):
