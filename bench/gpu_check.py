@@ -241,6 +241,7 @@ def check_train_step(
     """
     import torch
     import train_step as bench
+
     import training
 
     device = torch.device(device_name)

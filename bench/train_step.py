@@ -25,8 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference-like step (scaffolding)
 
-import train_ms  # noqa: E402
+import reference_like  # noqa: E402
+
+import training  # noqa: E402
 import utils  # noqa: E402
 from data_utils import Batch  # noqa: E402
 from mel_processing import spectrogram_torch  # noqa: E402
@@ -63,14 +66,15 @@ def synthetic_batch(hps: utils.HParams, batch_size: int, seconds: float, generat
 
 
 def time_steps(
-    trainer: train_ms.Trainer, batch: Batch, hps: utils.HParams, rt: train_ms.Runtime, reference_like: bool, steps: int
+    trainer: training.Trainer, batch: Batch, hps: utils.HParams, rt: training.Runtime, ref_like: bool, steps: int
 ) -> list[float]:
+    step = reference_like.train_step if ref_like else training.train_step
     seconds = []
     for _ in range(steps):
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         start = time.perf_counter()
-        train_ms.train_step(trainer, batch, hps, rt, reference_like)
+        step(trainer, batch, hps, rt)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         seconds.append(time.perf_counter() - start)
@@ -78,20 +82,19 @@ def time_steps(
 
 
 def bench_device(hps: utils.HParams, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
-    rt = train_ms.Runtime(0, 0, 1, device, train_ms.resolve_amp_dtype(hps.train, device))
-    train_ms.configure_kernels(device)  # the kernels train_ms.py uses on this device
+    rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
+    training.configure_kernels(device)  # the kernels train_ms.py uses on this device
     torch.manual_seed(hps.train.seed)
-    trainer = train_ms.build_trainer(hps, rt)
-    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, rt)
+    trainer = training.build_trainer(hps, rt)
     trainer.set_train_mode()
     batch = synthetic_batch(hps, args.batch_size, args.seconds, torch.Generator().manual_seed(0)).to(device)
     timings: dict[bool, list[float]] = {False: [], True: []}
-    for reference_like in (False, True):
-        time_steps(trainer, batch, hps, rt, reference_like, args.warmup)
+    for ref_like in (False, True):
+        time_steps(trainer, batch, hps, rt, ref_like, args.warmup)
     # Interleaved, so drifting machine load affects both variants alike.
     for _ in range(args.steps):
-        for reference_like in (False, True):
-            timings[reference_like] += time_steps(trainer, batch, hps, rt, reference_like, 1)
+        for ref_like in (False, True):
+            timings[ref_like] += time_steps(trainer, batch, hps, rt, ref_like, 1)
     ours, reference = statistics.median(timings[False]), statistics.median(timings[True])
     return {"ours_s_per_step": ours, "reference_like_s_per_step": reference, "speedup": reference / ours}
 

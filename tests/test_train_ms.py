@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_like as reference_like_step
 import soundfile
 import torch
 from tensorboard.backend.event_processing import event_accumulator
@@ -22,11 +23,19 @@ from train_tiny import (
 )
 
 import train_ms
+import training
 import utils
 from data_utils import Batch
-from models import DurationDiscriminator, MultiPeriodDiscriminator, WavLMDiscriminator
+from models import (
+    DurationDiscriminator,
+    DurationTerms,
+    Latents,
+    MultiPeriodDiscriminator,
+    SynthesizerOutput,
+    WavLMDiscriminator,
+)
 
-CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
 def _close(actual, expected, name: str) -> None:
@@ -39,7 +48,7 @@ def _close(actual, expected, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def golden_trainer(golden: dict, dev_config: dict) -> train_ms.Trainer:
+def golden_trainer(golden: dict, dev_config: dict) -> training.Trainer:
     """The kit's net_d / net_dur_disc / net_wd (eval mode, as the golden values were made) with its tiny WavLM."""
     import kit
 
@@ -54,31 +63,31 @@ def golden_trainer(golden: dict, dev_config: dict) -> train_ms.Trainer:
     net_wd.load_state_dict(golden["weights_wd"])
     for net in (net_d, net_dur, net_wd):
         net.eval()
-    trainer = train_ms.Trainer(
+    trainer = training.Trainer(
         g=None,
-        d=train_ms.Part("D", net_d, None, None),
-        wd=train_ms.Part("WD", net_wd, None, None),
-        dur=train_ms.Part("DUR", net_dur, None, None),
+        d=training.Part("D", net_d, None, None),
+        wd=training.Part("WD", net_wd, None, None),
+        dur=training.Part("DUR", net_dur, None, None),
         scaler=torch.amp.GradScaler("cpu", enabled=False),
-        state=train_ms.TrainState(),
+        state=training.TrainState(),
     )
-    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
+    trainer.wl = training.build_wavlm_loss(hps, trainer, CPU)
     return trainer
 
 
 def _golden_pass(
-    golden: dict, hps: utils.HParams, trainer: train_ms.Trainer, reference_like: bool
-) -> train_ms.GeneratorPass:
+    golden: dict, hps: utils.HParams, trainer: training.Trainer, reference_like: bool
+) -> training.GeneratorPass:
     f, i = golden["forward"], golden["inputs"]
-    out = (
+    out = SynthesizerOutput(
         f["o"],
         f["l_length"],
         f["attn"],
         f["ids_slice"],
         f["x_mask"],
         f["y_mask"],
-        (f["z"], f["z_p"], f["m_p"], f["logs_p"], f["m_q"], f["logs_q"]),
-        (f["x"], f["logw"], f["logw_"], f["logw_sdp"]),
+        Latents(f["z"], f["z_p"], f["m_p"], f["logs_p"], f["m_q"], f["logs_q"]),
+        DurationTerms(f["x"], f["logw"], f["logw_"], f["logw_sdp"]),
         f["g"],
     )
     batch = Batch(
@@ -95,7 +104,7 @@ def _golden_pass(
         i["ja_bert"],
         i["en_bert"],
     )
-    return train_ms.prepare_pass(out, batch, hps, None if reference_like else trainer.wl)
+    return training.prepare_pass(out, batch, hps, None if reference_like else trainer.wl)
 
 
 @pytest.mark.parametrize("reference_like", [False, True], ids=["efficient", "reference_like"])
@@ -107,8 +116,9 @@ def test_iteration_loss_terms_match_reference(golden, golden_trainer, dev_config
     expected = golden["train_step_losses"]
     with torch.no_grad():
         fwd = _golden_pass(golden, hps, trainer, reference_like)
-        d = train_ms.discriminator_losses(trainer, fwd, CPU, reference_like)
-        g = train_ms.generator_losses(trainer, fwd, hps, CPU, reference_like)
+        step = reference_like_step if reference_like else training
+        d = step.discriminator_losses(trainer, fwd, CPU)
+        g = step.generator_losses(trainer, fwd, hps, CPU)
 
     for name, actual in (("y_seg", fwd.y), ("mel", fwd.mel), ("y_mel", fwd.y_mel), ("y_hat_mel", fwd.y_hat_mel)):
         _close(actual, expected[name], name)
@@ -148,24 +158,23 @@ def tiny(tmp_path_factory, tiny_train_config) -> dict:
     hps = utils.HParams(**tiny_config(tiny_train_config, make_dataset(folder / "data")))
     hps.model_dir = str(folder / "models")
     torch.manual_seed(1)
-    trainer = train_ms.build_trainer(hps, CPU)
-    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
-    loader, batches = train_ms.build_train_loader(hps, CPU, num_workers=0)
+    trainer = training.build_trainer(hps, CPU)
+    loader, batches = training.build_train_loader(hps, CPU, num_workers=0)
     batches.start_epoch(1)
     return {"trainer": trainer, "hps": hps, "batch": next(iter(loader)), "start": _snapshot(trainer)}
 
 
-def _snapshot(trainer: train_ms.Trainer) -> dict[str, dict[str, torch.Tensor]]:
+def _snapshot(trainer: training.Trainer) -> dict[str, dict[str, torch.Tensor]]:
     return {p.prefix: {k: v.clone() for k, v in p.raw.state_dict().items()} for p in trainer.parts()}
 
 
-def _reset(tiny: dict) -> train_ms.Trainer:
+def _reset(tiny: dict) -> training.Trainer:
     trainer = tiny["trainer"]
     for part in trainer.parts():
         part.raw.load_state_dict(tiny["start"][part.prefix])
         part.optimizer.state.clear()
         part.optimizer.zero_grad(set_to_none=True)
-    trainer.state = train_ms.TrainState()
+    trainer.state = training.TrainState()
     trainer.set_train_mode()
     return trainer
 
@@ -182,7 +191,8 @@ def both_variants(tiny) -> dict:
         trainer = _reset(tiny)
         trainer.dur.raw.eval()
         torch.manual_seed(5)
-        metrics, fwd = train_ms.train_step(trainer, tiny["batch"], tiny["hps"], CPU, reference_like)
+        step = reference_like_step if reference_like else training
+        metrics, fwd = step.train_step(trainer, tiny["batch"], tiny["hps"], CPU)
         grads = {
             p.prefix: {n: q.grad is not None and bool(q.grad.abs().sum() > 0) for n, q in p.raw.named_parameters()}
             for p in trainer.parts()
@@ -230,11 +240,11 @@ def test_mas_noise_scale_follows_the_step(tiny):
     trainer = _reset(tiny)
     trainer.state.step = 1000
     with torch.no_grad():
-        train_ms.generator_forward(trainer, tiny["batch"], tiny["hps"], CPU)
+        training.generator_forward(trainer, tiny["batch"], tiny["hps"], CPU)
     assert trainer.g.raw.current_mas_noise_scale == pytest.approx(0.01 - 2e-6 * 1000)
     trainer.state.step = 10**6
     with torch.no_grad():
-        train_ms.generator_forward(trainer, tiny["batch"], tiny["hps"], CPU)
+        training.generator_forward(trainer, tiny["batch"], tiny["hps"], CPU)
     assert trainer.g.raw.current_mas_noise_scale == 0.0
 
 
@@ -245,7 +255,7 @@ def test_nonfinite_audio_skips_the_updates_it_poisons(tiny):
     trainer = _reset(tiny)
     batch = tiny["batch"]
     poisoned = batch._replace(wav=torch.full_like(batch.wav, float("nan")))
-    metrics, _ = train_ms.train_step(trainer, poisoned, tiny["hps"], CPU)
+    metrics, _ = training.train_step(trainer, poisoned, tiny["hps"], CPU)
     assert sorted(metrics["skipped"]) == ["D", "G", "WD"]
     for part in trainer.parts():
         same = all(torch.equal(v, tiny["start"][part.prefix][k]) for k, v in part.raw.state_dict().items())
@@ -253,16 +263,16 @@ def test_nonfinite_audio_skips_the_updates_it_poisons(tiny):
         assert all(torch.isfinite(v).all() for v in part.raw.state_dict().values()), part.prefix
 
 
-def test_frozen_bert_projection_is_not_trained(tiny_model_config):
+def test_frozen_bert_projection_is_not_trained(tiny_train_config):
     hps = utils.HParams(
         **tiny_config(
-            tiny_model_config,
+            tiny_train_config,
             {"training_files": "t", "validation_files": "v"},
             freeze_ZH_bert=True,
             freeze_EN_bert=True,
         )
     )
-    trainer = train_ms.build_trainer(hps, CPU)
+    trainer = training.build_trainer(hps, CPU)
     net_g = trainer.g.raw
     optimized = {id(p) for group in trainer.g.optimizer.param_groups for p in group["params"]}
     for name, frozen in (("bert_proj", True), ("ja_bert_proj", False), ("en_bert_proj", True)):
@@ -271,30 +281,30 @@ def test_frozen_bert_projection_is_not_trained(tiny_model_config):
 
 
 def test_nonfinite_streak_stops_with_clear_error():
-    state = train_ms.TrainState(step=7)
+    state = training.TrainState(step=7)
     for _ in range(2):
-        train_ms.update_nonfinite_streak(state, ["G"], limit=3, model_dir="m")
-    train_ms.update_nonfinite_streak(state, [], limit=3, model_dir="m")
+        training.update_nonfinite_streak(state, ["G"], limit=3, model_dir="m")
+    training.update_nonfinite_streak(state, [], limit=3, model_dir="m")
     assert state.nonfinite_streak == 0
     for _ in range(2):
-        train_ms.update_nonfinite_streak(state, ["D", "G"], limit=3, model_dir="m")
+        training.update_nonfinite_streak(state, ["D", "G"], limit=3, model_dir="m")
     with pytest.raises(RuntimeError, match=r"3 iterations in a row had non-finite.*D, G.*learning_rate"):
-        train_ms.update_nonfinite_streak(state, ["D", "G"], limit=3, model_dir="m")
+        training.update_nonfinite_streak(state, ["D", "G"], limit=3, model_dir="m")
 
 
 def test_warmup_schedule_ramps_then_decays_and_round_trips():
     param = torch.nn.Parameter(torch.zeros(1))
     train = utils.HParams(learning_rate=1.0, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.5, warmup_epochs=3)
-    optimizer = train_ms.make_optimizer([param], train)
-    scheduler = train_ms.make_scheduler(optimizer, train)
+    optimizer = training.make_optimizer([param], train)
+    scheduler = training.make_scheduler(optimizer, train)
     lrs = [optimizer.param_groups[0]["lr"]]
     for _ in range(4):
         optimizer.step()  # no gradient, so a no-op; keeps the training loop's optimizer-then-scheduler order
         scheduler.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([1 / 3, 2 / 3 * 0.5, 0.25, 0.125, 0.0625])
-    again = train_ms.make_optimizer([param], train)
-    restored = train_ms.make_scheduler(again, train)
+    again = training.make_optimizer([param], train)
+    restored = training.make_scheduler(again, train)
     again.load_state_dict(optimizer.state_dict())
     restored.load_state_dict(scheduler.state_dict())
     again.step()
@@ -305,7 +315,7 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
     # Without warm-up it is the reference's ExponentialLR.
     plain = utils.HParams(learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.99995, warmup_epochs=0)
     assert isinstance(
-        train_ms.make_scheduler(train_ms.make_optimizer([param], plain), plain), torch.optim.lr_scheduler.ExponentialLR
+        training.make_scheduler(training.make_optimizer([param], plain), plain), torch.optim.lr_scheduler.ExponentialLR
     )
 
 
@@ -317,9 +327,9 @@ def test_config_errors_name_the_setting(tiny_model_config):
         tiny_model_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True, fp16_run=True
     )
     with pytest.raises(ValueError, match="bf16_run and train.fp16_run"):
-        train_ms.resolve_amp_dtype(utils.HParams(**config).train, torch.device("cuda"))
+        training.resolve_amp_dtype(utils.HParams(**config).train, torch.device("cuda"))
     assert (
-        train_ms.resolve_amp_dtype(utils.HParams(**config | {"train": {"bf16_run": True}}).train, torch.device("cpu"))
+        training.resolve_amp_dtype(utils.HParams(**config | {"train": {"bf16_run": True}}).train, torch.device("cpu"))
         is None
     )
 

@@ -29,10 +29,10 @@ from train_tiny import (
     write_run_files,
 )
 
-import train_ms
+import training
 import utils
 
-CPU = train_ms.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 PREFIXES = ("G", "D", "WD", "DUR")
 N_STEPS = 3  # 2 batches per epoch: the runs cross an epoch boundary (LR decay, sampler epoch)
 OPTIMIZERS_PER_STEP = 4  # DUR, D, WD, G
@@ -197,11 +197,10 @@ def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
     hps = _tiny_hps(tmp_path, dev_config, skip_optimizer=False)
     _copy_reference_checkpoints(dev_dir, Path(hps.model_dir))
     torch.manual_seed(0)
-    trainer = train_ms.build_trainer(hps, CPU)
+    trainer = training.build_trainer(hps, CPU)
     fresh_d = {k: v.clone() for k, v in trainer.d.raw.state_dict().items()}
     with caplog.at_level(logging.WARNING):
-        rng_states = train_ms.restore_or_initialise(trainer, hps, CPU, base_dir=None)
-    assert rng_states is None
+        assert training.restore_or_initialise(trainer, hps, CPU, base_dir=None) is True
     assert "no D_*.pth" in caplog.text and "fresh weights" in caplog.text
 
     for part, name in ((trainer.g, "G_100.pth"), (trainer.dur, "DUR_100.pth"), (trainer.wd, "WD_100.pth")):
@@ -217,16 +216,15 @@ def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
         assert part.scheduler.last_epoch == 2
 
     # Continue: one step, then a checkpoint in this script's format, which resumes exactly.
-    trainer.wl = train_ms.build_wavlm_loss(hps, trainer, CPU)
-    loader, batches = train_ms.build_train_loader(hps, CPU, num_workers=0)
+    loader, batches = training.build_train_loader(hps, CPU, num_workers=0)
     batches.start_epoch(trainer.state.epoch)
-    metrics, _ = train_ms.train_step(trainer, next(iter(loader)), hps, CPU)
+    metrics, _ = training.train_step(trainer, next(iter(loader)), hps, CPU)
     assert metrics["skipped"] == []
     trainer.state.step += 1
     trainer.state.batch_in_epoch += 1
-    train_ms.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=0)
-    again = train_ms.build_trainer(hps, CPU)
-    train_ms.restore_or_initialise(again, hps, CPU, base_dir=None)
+    training.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=0)
+    again = training.build_trainer(hps, CPU)
+    training.restore_or_initialise(again, hps, CPU, base_dir=None)
     assert again.state == trainer.state
     for a, b in zip(again.parts(), trainer.parts()):
         _assert_same_tree(a.raw.state_dict(), b.raw.state_dict(), a.prefix)
@@ -237,8 +235,8 @@ def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
 def test_reference_checkpoints_honour_skip_optimizer(tmp_path, dev_dir, dev_config):
     hps = _tiny_hps(tmp_path, dev_config, skip_optimizer=True)
     _copy_reference_checkpoints(dev_dir, Path(hps.model_dir))
-    trainer = train_ms.build_trainer(hps, CPU)
-    train_ms.restore_or_initialise(trainer, hps, CPU, base_dir=None)
+    trainer = training.build_trainer(hps, CPU)
+    training.restore_or_initialise(trainer, hps, CPU, base_dir=None)
     assert all(not part.optimizer.state for part in trainer.parts())
     assert trainer.g.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.99995**2, rel=1e-12)
 
@@ -252,9 +250,9 @@ def test_base_model_fine_tuning_loads_weights_only(tmp_path, dev_dir, dev_config
     hps = _tiny_hps(tmp_path, dev_config)
     hps.data.n_speakers = 2
     hps.data.spk2id = {"spk0": 0, "spk1": 1, "spk2": 1, "spk3": 0}
-    trainer = train_ms.build_trainer(hps, CPU)
+    trainer = training.build_trainer(hps, CPU)
     with caplog.at_level(logging.WARNING):
-        assert train_ms.restore_or_initialise(trainer, hps, CPU, base_dir=str(base_dir)) is None
+        assert training.restore_or_initialise(trainer, hps, CPU, base_dir=str(base_dir)) is False
     assert "emb_g.weight" in caplog.text
     saved = torch.load(base_dir / "G_100.pth", map_location="cpu", weights_only=True)["model"]
     state = trainer.g.raw.state_dict()
@@ -263,6 +261,6 @@ def test_base_model_fine_tuning_loads_weights_only(tmp_path, dev_dir, dev_config
     assert trainer.state.step == 0 and all(not part.optimizer.state for part in trainer.parts())
 
     trainer.state.step = 1
-    train_ms.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=2)
+    training.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=2)
     assert (Path(hps.model_dir) / "G_1.pth").is_file()
     assert {p.name: p.read_bytes() for p in base_dir.iterdir()} == before

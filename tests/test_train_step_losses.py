@@ -1,9 +1,11 @@
-"""Every loss term of one reference training step, against golden `train_step_losses`.
+"""Every loss term of one training iteration, computed by the production step (``training``) and against the
+kit's golden `train_step_losses`.
 
-The generator forward runs in eval mode under no_grad with the kit's zero-random patch (README,
-"Training forward"); the terms are then computed with the same calls and in the same order as the
-reference training step, including its two quirks: the two duration-discriminator calls are combined by
-element-wise addition, and the GAN helpers then iterate over the batch rows of that tensor.
+The generator forward runs in eval mode under no_grad with the kit's zero-random patch (README, "Training
+forward"); the discriminator and generator losses are then ``training.discriminator_losses`` and
+``training.generator_losses``, the functions ``training.train_step`` minimises. Golden values include the
+reference's two quirks: the two duration-discriminator calls are combined by element-wise addition, and the GAN
+helpers then iterate over the batch rows of that tensor.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 from kit import net_d_state_dict
-from torch.nn import functional as F
+from test_full_backward import CPU, golden_batch
 
-import commons
-from losses import WavLMLoss, discriminator_loss, feature_loss, generator_loss, kl_loss
-from mel_processing import mel_spectrogram_torch, spec_to_mel_torch
+import training
+import utils
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -49,120 +50,49 @@ def zero_random() -> Iterator[None]:
             setattr(torch, name, fn)
 
 
-def build_generator_nets(config: dict, weights: dict) -> dict[str, torch.nn.Module]:
-    """net_g and net_dur_disc as the training script builds them, with the given weights, in eval mode."""
-    from models import DurationDiscriminator, SynthesizerTrn
-    from text.symbols import symbols
-
-    data, model, train = config["data"], config["model"], config["train"]
-    net_g = SynthesizerTrn(
-        len(symbols),
-        data["filter_length"] // 2 + 1,
-        train["segment_size"] // data["hop_length"],
-        n_speakers=data["n_speakers"],
-        mas_noise_scale_initial=0.01,
-        noise_scale_delta=2e-6,
-        **model,
-    )
-    net_g.load_state_dict(weights["weights_g"])
-    hidden, gin = model["hidden_channels"], model["gin_channels"]
-    net_dur_disc = DurationDiscriminator(hidden, hidden, 3, 0.1, gin_channels=gin)
-    net_dur_disc.load_state_dict(weights["weights_dur"])
-    return dict(net_g=net_g.eval(), net_dur_disc=net_dur_disc.eval())
-
-
-def build_discriminators(config: dict, golden: dict) -> dict[str, torch.nn.Module]:
-    """net_d (kit recipe weights) and net_wd from golden.pt, in eval mode; both golden files use these."""
-    from models import MultiPeriodDiscriminator, WavLMDiscriminator
-
-    model = config["model"]
-    net_d = MultiPeriodDiscriminator(model["use_spectral_norm"])
+@pytest.fixture(scope="module")
+def golden_trainer(golden: dict, dev_config: dict) -> training.Trainer:
+    """The four nets as train_ms builds them, with the kit's discriminator weights, in eval mode."""
+    hps = utils.HParams(**dev_config)
+    net_g, net_d, net_wd, net_dur = training.build_nets(hps)
     net_d.load_state_dict(net_d_state_dict(golden))
-    slm = model["slm"]
-    net_wd = WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"])
     net_wd.load_state_dict(golden["weights_wd"])
-    return dict(net_d=net_d.eval(), net_wd=net_wd.eval())
+    trainer = training.Trainer(
+        g=training.Part("G", net_g, None, None),
+        d=training.Part("D", net_d, None, None),
+        wd=training.Part("WD", net_wd, None, None),
+        dur=training.Part("DUR", net_dur, None, None),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        state=training.TrainState(),
+    )
+    trainer.wl = training.build_wavlm_loss(hps, trainer, CPU)
+    trainer.set_train_mode(False)
+    return trainer
 
 
-def step_loss_terms(config: dict, nets: dict, wl: WavLMLoss, inputs: dict) -> dict:
-    """All loss terms of one training step (no backward), named like golden `train_step_losses`."""
-    data, train = config["data"], config["train"]
-    net_g, net_d, net_dur_disc = nets["net_g"], nets["net_d"], nets["net_dur_disc"]
-    hop, segment_size = data["hop_length"], train["segment_size"]
+def step_loss_terms(trainer: training.Trainer, hps: utils.HParams, inputs: dict) -> dict:
+    """All loss terms of one production iteration (no backward), named like golden `train_step_losses`."""
+    batch = golden_batch(inputs)
     with zero_random():
-        out = net_g(
-            inputs["x"],
-            inputs["x_lengths"],
-            inputs["spec"],
-            inputs["spec_lengths"],
-            inputs["sid"],
-            inputs["tone"],
-            inputs["language"],
-            inputs["bert"],
-            inputs["ja_bert"],
-            inputs["en_bert"],
-        )
-    y_hat, l_length, attn, ids_slice, x_mask, z_mask, latents, durations, g = out
-    _z, z_p, m_p, logs_p, _m_q, logs_q = latents
-    hidden_x, logw, logw_, logw_sdp = durations
-
-    t = {"forward_o": y_hat, "ids_slice": ids_slice}
-    t["mel"] = spec_to_mel_torch(
-        inputs["spec"],
-        data["filter_length"],
-        data["n_mel_channels"],
-        data["sampling_rate"],
-        data["mel_fmin"],
-        data["mel_fmax"],
-    )
-    t["y_mel"] = commons.slice_segments(t["mel"], ids_slice, segment_size // hop)
-    t["y_hat_mel"] = mel_spectrogram_torch(
-        y_hat.squeeze(1),
-        data["filter_length"],
-        data["n_mel_channels"],
-        data["sampling_rate"],
-        hop,
-        data["win_length"],
-        data["mel_fmin"],
-        data["mel_fmax"],
-    )
-    y = commons.slice_segments(inputs["y"], ids_slice * hop, segment_size)
-    t["y_seg"] = y
-
-    # Discriminator side. The reference runs net_d again on the generator side (without detach, for the
-    # backward); without a backward both calls give the same tensors, so the 46.7 M-parameter MPD runs once.
-    y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = net_d(y, y_hat.detach())
-    t["loss_disc"], t["losses_disc_r"], t["losses_disc_g"] = discriminator_loss(y_d_hat_r, y_d_hat_g)
-    dur_r, dur_g = net_dur_disc(hidden_x.detach(), x_mask.detach(), logw_.detach(), logw.detach(), g.detach())
-    dur_r_sdp, dur_g_sdp = net_dur_disc(
-        hidden_x.detach(), x_mask.detach(), logw_.detach(), logw_sdp.detach(), g.detach()
-    )
-    dur_r, dur_g = dur_r + dur_r_sdp, dur_g + dur_g_sdp  # element-wise, as the reference does
-    t["loss_dur_disc"], t["losses_dur_disc_r"], t["losses_dur_disc_g"] = discriminator_loss(dur_r, dur_g)
-    t["loss_slm"] = wl.discriminator(y.detach().squeeze(1), y_hat.detach().squeeze(1)).mean()
-
-    # Generator side.
-    _, dur_g = net_dur_disc(hidden_x, x_mask, logw_, logw, g)
-    _, dur_g_sdp = net_dur_disc(hidden_x, x_mask, logw_, logw_sdp, g)
-    dur_g = dur_g + dur_g_sdp
-    t["loss_dur"] = torch.sum(l_length.float())
-    t["loss_mel"] = F.l1_loss(t["y_mel"], t["y_hat_mel"]) * train["c_mel"]
-    t["loss_kl"] = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * train["c_kl"]
-    t["loss_fm"] = feature_loss(fmap_r, fmap_g)
-    t["loss_gen"], t["losses_gen"] = generator_loss(y_d_hat_g)
-    t["loss_lm"] = wl(y.detach().squeeze(1), y_hat.squeeze(1)).mean()
-    t["loss_lm_gen"] = wl.generator(y_hat.squeeze(1))
-    t["loss_dur_gen"], t["losses_dur_gen"] = generator_loss(dur_g)
-    t["loss_gen_all"] = (
-        t["loss_gen"]
-        + t["loss_fm"]
-        + t["loss_mel"]
-        + t["loss_dur"]
-        + t["loss_kl"]
-        + t["loss_lm"]
-        + t["loss_lm_gen"]
-        + t["loss_dur_gen"]
-    )
+        out = training.synthesizer_forward(trainer, batch, CPU)
+    fwd = training.prepare_pass(out, batch, hps, trainer.wl)
+    d = training.discriminator_losses(trainer, fwd, CPU)
+    g = training.generator_losses(trainer, fwd, hps, CPU)
+    n_mpd = sum(1 for tag in d if tag.startswith("loss/d_r/"))
+    n_dur = sum(1 for tag in d if tag.startswith("loss/dur_disc_r/"))
+    t = {"forward_o": out.o, "ids_slice": out.ids_slice, "y_seg": fwd.y, "mel": fwd.mel}
+    t.update(y_mel=fwd.y_mel, y_hat_mel=fwd.y_hat_mel)
+    t["loss_disc"], t["loss_dur_disc"], t["loss_slm"] = d["loss/d/total"], d["loss/dur_disc/total"], d["loss/wd/total"]
+    t["losses_disc_r"] = [d[f"loss/d_r/{k}"] for k in range(n_mpd)]
+    t["losses_disc_g"] = [d[f"loss/d_g/{k}"] for k in range(n_mpd)]
+    t["losses_dur_disc_r"] = [d[f"loss/dur_disc_r/{k}"] for k in range(n_dur)]
+    t["losses_dur_disc_g"] = [d[f"loss/dur_disc_g/{k}"] for k in range(n_dur)]
+    t["losses_gen"] = [g[f"loss/g/{k}"] for k in range(n_mpd)]
+    t["losses_dur_gen"] = [g[f"loss/g/dur_gen_{k}"] for k in range(n_dur)]
+    t["loss_gen"] = sum(t["losses_gen"])  # the reference's loss_gen is the sum of these, in this order
+    for name in ("dur", "mel", "kl", "fm", "lm", "lm_gen", "dur_gen"):
+        t[f"loss_{name}"] = g[f"loss/g/{name}"]
+    t["loss_gen_all"] = g["loss/g/total"]
     return t
 
 
@@ -197,25 +127,18 @@ SCALAR_TERMS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def discriminators(golden: dict, dev_config: dict) -> dict:
-    nets = build_discriminators(dev_config, golden)
-    slm = dev_config["model"]["slm"]
-    wl = WavLMLoss(slm["model"], nets["net_wd"], dev_config["data"]["sampling_rate"], slm["sr"])
-    return dict(nets, wl=wl)
-
-
 @pytest.fixture(scope="module", params=["golden", "golden_perturbed"])
 def step_terms(
-    request: pytest.FixtureRequest, golden: dict, dev_config: dict, discriminators: dict
+    request: pytest.FixtureRequest, golden: dict, dev_config: dict, golden_trainer: training.Trainer
 ) -> tuple[dict, dict]:
     weights = request.getfixturevalue(request.param)
     from text.symbols import symbols
 
     assert len(symbols) == golden["meta"]["len_symbols"]
-    nets = dict(build_generator_nets(dev_config, weights), net_d=discriminators["net_d"])
+    golden_trainer.g.raw.load_state_dict(weights["weights_g"])
+    golden_trainer.dur.raw.load_state_dict(weights["weights_dur"])
     with torch.no_grad():
-        terms = step_loss_terms(dev_config, nets, discriminators["wl"], weights["inputs"])
+        terms = step_loss_terms(golden_trainer, utils.HParams(**dev_config), weights["inputs"])
     return terms, weights
 
 
