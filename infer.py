@@ -1,9 +1,9 @@
 """Text-to-speech with a trained Bert-VITS2 2.3 generator.
 
 Loads a generator from a training checkpoint (`G_*.pth`, ours or the reference's: a dict whose `model` entry is
-the state_dict) or from an inference file written by `export.py` (safetensors, config stored in its metadata),
-turns text into phone ids and BERT features the way the reference `infer.py` does, and runs
-`SynthesizerTrn.infer`.
+the state_dict) or from an inference file written by `export.py` (safetensors, config stored in its metadata;
+or `.onnx`, run by onnxruntime through onnx_infer.py behind the same `infer(...)` call), turns text into phone
+ids and BERT features the way the reference `infer.py` does, and runs `SynthesizerTrn.infer`.
 
     python infer.py --model Data/models/G_8000.pth --config Data/config.json \\
         --text "你好，世界。" --speaker spk0 --language ZH \\
@@ -861,7 +861,7 @@ def write_audio(path: str | Path, audio: np.ndarray, sampling_rate: int, subtype
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Bert-VITS2 2.3 text-to-speech inference")
-    parser.add_argument("-m", "--model", required=True, help="G_*.pth checkpoint or export .safetensors file")
+    parser.add_argument("-m", "--model", required=True, help="G_*.pth checkpoint, export .safetensors or .onnx file")
     parser.add_argument("-c", "--config", help="model config.json (optional for an export file)")
     parser.add_argument("-t", "--text", required=True)
     parser.add_argument("-s", "--speaker", required=True, help="speaker name from the config's spk2id")
