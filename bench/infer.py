@@ -13,9 +13,9 @@ infer.py does), run three ways on the same weights, inputs and noise:
 * `onnxruntime`: the generator exported by `export.export_onnx` (to a temporary folder) and run by
   onnx_infer.py, with as many intra-op threads as torch.
 
-The variants are interleaved repeat by repeat, so machine load hits them alike. RTF = compute time / audio
-time, from wall-clock time and from this process's CPU time (less disturbed by other processes on a shared
-machine; with one thread it is the compute itself). What is not measured: the text front end and BERT. The BERT
+The variants are interleaved repeat by repeat, in alternating order, so machine load hits them alike.
+RTF = compute time / audio time, from wall-clock time and from this process's CPU time (less disturbed by other
+processes on a shared machine; with one thread it is the compute itself). What is not measured: the text front end and BERT. The BERT
 features are random tensors of the right shape [1, 1024, T] and the phone ids are random (with blanks), because
 neither the real BERT models nor a trained model are available offline. An untrained duration predictor gives
 about one frame per id, so the length scale is calibrated once to make the output about `--seconds` long.
@@ -169,9 +169,12 @@ def main() -> int:
         outputs = {}
         for name, variant in variants.items():  # warm-up, and the waveforms to compare
             _, outputs[name] = variant(length_scale)
-        for _ in range(args.repeats):
-            for name, variant in variants.items():
-                timings[name].append(variant(length_scale)[0])
+        for repeat in range(args.repeats):
+            # Alternate the order (ABC, CBA, ...) so that whatever a run leaves behind (caches, allocator,
+            # frequency) does not favour one variant.
+            order = list(variants) if repeat % 2 == 0 else list(reversed(variants))
+            for name in order:
+                timings[name].append(variants[name](length_scale)[0])
 
     print(
         f"config {config_path} ({n_params / 1e6:.1f} M generator parameters, {sampling_rate} Hz), "
