@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Sampler
 import commons
 import losses
 import utils
-from config import resolve_device
+from config import as_model_config, changed_settings, resolve_device
 from data_utils import (
     DEFAULT_BUCKET_BOUNDARIES,
     Batch,
@@ -760,28 +760,39 @@ _DEFAULTS = {"train.warmup_epochs": 0}
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
-        return {k: v for key, inner in value.items() for k, v in _flatten(f"{prefix}.{key}", inner).items()}
-    return {prefix: value}
+        return {k: v for key, inner in value.items() for k, v in _flatten(f"{prefix}{key}.", inner).items()}
+    return {prefix[:-1]: value}
+
+
+def _raw_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    old, new = (_flatten("", config) for config in (saved, current))
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        before, after = (_DEFAULTS.get(name) if flat.get(name) is None else flat[name] for flat in (old, new))
+        if before != after:
+            changes.append((name, before, after))
+    return changes
+
+
+def _watched(name: str) -> bool:
+    section, _, key = name.partition(".")
+    if section == "train":
+        return key in DRIFT_TRAIN_KEYS
+    if section == "data":
+        return key in DRIFT_DATA_KEYS
+    # model.slm.model is a path: another folder with the same WavLM is no change worth reporting.
+    return section == "model" and name != "model.slm.model"
 
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(setting, saved value, current value) for the watched train settings, data shape settings and every
-    model setting that differ between a checkpoint's config and the current one."""
-    old, new = {}, {}
-    for config, flat in ((saved, old), (current, new)):
-        train, data = config.get("train", {}), config.get("data", {})
-        flat.update({f"train.{key}": train.get(key) for key in DRIFT_TRAIN_KEYS})
-        flat.update({f"data.{key}": data.get(key) for key in DRIFT_DATA_KEYS})
-        flat.update(_flatten("model", config.get("model", {})))
-    # model.slm.model is a path: another folder with the same WavLM is no change worth reporting.
-    names = sorted((set(old) | set(new)) - {"model.slm.model"})
-    changes = []
-    for name in names:
-        before, after = (flat.get(name) for flat in (old, new))
-        before, after = (_DEFAULTS.get(name) if value is None else value for value in (before, after))
-        if before != after:
-            changes.append((name, before, after))
-    return changes
+    model setting that differ between a checkpoint's config and the current one (defaults compare as defaults
+    through config.changed_settings when both are complete model configs)."""
+    try:
+        changes = changed_settings(saved, as_model_config(current))
+    except ValueError:  # not a complete model config (an old or partial one): compare the values as stored
+        changes = _raw_changes(saved, current)
+    return [change for change in changes if _watched(change[0])]
 
 
 def fast_forward_schedule(part: Part, epochs_done: int, learning_rate: float) -> None:
