@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = utils.TrainLogger(hps.model_dir, rt.rank)
     if added:
         logger.info("environment defaults from %s: %s", yml.source, added)
-    training.configure_kernels(rt.device)
+    training.configure_kernels(rt.device, hps.train)
     stop = StopRequest()
     stop.install()
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import itertools
 import logging
 import math
@@ -139,17 +140,24 @@ def init_runtime(device: str, train: Any) -> Runtime:
     return Runtime(rank, local_rank, world_size, torch_device, resolve_amp_dtype(train, torch_device))
 
 
-def configure_kernels(device: torch.device) -> None:
+def configure_kernels(device: torch.device, train: Any = None) -> None:
     """Backend flags, set once per process.
 
     On the CPU the native convolution kernels replace oneDNN's: the first oneDNN call of a convolution in a
     process can round differently from later calls, so a resumed run would drift from an uninterrupted one.
     The native kernels are deterministic and, for this model on CPU, about as fast (bench/train_step.py).
+    On CUDA, as the reference: cuDNN autotuning, TF32 in float32 matmuls and convolutions, and float32 matmul
+    precision "medium"; ``train.allow_tf32: false`` keeps float32 math strict instead. The CPU keeps full
+    float32 matmuls ("medium" could mean bf16 matmuls on some CPUs).
     """
     if device.type == "cpu":
         torch.backends.mkldnn.enabled = False
-    else:
-        torch.backends.cudnn.benchmark = True
+        return
+    torch.backends.cudnn.benchmark = True
+    tf32 = getattr(train, "allow_tf32", None) is not False
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("medium" if tf32 else "highest")
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -299,7 +307,27 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: Any) -> torch.optim.
 
 
 def make_optimizer(params: Iterable[nn.Parameter], train: Any) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, train.learning_rate, betas=tuple(train.betas), eps=train.eps)
+    """AdamW with the reference's settings; ``train.fused_adamw`` picks torch's fused kernel (the same update
+    within rounding, one kernel for all parameters instead of several per tensor)."""
+    fused = bool(getattr(train, "fused_adamw", None))
+    optimizer = torch.optim.AdamW(
+        params, train.learning_rate, betas=tuple(train.betas), eps=train.eps, fused=True if fused else None
+    )
+    optimizer.register_load_state_dict_post_hook(functools.partial(_keep_fused_setting, fused=fused))
+    return optimizer
+
+
+def _keep_fused_setting(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """A loaded state's param groups carry the saving run's ``fused`` flag (None in the reference's): this run's
+    setting wins, with the step counts where that kernel expects them (the fused one: on the parameter's device
+    as float32; the default one: on the CPU)."""
+    for group in optimizer.param_groups:
+        group["fused"] = True if fused else None
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if state and "step" in state:
+                device = param.device if fused else torch.device("cpu")
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(device)
 
 
 def freeze_bert_projections(net_g: SynthesizerTrn, train: Any) -> None:

@@ -257,7 +257,7 @@ def check_train_step(
                 continue
             hps = _hparams(config, folder, precision, **PRECISIONS[precision])
             rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
-            training.configure_kernels(device)
+            training.configure_kernels(device, hps.train)
             torch.manual_seed(hps.train.seed)
             trainer = training.build_trainer(hps, rt)
             trainer.set_train_mode()

@@ -83,7 +83,7 @@ def time_steps(
 
 def bench_device(hps: utils.HParams, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
     rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
-    training.configure_kernels(device)  # the kernels train_ms.py uses on this device
+    training.configure_kernels(device, hps.train)  # the kernels train_ms.py uses on this device
     torch.manual_seed(hps.train.seed)
     trainer = training.build_trainer(hps, rt)
     trainer.set_train_mode()

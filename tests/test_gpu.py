@@ -96,7 +96,7 @@ def build(hps, seed: int = 1234):
 
     device = cuda()
     rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
-    training.configure_kernels(device)
+    training.configure_kernels(device, hps.train)
     torch.manual_seed(seed)
     trainer = training.build_trainer(hps, rt)
     trainer.set_train_mode()
