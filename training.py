@@ -713,7 +713,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 def build_train_loader(hps: Any, rt: Runtime, num_workers: int) -> tuple[DataLoader, ResumableBatchSampler]:
-    dataset = TextAudioSpeakerLoader(hps.data.training_files, hps.data)
+    dataset = TextAudioSpeakerLoader(hps.data.training_files, hps.data, seed=hps.train.seed)  # unused-BERT noise
     sampler = DistributedBucketSampler(
         dataset,
         hps.train.batch_size,
