@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from text.punctuation import map_punctuation
 from text.symbols import punctuation, symbols
 
 if TYPE_CHECKING:
@@ -64,45 +65,6 @@ _CONSONANTS = [
 # ARPAbet symbols whose tone is taken from the stress digit (bare ER/IH occur in g2p output).
 ARPABET = frozenset([v + s for v in _VOWELS for s in "012"] + _CONSONANTS + ["ER", "IH"])
 
-_PUNCTUATION_MAP = {
-    "：": ",",
-    "；": ",",
-    "，": ",",
-    "。": ".",
-    "！": "!",
-    "？": "?",
-    "\n": ".",
-    "．": ".",
-    "…": "...",
-    "···": "...",
-    "・・・": "...",
-    "·": ",",
-    "・": ",",
-    "、": ",",
-    "$": ".",
-    "“": "'",
-    "”": "'",
-    '"': "'",
-    "‘": "'",
-    "’": "'",
-    "（": "'",
-    "）": "'",
-    "(": "'",
-    ")": "'",
-    "《": "'",
-    "》": "'",
-    "【": "'",
-    "】": "'",
-    "[": "'",
-    "]": "'",
-    "—": "-",
-    "−": "-",
-    "～": "-",
-    "~": "-",
-    "「": "'",
-    "」": "'",
-}
-_PUNCTUATION_RE = re.compile("|".join(re.escape(p) for p in _PUNCTUATION_MAP))
 # Phone-level clean-up of g2p output before the symbol check.
 _PHONE_MAP = {
     "：": ",",
@@ -181,7 +143,7 @@ def normalize_numbers(text: str) -> str:
 
 
 def replace_punctuation(text: str) -> str:
-    return _PUNCTUATION_RE.sub(lambda m: _PUNCTUATION_MAP[m.group()], text)
+    return map_punctuation(text)
 
 
 def text_normalize(text: str) -> str:

@@ -25,49 +25,11 @@ import unicodedata
 from typing import Any, NamedTuple
 
 from text.english import distribute_phone
+from text.punctuation import map_punctuation
 from text.symbols import punctuation, symbols
 
 logger = logging.getLogger(__name__)
 
-_PUNCTUATION_MAP = {
-    "：": ",",
-    "；": ",",
-    "，": ",",
-    "。": ".",
-    "！": "!",
-    "？": "?",
-    "\n": ".",
-    "．": ".",
-    "…": "...",
-    "···": "...",
-    "・・・": "...",
-    "·": ",",
-    "・": ",",
-    "、": ",",
-    "$": ".",
-    "“": "'",
-    "”": "'",
-    '"': "'",
-    "‘": "'",
-    "’": "'",
-    "（": "'",
-    "）": "'",
-    "(": "'",
-    ")": "'",
-    "《": "'",
-    "》": "'",
-    "【": "'",
-    "】": "'",
-    "[": "'",
-    "]": "'",
-    "—": "-",
-    "−": "-",
-    "～": "-",
-    "~": "-",
-    "「": "'",
-    "」": "'",
-}
-_PUNCTUATION_RE = re.compile("|".join(re.escape(p) for p in _PUNCTUATION_MAP))
 _NOT_JAPANESE_OR_PUNCTUATION_RE = re.compile(
     "[^\u3040-\u309f\u30a0-\u30ff\u4e00-\u9fff\u3400-\u4dbf\u3005" + "".join(re.escape(p) for p in punctuation) + "]+"
 )
@@ -133,7 +95,7 @@ def convert_numbers_to_words(text: str) -> str:
 
 
 def replace_punctuation(text: str) -> str:
-    text = _PUNCTUATION_RE.sub(lambda m: _PUNCTUATION_MAP[m.group()], text)
+    text = map_punctuation(text)
     return _NOT_JAPANESE_OR_PUNCTUATION_RE.sub("", text)
 
 
