@@ -114,31 +114,15 @@ def dev_config(dev_dir: Path) -> dict:
 
 
 def build_tiny_wavlm(folder: Path, hidden: int = 32, hidden_states: int = 3, seed: int = 0) -> Path:
-    """A randomly initialised WavLM of the kit's tiny shape, saved with ``save_pretrained`` (nothing downloads).
+    """A randomly initialised WavLM of the kit's tiny shape (train_ms's demo builder; nothing downloads).
 
     WavLM reports its embeddings as an extra hidden state, so ``hidden_states`` (the config's ``slm.nlayers``)
     is one more than its transformer layers. The feature extractor's overall stride is 320 samples, as in the
     real model.
     """
-    import torch
-    from transformers import WavLMConfig, WavLMModel
+    import train_ms
 
-    config = WavLMConfig(
-        hidden_size=hidden,
-        num_hidden_layers=hidden_states - 1,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        conv_dim=(16, 16, 16),
-        conv_kernel=(10, 8, 4),
-        conv_stride=(5, 8, 8),
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        num_buckets=16,
-        max_bucket_distance=64,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        WavLMModel(config).save_pretrained(folder)
+    train_ms.make_demo_wavlm(folder, hidden, hidden_states, seed=seed)
     return folder
 
 
