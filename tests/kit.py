@@ -1,6 +1,9 @@
-"""Helpers that rebuild reference-kit values which the kit describes but does not ship."""
+"""Helpers for the reference-kit tests: values the kit describes but does not ship, and one comparison of many
+entries that reports every mismatch at once."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import torch
@@ -31,3 +34,24 @@ def net_d_state_dict(golden: dict, seed: int = 1234) -> dict[str, torch.Tensor]:
         state[key] = values
     order = golden["weights_d_key_order"]
     return {key: state[key] for key in order}
+
+
+def assert_every_entry(checks: Mapping[str, Callable[[], object]], expected: Collection[str], what: str) -> None:
+    """Run the check of every named entry and fail once, listing every entry that failed with its message.
+
+    ``expected`` is the set of names that must be compared (e.g. every term the kit ships), so an entry cannot
+    silently drop out of the comparison. Checks raise AssertionError (``torch.testing.assert_close`` and plain
+    asserts); a failure report therefore carries the mismatch figures and tolerances of each failing entry.
+    """
+    compared, wanted = set(checks), set(expected)
+    assert compared == wanted, (
+        f"{what}: compared entries differ from the expected set: "
+        f"missing {sorted(wanted - compared)}, unexpected {sorted(compared - wanted)}"
+    )
+    failures = []
+    for name, check in checks.items():
+        try:
+            check()
+        except AssertionError as error:
+            failures.append(f"--- {name}: {error}")
+    assert not failures, f"{what}: {len(failures)} of {len(checks)} entries differ\n" + "\n".join(failures)

@@ -1,5 +1,6 @@
-"""Test helpers: build the four nets from a Bert-VITS2 config dict exactly as the training script does,
-and a patch that makes torch's random draws return zeros (the kit's "zero-random patch")."""
+"""Test helpers: build the four nets from a Bert-VITS2 config dict exactly as the training script does, a
+seeded random batch for tests that need no reference numbers, and a patch that makes torch's random draws
+return zeros (the kit's "zero-random patch")."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from data_utils import Batch
 from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator, build_generator
 
 FLOAT_TOL = {"atol": 1e-4, "rtol": 1e-4}
@@ -31,6 +33,33 @@ def build_net_wd(config: dict) -> WavLMDiscriminator:
 
 def build_net_d(config: dict) -> MultiPeriodDiscriminator:
     return MultiPeriodDiscriminator(config["model"]["use_spectral_norm"])
+
+
+def random_batch(config: dict, n_vocab: int, text_lengths: list[int], spec_lengths: list[int], seed: int = 0) -> Batch:
+    """A padded batch of random phones, BERT features, spectra and waves in the shapes of ``config`` (the kit's
+    golden inputs have these shapes; kit-free tests use this instead). Item i is ``text_lengths[i]`` phones
+    and ``spec_lengths[i]`` frames long; the first item should be the longest, as the collate sorts them."""
+    gen = torch.Generator().manual_seed(seed)
+    data = config["data"]
+    b, t_x, t_spec = len(text_lengths), max(text_lengths), max(spec_lengths)
+    hop, bins = data["hop_length"], data["filter_length"] // 2 + 1
+    text_mask = torch.arange(t_x)[None, :] < torch.tensor(text_lengths)[:, None]
+    spec_mask = (torch.arange(t_spec)[None, :] < torch.tensor(spec_lengths)[:, None]).unsqueeze(1)
+    wave_mask = (torch.arange(t_spec * hop)[None, :] < torch.tensor(spec_lengths)[:, None] * hop).unsqueeze(1)
+    phones = torch.randint(1, n_vocab, (b, t_x), generator=gen) * text_mask
+    bert = [torch.randn(b, 1024, t_x, generator=gen) * text_mask.unsqueeze(1) for _ in range(3)]
+    return Batch(
+        phones,
+        torch.tensor(text_lengths),
+        torch.rand(b, bins, t_spec, generator=gen) * spec_mask,
+        torch.tensor(spec_lengths),
+        (torch.rand(b, 1, t_spec * hop, generator=gen) - 0.5) * 0.6 * wave_mask,
+        torch.tensor(spec_lengths) * hop,
+        torch.randint(0, data["n_speakers"], (b,), generator=gen),
+        torch.randint(0, 6, (b, t_x), generator=gen) * text_mask,  # ZH tones
+        torch.zeros(b, t_x, dtype=torch.long),  # ZH
+        *bert,
+    )
 
 
 def state_dict_layout(net: nn.Module) -> list[list]:
