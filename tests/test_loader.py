@@ -57,19 +57,45 @@ def _write_bert(wav: Path, n_phones: int, seed: int = 0, dim: int = 1024) -> tor
     return features
 
 
+def _write_corpus(folder: Path, cases: list[dict]) -> tuple[Path, list[torch.Tensor]]:
+    """One clip per case (language_str, phones, tones, word2ph_in) with matching BERT files, and the filelist."""
+    lines, features = [], []
+    for i, case in enumerate(cases):
+        wav = folder / f"clip{i}.wav"
+        _write_wav(wav, 0.5 + 0.1 * i, seed=i)
+        features.append(_write_bert(wav, 2 * len(case["phones"]) + 1, seed=i))  # phones with blanks around each
+        lines.append(_line(wav, f"spk{i}", case["language_str"], case["phones"], case["tones"], case["word2ph_in"]))
+    filelist = folder / "train.list"
+    filelist.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return filelist, features
+
+
+# Hand-written cleaned text, one per language: for the tests that compare nothing with the reference.
+LOCAL_CASES = [
+    {"language_str": "ZH", "phones": ["_", "m", "a", "_"], "tones": [0, 1, 1, 0], "word2ph_in": [1, 2, 1]},
+    {
+        "language_str": "JP",
+        "phones": ["_", "s", "o", "r", "a", "_"],
+        "tones": [0, 0, 1, 1, 0, 0],
+        "word2ph_in": [1, 2, 2, 1],
+    },
+    {"language_str": "EN", "phones": ["_", "k", "ae", "t", "_"], "tones": [0, 3, 1, 3, 0], "word2ph_in": [1, 3, 1]},
+]
+
+
 @pytest.fixture()
 def golden_corpus(tmp_path: Path, golden: dict) -> tuple[Path, list[dict], list[torch.Tensor]]:
     """One clip per golden get_text case (ZH, JP, EN) with matching BERT files."""
     cases = golden["loader_get_text"]
-    lines, features = [], []
-    for i, case in enumerate(cases):
-        wav = tmp_path / f"clip{i}.wav"
-        _write_wav(wav, 0.5 + 0.1 * i, seed=i)
-        features.append(_write_bert(wav, len(case["phone_ids"]), seed=i))
-        lines.append(_line(wav, f"spk{i}", case["language_str"], case["phones"], case["tones"], case["word2ph_in"]))
-    filelist = tmp_path / "train.list"
-    filelist.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    filelist, features = _write_corpus(tmp_path, cases)
+    assert [f.shape[1] for f in features] == [len(case["phone_ids"]) for case in cases]
     return filelist, cases, features
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    """Three clips (ZH, JP, EN) of hand-written cleaned text with matching BERT files: no kit needed."""
+    return _write_corpus(tmp_path, LOCAL_CASES)[0]
 
 
 def test_get_text_matches_reference(golden_corpus, dev_config: dict) -> None:
@@ -94,8 +120,8 @@ def test_get_text_matches_reference(golden_corpus, dev_config: dict) -> None:
                 assert torch.count_nonzero(slot) == 0, f"{name} should be zeros"
 
 
-def test_items_spectrogram_and_cache(golden_corpus, dev_config: dict) -> None:
-    filelist, cases, _ = golden_corpus
+def test_items_spectrogram_and_cache(corpus: Path, dev_config: dict) -> None:
+    filelist = corpus
     data = dev_config["data"]
     loader = TextAudioSpeakerLoader(filelist, _data_hparams(dev_config))
     assert len(loader) == 3
@@ -146,8 +172,8 @@ def test_filelist_is_shuffled_like_the_reference_and_filtered(tmp_path: Path, de
     assert loader.origins[0].startswith(f"{filelist}:")
 
 
-def test_all_in_mem_and_namespace_hparams(golden_corpus, dev_config: dict) -> None:
-    filelist, _, _ = golden_corpus
+def test_all_in_mem_and_namespace_hparams(corpus: Path, dev_config: dict) -> None:
+    filelist = corpus
     hparams = SimpleNamespace(**_data_hparams(dev_config, spec_cache=False))
     loader = TextAudioSpeakerLoader(filelist, hparams, all_in_mem=True)
     assert loader.preloaded is not None and len(loader.preloaded) == 3

@@ -1,4 +1,4 @@
-"""losses.py against the reference kit: GAN / feature / KL terms and the WavLM loss."""
+"""losses.py: GAN / feature / KL terms and the WavLM loss against the reference kit, and their properties\n(dtypes, gradients, shapes) on local inputs."""
 
 from __future__ import annotations
 
@@ -62,11 +62,16 @@ def test_feature_loss_treats_real_maps_as_constants() -> None:
     assert fake.grad is not None and fake.grad.abs().sum() > 0
 
 
-def test_gan_losses_are_float32_for_half_inputs(golden: dict) -> None:
-    mpd = golden["mpd_seg"]
-    loss, _, _ = discriminator_loss([t.bfloat16() for t in mpd["y_d_rs"]], [t.bfloat16() for t in mpd["y_d_gs"]])
-    gen, _ = generator_loss([t.bfloat16() for t in mpd["y_d_gs"]])
+def test_gan_losses_are_float32_for_half_inputs() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores_r = [torch.randn(2, n, generator=generator).bfloat16() for n in (7, 5, 3)]
+    scores_g = [torch.randn(2, n, generator=generator).bfloat16() for n in (7, 5, 3)]
+    loss, _, _ = discriminator_loss(scores_r, scores_g)
+    gen, _ = generator_loss(scores_g)
     assert loss.dtype == gen.dtype == torch.float32
+    # The values are those of the float32 inputs (computed in float32, not merely cast at the end).
+    _close(loss, discriminator_loss([t.float() for t in scores_r], [t.float() for t in scores_g])[0])
+    _close(gen, generator_loss([t.float() for t in scores_g])[0])
 
 
 def test_duration_discriminator_losses_iterate_over_the_batch(golden: dict) -> None:
@@ -110,10 +115,14 @@ def test_kl_loss_formula_and_mask() -> None:
     assert kl_loss(z_p, logs_q, m_p, logs_p, mask).item() == pytest.approx(sum(per_frame) / 2)
 
 
-def test_kl_loss_is_float32_for_half_inputs(golden: dict) -> None:
-    f = golden["forward"]
-    args = [f[k].bfloat16() for k in ("z_p", "logs_q", "m_p", "logs_p", "y_mask")]
-    assert kl_loss(*args).dtype == torch.float32
+def test_kl_loss_is_float32_for_half_inputs() -> None:
+    generator = torch.Generator().manual_seed(0)
+    z_p, logs_q, m_p, logs_p = (torch.randn(2, 4, 9, generator=generator).bfloat16() for _ in range(4))
+    y_mask = torch.tensor([[1.0] * 9, [1.0] * 6 + [0.0] * 3]).unsqueeze(1).bfloat16()
+    args = (z_p, logs_q, m_p, logs_p, y_mask)
+    value = kl_loss(*args)
+    assert value.dtype == torch.float32
+    _close(value, kl_loss(*(t.float() for t in args)))
 
 
 # ---------------------------------------------------------------- WavLM
@@ -130,6 +139,26 @@ def wavlm_loss(golden: dict, dev_config: dict) -> WavLMLoss:
     g = golden["wavlm_loss"]
     assert g["slm_sr"] == slm["sr"]
     return WavLMLoss(slm["model"], net_wd, g["model_sr"], g["slm_sr"])
+
+
+@pytest.fixture(scope="module")
+def local_wavlm_loss(tiny_model_config: dict, tiny_wavlm_dir: Path) -> WavLMLoss:
+    """The WavLM loss of the tiny config, with the session's tiny WavLM and a seeded WD: no kit needed."""
+    from models import WavLMDiscriminator
+
+    slm = tiny_model_config["model"]["slm"]
+    torch.manual_seed(0)
+    net_wd = WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"]).eval()
+    return WavLMLoss(tiny_wavlm_dir, net_wd, tiny_model_config["data"]["sampling_rate"], slm["sr"])
+
+
+@pytest.fixture(scope="module")
+def waves() -> tuple[torch.Tensor, torch.Tensor]:
+    """A real and a generated batch of two 8192-sample segments at 22.05 kHz (noise; the kit's are [2, 8192])."""
+    generator = torch.Generator().manual_seed(1)
+    wav = (torch.rand(2, 8192, generator=generator) - 0.5) * 0.6
+    y_rec = (torch.rand(2, 8192, generator=generator) - 0.5) * 0.6
+    return wav, y_rec
 
 
 def test_wavlm_resampler_hidden_states_and_embeddings(golden: dict, wavlm_loss: WavLMLoss) -> None:
@@ -162,7 +191,8 @@ def test_wavlm_discriminator_on_golden_input(golden: dict, wavlm_loss: WavLMLoss
         _close(wavlm_loss.wd(golden["wd"]["input"]), golden["wd"]["output"])
 
 
-def test_wavlm_is_frozen_and_stays_in_eval(wavlm_loss: WavLMLoss) -> None:
+def test_wavlm_is_frozen_and_stays_in_eval(local_wavlm_loss: WavLMLoss) -> None:
+    wavlm_loss = local_wavlm_loss
     assert not any(p.requires_grad for p in wavlm_loss.wavlm.parameters())
     wavlm_loss.train()
     try:
@@ -172,10 +202,10 @@ def test_wavlm_is_frozen_and_stays_in_eval(wavlm_loss: WavLMLoss) -> None:
         wavlm_loss.eval()
 
 
-def test_wavlm_loss_gradients_reach_the_right_tensors(golden: dict, wavlm_loss: WavLMLoss) -> None:
-    g = golden["wavlm_loss"]
-    wav = g["wav"].clone().requires_grad_(True)
-    y_rec = g["y_rec"].clone().requires_grad_(True)
+def test_wavlm_loss_gradients_reach_the_right_tensors(local_wavlm_loss: WavLMLoss, waves: tuple) -> None:
+    wavlm_loss = local_wavlm_loss
+    wav = waves[0].clone().requires_grad_(True)
+    y_rec = waves[1].clone().requires_grad_(True)
     wavlm_loss.wd.zero_grad(set_to_none=True)
 
     (wavlm_loss(wav, y_rec) + wavlm_loss.generator(y_rec)).backward()
@@ -191,23 +221,27 @@ def test_wavlm_loss_gradients_reach_the_right_tensors(golden: dict, wavlm_loss: 
     wavlm_loss.wd.zero_grad(set_to_none=True)
 
 
-def test_wavlm_loss_accepts_channel_dim_and_batch_of_one(golden: dict, wavlm_loss: WavLMLoss) -> None:
-    g = golden["wavlm_loss"]
+def test_wavlm_loss_accepts_channel_dim_and_batch_of_one(local_wavlm_loss: WavLMLoss, waves: tuple) -> None:
+    wavlm_loss, (wav, y_rec) = local_wavlm_loss, waves
     with torch.no_grad():
-        batched = wavlm_loss(g["wav"].unsqueeze(1), g["y_rec"].unsqueeze(1))
-        single = wavlm_loss(g["wav"][:1].unsqueeze(1), g["y_rec"][:1].unsqueeze(1))
-        scores = wavlm_loss.discriminator_forward(g["wav"][:1])
-    _close(batched, g["forward"])
+        plain = wavlm_loss(wav, y_rec)
+        batched = wavlm_loss(wav.unsqueeze(1), y_rec.unsqueeze(1))
+        single = wavlm_loss(wav[:1].unsqueeze(1), y_rec[:1].unsqueeze(1))
+        scores = wavlm_loss.discriminator_forward(wav)
+        scores_single = wavlm_loss.discriminator_forward(wav[:1])
+    _close(batched, plain)
     assert single.dim() == 0 and torch.isfinite(single)
-    _close(scores, g["discriminator_forward"][:1])
+    assert scores.shape == (2, 19)  # 8192 samples at 22.05 kHz -> 5944 at 16 kHz -> 19 WavLM frames
+    _close(scores_single, scores[:1])
 
 
-def test_wavlm_loss_is_float32_under_autocast(golden: dict, wavlm_loss: WavLMLoss) -> None:
-    g = golden["wavlm_loss"]
-    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        value = wavlm_loss(g["wav"], g["y_rec"])
+def test_wavlm_loss_is_float32_under_autocast(local_wavlm_loss: WavLMLoss, waves: tuple) -> None:
+    with torch.no_grad():
+        expected = local_wavlm_loss(*waves)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            value = local_wavlm_loss(*waves)
     assert value.dtype == torch.float32
-    _close(value, g["forward"])
+    _close(value, expected)
 
 
 def test_wavlm_loads_without_network(tiny_wavlm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
