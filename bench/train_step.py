@@ -30,7 +30,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the re
 import reference_like  # noqa: E402
 
 import training  # noqa: E402
-import utils  # noqa: E402
+from config import ModelConfig, load_model_config  # noqa: E402
 from data_utils import Batch  # noqa: E402
 from mel_processing import spectrogram_torch  # noqa: E402
 from text.symbols import symbols  # noqa: E402
@@ -38,7 +38,7 @@ from text.symbols import symbols  # noqa: E402
 KIT_DIR = Path(os.environ.get("BV2_REFERENCE_KIT", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 
 
-def synthetic_batch(hps: utils.HParams, batch_size: int, seconds: float, generator: torch.Generator) -> Batch:
+def synthetic_batch(hps: ModelConfig, batch_size: int, seconds: float, generator: torch.Generator) -> Batch:
     """Phones with blanks, random BERT features, and a gliding tone with its linear spectrogram."""
     data = hps.data
     n_samples = int(seconds * data.sampling_rate) // data.hop_length * data.hop_length
@@ -66,7 +66,7 @@ def synthetic_batch(hps: utils.HParams, batch_size: int, seconds: float, generat
 
 
 def time_steps(
-    trainer: training.Trainer, batch: Batch, hps: utils.HParams, rt: training.Runtime, ref_like: bool, steps: int
+    trainer: training.Trainer, batch: Batch, hps: ModelConfig, rt: training.Runtime, ref_like: bool, steps: int
 ) -> list[float]:
     step = reference_like.train_step if ref_like else training.train_step
     seconds = []
@@ -81,7 +81,7 @@ def time_steps(
     return seconds
 
 
-def bench_device(hps: utils.HParams, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
+def bench_device(hps: ModelConfig, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
     rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
     training.configure_kernels(device, hps.train)  # the kernels train_ms.py uses on this device
     torch.manual_seed(hps.train.seed)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))  # as train_ms.main does
 
-    hps = utils.get_hparams_from_file(args.config)
+    hps = load_model_config(args.config)
     hps.model.slm.model = args.slm_model
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     results = {}

@@ -453,18 +453,19 @@ def test_unused_bert_zeros_and_what_older_runs_saved_load(tmp_path):
     assert config.model_config_from_dict(cfg.to_dict()) == cfg
 
 
-def test_check_trainable_and_the_hparams_bridge():
-    import utils
-
+def test_check_trainable_and_parsed_mappings():
     data = _demo()
     data["model"].pop("slm")
     inference_only = config.model_config_from_dict(data, "export.json")
     with pytest.raises(ValueError, match="export.json: setting 'model.slm' is missing"):
         config.check_trainable(inference_only)
-    # Reference-style HParams (tests, old call sites) are validated into the same object.
-    assert config.as_model_config(utils.HParams(**_demo())) == config.model_config_from_dict(_demo())
-    assert config.as_data_config(utils.HParams(**_demo())) == config.model_config_from_dict(_demo()).data
+    # A parsed mapping (a checkpoint's stored config) is validated into the same object; a ModelConfig passes.
+    cfg = config.model_config_from_dict(_demo())
+    assert config.as_model_config(_demo()) == cfg and config.as_model_config(cfg) is cfg
+    assert config.as_data_config(_demo()) == cfg.data and config.as_data_config(cfg) is cfg.data
     assert config.as_data_config(_demo()["data"]).hop_length == 256
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
+        config.as_model_config({**_demo(), "train": {"learnig_rate": 1e-3}})
 
 
 def test_one_generator_builder_for_every_caller():

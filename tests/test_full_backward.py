@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import training
-import utils
+from config import model_config_from_dict
 from data_utils import Batch
 
 # Two steps are the minimum: the coupling layers' and ConvFlows' output projections start at zero, so the
@@ -41,7 +41,7 @@ def golden_batch(inputs: dict) -> Batch:
 def two_steps(dev_config: dict, golden: dict) -> dict:
     config = copy.deepcopy(dev_config)
     config["train"]["segment_size"] = SEGMENT_SIZE
-    hps = utils.HParams(**config)
+    hps = model_config_from_dict(config)
     torch.manual_seed(1234)
     trainer = training.build_trainer(hps, CPU)
     trainer.set_train_mode()

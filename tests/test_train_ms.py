@@ -25,6 +25,7 @@ from train_tiny import (
 import train_ms
 import training
 import utils
+from config import ModelConfig, TrainConfig, model_config_from_dict
 from data_utils import Batch
 from models import (
     DurationDiscriminator,
@@ -52,7 +53,7 @@ def golden_trainer(golden: dict, dev_config: dict) -> training.Trainer:
     """The kit's net_d / net_dur_disc / net_wd (eval mode, as the golden values were made) with its tiny WavLM."""
     import kit
 
-    hps = utils.HParams(**dev_config)
+    hps = model_config_from_dict(dev_config)
     model = hps.model
     net_d = MultiPeriodDiscriminator(False)
     net_d.load_state_dict(kit.net_d_state_dict(golden))
@@ -76,7 +77,7 @@ def golden_trainer(golden: dict, dev_config: dict) -> training.Trainer:
 
 
 def _golden_pass(
-    golden: dict, hps: utils.HParams, trainer: training.Trainer, reference_like: bool
+    golden: dict, hps: ModelConfig, trainer: training.Trainer, reference_like: bool
 ) -> training.GeneratorPass:
     f, i = golden["forward"], golden["inputs"]
     out = SynthesizerOutput(
@@ -111,7 +112,7 @@ def _golden_pass(
 def test_iteration_loss_terms_match_reference(golden, golden_trainer, dev_config, reference_like):
     """Every loss term of one iteration equals the reference's (kit: train_step_losses), including the
     element-wise sum of the two duration-discriminator calls, with WavLM run once or as the reference does."""
-    hps = utils.HParams(**dev_config)
+    hps = model_config_from_dict(dev_config)
     trainer = golden_trainer
     expected = golden["train_step_losses"]
     with torch.no_grad():
@@ -155,7 +156,7 @@ def test_iteration_loss_terms_match_reference(golden, golden_trainer, dev_config
 def tiny(tmp_path_factory, tiny_train_config) -> dict:
     """A tiny-config trainer, its first batch, and its as-built state (tests restore it before use)."""
     folder = tmp_path_factory.mktemp("tiny")
-    hps = utils.HParams(**tiny_config(tiny_train_config, make_dataset(folder / "data")))
+    hps = model_config_from_dict(tiny_config(tiny_train_config, make_dataset(folder / "data")))
     hps.model_dir = str(folder / "models")
     torch.manual_seed(1)
     trainer = training.build_trainer(hps, CPU)
@@ -264,8 +265,8 @@ def test_nonfinite_audio_skips_the_updates_it_poisons(tiny):
 
 
 def test_frozen_bert_projection_is_not_trained(tiny_train_config):
-    hps = utils.HParams(
-        **tiny_config(
+    hps = model_config_from_dict(
+        tiny_config(
             tiny_train_config,
             {"training_files": "t", "validation_files": "v"},
             freeze_ZH_bert=True,
@@ -294,7 +295,7 @@ def test_nonfinite_streak_stops_with_clear_error():
 
 def test_warmup_schedule_ramps_then_decays_and_round_trips():
     param = torch.nn.Parameter(torch.zeros(1))
-    train = utils.HParams(learning_rate=1.0, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.5, warmup_epochs=3)
+    train = TrainConfig(learning_rate=1.0, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.5, warmup_epochs=3)
     optimizer = training.make_optimizer([param], train)
     scheduler = training.make_scheduler(optimizer, train)
     lrs = [optimizer.param_groups[0]["lr"]]
@@ -313,7 +314,7 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
     scheduler.step()
     assert again.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     # Without warm-up it is the reference's ExponentialLR.
-    plain = utils.HParams(learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.99995, warmup_epochs=0)
+    plain = TrainConfig(learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.99995, warmup_epochs=0)
     assert isinstance(
         training.make_scheduler(training.make_optimizer([param], plain), plain), torch.optim.lr_scheduler.ExponentialLR
     )
@@ -322,16 +323,14 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
 def test_config_errors_name_the_setting(tiny_model_config):
     config = tiny_config(tiny_model_config, {"training_files": "t", "validation_files": "v"}, segment_size=4000)
     with pytest.raises(ValueError, match=r"train.segment_size \(4000\).*data.hop_length \(256\)"):
-        train_ms.validate_hparams(utils.HParams(**config))
+        train_ms.validate_hparams(config)
     config = tiny_config(
         tiny_model_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True, fp16_run=True
     )
     with pytest.raises(ValueError, match="bf16_run and train.fp16_run"):
-        training.resolve_amp_dtype(utils.HParams(**config).train, torch.device("cuda"))
-    assert (
-        training.resolve_amp_dtype(utils.HParams(**config | {"train": {"bf16_run": True}}).train, torch.device("cpu"))
-        is None
-    )
+        training.resolve_amp_dtype(model_config_from_dict(config).train, torch.device("cuda"))
+    bf16_only = tiny_config(tiny_model_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True)
+    assert training.resolve_amp_dtype(model_config_from_dict(bf16_only).train, torch.device("cpu")) is None
 
 
 # ------------------------------------------------------------------------------------- a real training run

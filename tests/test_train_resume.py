@@ -31,6 +31,7 @@ from train_tiny import (
 
 import training
 import utils
+from config import ModelConfig, model_config_from_dict
 
 CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 PREFIXES = ("G", "D", "WD", "DUR")
@@ -176,9 +177,9 @@ def test_truncated_newest_checkpoint_is_skipped(straight_run, tmp_path):
 # ------------------------------------------------------------------------------- reference checkpoints, base
 
 
-def _tiny_hps(tmp_path: Path, dev_config: dict, **train) -> utils.HParams:
+def _tiny_hps(tmp_path: Path, dev_config: dict, **train) -> ModelConfig:
     filelists = make_dataset(tmp_path / "data")
-    hps = utils.HParams(**tiny_config(dev_config, filelists, **train))
+    hps = model_config_from_dict(tiny_config(dev_config, filelists, **train))
     hps.model_dir = str(tmp_path / "models")
     os.makedirs(hps.model_dir, exist_ok=True)
     return hps

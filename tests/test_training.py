@@ -3,6 +3,7 @@ the resume position under another batch size, and Ctrl-C with DataLoader workers
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONFIGS_DIR
 from torch import nn
 from train_tiny import make_dataset, read_jsonl, start_training, tiny_config, wait_for, write_run_files
 
 import training
 import utils
+from config import ModelConfig, model_config_from_dict
 
 CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -22,20 +25,17 @@ CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("
 # ------------------------------------------------------------------------------------------ config drift
 
 
-def _hps(tmp_path: Path, hidden: int = 4, **train) -> utils.HParams:
-    settings = {"learning_rate": 2e-4, "lr_decay": 0.5, "warmup_epochs": 0, "betas": [0.8, 0.99], "eps": 1e-9}
-    settings.update(batch_size=2, segment_size=2048)
-    settings.update(train)
-    hps = utils.HParams(
-        train=settings,
-        data={"n_speakers": 2, "filter_length": 16},
-        model={"hidden_channels": hidden, "p_dropout": 0.1, "slm": {"model": "x"}},
-    )
-    hps.model_dir = str(tmp_path)
-    return hps
+def _hps(tmp_path: Path, hidden: int = 4, **train) -> ModelConfig:
+    """tests/configs/tiny.json with a fast-decaying schedule (the nets are stand-ins: only settings matter)."""
+    data = json.loads((CONFIGS_DIR / "tiny.json").read_text(encoding="utf-8"))
+    data["train"].update(learning_rate=2e-4, lr_decay=0.5, warmup_epochs=0, batch_size=2, segment_size=2048)
+    data["train"].update(train)
+    data["model"]["hidden_channels"] = hidden
+    data["model_dir"] = str(tmp_path)
+    return model_config_from_dict(data)
 
 
-def _trainer(hps: utils.HParams) -> training.Trainer:
+def _trainer(hps: ModelConfig) -> training.Trainer:
     """Stand-in nets (the resume logic does not depend on what the nets are) with the real optimizers,
     schedules, scaler and train state."""
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def _trainer(hps: utils.HParams) -> training.Trainer:
     )
 
 
-def _save_at_epoch_3(hps: utils.HParams) -> training.Trainer:
+def _save_at_epoch_3(hps: ModelConfig) -> training.Trainer:
     trainer = _trainer(hps)
     for _ in range(2):  # two epochs done
         for part in trainer.parts():
