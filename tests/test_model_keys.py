@@ -3,12 +3,15 @@ for the official config and the kit's dev config, so reference checkpoints load 
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from kit import assert_every_entry
 from model_nets import build_net_d, build_net_dur_disc, build_net_g, build_net_wd, state_dict_layout
 
 CONFIGS = {
@@ -57,31 +60,52 @@ def net_d_summary(kit_dir: Path) -> dict:
     return summary
 
 
-@pytest.mark.parametrize("net_name", ["net_g", "net_dur_disc", "net_wd"])
-def test_state_dict_layout_matches_reference(layouts, net_name: str) -> None:
-    ours, reference = layouts
-    expected = reference[net_name]["state_dict"]
-    actual = ours[net_name]["state_dict"]
+def _check_layout(actual: list, expected: list) -> None:
     missing = sorted({row[0] for row in expected} - {row[0] for row in actual})
     unexpected = sorted({row[0] for row in actual} - {row[0] for row in expected})
     assert not missing and not unexpected, f"missing {missing[:10]}, unexpected {unexpected[:10]}"
     for position, (ours_row, ref_row) in enumerate(zip(actual, expected)):
-        assert ours_row == ref_row, f"{net_name} entry {position}: ours {ours_row} != reference {ref_row}"
-    assert len(actual) == len(expected) == reference[net_name]["num_state_dict_entries"]
+        assert ours_row == ref_row, f"entry {position}: ours {ours_row} != reference {ref_row}"
+    assert len(actual) == len(expected)
 
 
-@pytest.mark.parametrize("net_name", ["net_g", "net_dur_disc", "net_wd"])
-def test_parameter_counts_match_reference(layouts, net_name: str) -> None:
+def _check_equal(ours: object, reference: object) -> None:
+    assert ours == reference, f"ours {ours} != reference {reference}"
+
+
+# What each net's entry in keys.json holds, all compared (the test asserts this is every field the file has).
+NET_NAMES = ["net_g", "net_dur_disc", "net_wd"]  # net_d: test_multi_period_discriminator_matches_both_configs
+FIELDS = [
+    "state_dict",
+    "num_state_dict_entries",
+    "num_parameters",
+    "num_state_dict_elements",
+    "num_parameters_by_child",
+    "num_weight_g",
+    "num_weight_v",
+    "num_parametrizations",
+]
+
+
+def test_layouts_and_counts_match_reference(layouts) -> None:
+    """Every field of every net's keys.json entry for this config (state_dict rows in order, entry count,
+    parameter and element counts, per-child counts, weight-norm key counts); a failure lists every differing
+    field of every net."""
     ours, reference = layouts
-    for field in (
-        "num_parameters",
-        "num_state_dict_elements",
-        "num_parameters_by_child",
-        "num_weight_g",
-        "num_weight_v",
-        "num_parametrizations",
-    ):
-        assert ours[net_name][field] == reference[net_name][field], field
+    checks: dict[str, Callable[[], None]] = {}
+    for net_name in NET_NAMES:
+        summary, expected = ours[net_name], reference[net_name]
+        checks[f"{net_name}.state_dict"] = functools.partial(
+            _check_layout, summary["state_dict"], expected["state_dict"]
+        )
+        checks[f"{net_name}.num_state_dict_entries"] = functools.partial(
+            _check_equal, len(summary["state_dict"]), expected["num_state_dict_entries"]
+        )
+        for field in FIELDS[2:]:
+            checks[f"{net_name}.{field}"] = functools.partial(_check_equal, summary[field], expected[field])
+    nets = [name for name in reference if name.startswith("net_") and name != "net_d"]
+    assert sorted(nets) == sorted(NET_NAMES)
+    assert_every_entry(checks, {f"{net}.{field}" for net in nets for field in reference[net]}, "keys.json")
 
 
 def test_multi_period_discriminator_matches_both_configs(kit_dir: Path, net_d_summary: dict) -> None:
@@ -119,10 +143,13 @@ def _config_b(dev_config: dict) -> dict:
     return config
 
 
-def test_config_b_parameter_counts(dev_config: dict, symbols_json: dict) -> None:
-    """Config B's published parameter counts check the paths config A does not use."""
-    config = _config_b(dev_config)
-    net_g = build_net_g(config, len(symbols_json["symbols"]))
+def test_config_b_parameter_counts(tiny_model_config: dict) -> None:
+    """Config B's published parameter counts (the kit README's table, so no kit files are needed) check the
+    paths config A does not use."""
+    from text.symbols import symbols
+
+    config = _config_b(tiny_model_config)
+    net_g = build_net_g(config, len(symbols))
     assert sum(p.numel() for p in net_g.parameters()) == 598_829
     assert sum(p.numel() for p in build_net_dur_disc(config).parameters()) == 18_505
     assert sum(p.numel() for p in build_net_wd(config).parameters()) == 9_170

@@ -7,10 +7,12 @@ import json
 
 import pytest
 import torch
-from model_nets import assert_exact, assert_float_close, build_net_g, patch_random_to_zeros
+from model_nets import assert_exact, assert_float_close, build_net_g, patch_random_to_zeros, random_batch
 
 import attentions
 import models
+from data_utils import Batch
+from text.symbols import symbols
 
 TEXT_INPUTS = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
 ZERO_NOISE = {"noise_scale": 0.0, "noise_scale_w": 0.0}
@@ -21,6 +23,20 @@ def net_g(dev_config: dict, symbols_json: dict, golden: dict):
     net = build_net_g(dev_config, len(symbols_json["symbols"])).eval()
     net.load_state_dict(golden["weights_g"], strict=True)
     return net
+
+
+@pytest.fixture(scope="module")
+def local_net_g(tiny_model_config: dict):
+    """The tiny config's generator, seeded, in eval mode: for the checks that need no reference weights."""
+    torch.manual_seed(0)
+    return build_net_g(tiny_model_config, len(symbols)).eval()
+
+
+def _text(batch: Batch) -> dict:
+    return {
+        "x": batch.text, "x_lengths": batch.text_lengths, "sid": batch.sid, "tone": batch.tone,
+        "language": batch.language, "bert": batch.bert, "ja_bert": batch.ja_bert, "en_bert": batch.en_bert,
+    }  # fmt: skip
 
 
 def _item(inputs: dict, index: int, names=TEXT_INPUTS) -> dict:
@@ -82,26 +98,25 @@ def test_random_draws_go_through_torch_functions(net_g, golden: dict, monkeypatc
     assert_float_close(o, golden["infer"]["sdp1"]["o"], "o")
 
 
-def test_training_forward_with_batch_of_one(net_g, golden: dict, dev_config: dict) -> None:
-    inputs = golden["inputs"]
-    item = _item(inputs, 1)
-    spec_length = int(inputs["spec_lengths"][1])
-    spec = inputs["spec"][1:2, :, :spec_length]
+def test_training_forward_with_batch_of_one(local_net_g, tiny_model_config: dict) -> None:
+    spec_length, text_length = 45, 12
+    batch = random_batch(tiny_model_config, len(symbols), [text_length], [spec_length])
     with torch.no_grad():
-        out = _training_forward(net_g, item, spec, inputs["spec_lengths"][1:2], item["sid"])
-    segment = dev_config["train"]["segment_size"]
-    assert out.o.shape == (1, 1, segment)
-    assert out.attn.shape == (1, 1, spec_length, int(item["x_lengths"][0]))
+        out = _training_forward(local_net_g, _text(batch), batch.spec, batch.spec_lengths, batch.sid)
+    segment = tiny_model_config["train"]["segment_size"]
+    assert out.o.shape == (1, 1, segment) and torch.isfinite(out.o).all()
+    assert out.attn.shape == (1, 1, spec_length, text_length)
     # A monotonic hard alignment: every frame belongs to exactly one phone.
     assert torch.equal(out.attn.sum(-1), torch.ones(1, 1, spec_length))
     assert out.l_length.shape == (1,) and torch.isfinite(out.l_length).all()
 
 
-def test_generator_remove_weight_norm_keeps_output(net_g, golden: dict, dev_config: dict, symbols_json: dict) -> None:
-    decoder = build_net_g(dev_config, len(symbols_json["symbols"])).dec.eval()
-    decoder.load_state_dict(net_g.dec.state_dict())
-    z = golden["infer"]["sdp0"]["z"]
-    g = net_g.emb_g(golden["inputs"]["sid"]).unsqueeze(-1)
+def test_generator_remove_weight_norm_keeps_output(local_net_g, tiny_model_config: dict) -> None:
+    decoder = build_net_g(tiny_model_config, len(symbols)).dec.eval()
+    decoder.load_state_dict(local_net_g.dec.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, tiny_model_config["model"]["inter_channels"], 31, generator=generator)
+    g = local_net_g.emb_g(torch.tensor([1, 3])).unsqueeze(-1)
     with torch.no_grad():
         before = decoder(z, g=g)
         decoder.remove_weight_norm()
@@ -110,19 +125,19 @@ def test_generator_remove_weight_norm_keeps_output(net_g, golden: dict, dev_conf
     assert_float_close(after, before, "decoder output", atol=1e-5)
 
 
-def test_reference_encoder_replaces_speaker_table(dev_config: dict, symbols_json: dict, golden: dict) -> None:
-    config = json.loads(json.dumps(dev_config))
+def test_reference_encoder_replaces_speaker_table(tiny_model_config: dict) -> None:
+    config = json.loads(json.dumps(tiny_model_config))
     config["data"]["n_speakers"] = 0
     torch.manual_seed(0)
-    net = build_net_g(config, len(symbols_json["symbols"])).eval()
+    net = build_net_g(config, len(symbols)).eval()
     assert not hasattr(net, "emb_g") and hasattr(net, "ref_enc")
-    inputs = golden["inputs"]
-    text = {n: inputs[n] for n in TEXT_INPUTS}
+    batch = random_batch(tiny_model_config, len(symbols), [17, 12], [60, 45])
+    text = _text(batch)
     with torch.no_grad():
         with pytest.raises(ValueError, match="ReferenceEncoder"):
             net.infer(**text)
-        o, _, y_mask, _ = net.infer(**text, y=inputs["spec"], **ZERO_NOISE)
-        out = _training_forward(net, text, inputs["spec"], inputs["spec_lengths"], None)
+        o, _, y_mask, _ = net.infer(**text, y=batch.spec, **ZERO_NOISE)
+        out = _training_forward(net, text, batch.spec, batch.spec_lengths, None)
     assert o.shape[-1] == y_mask.shape[-1] * config["data"]["hop_length"]
     assert out.g.shape == (2, config["model"]["gin_channels"], 1)
 

@@ -3,12 +3,15 @@ weight norm, and the coupling flow / WN stack against golden outputs computed by
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from kit import assert_every_entry
 from torch import nn
 
 import modules
@@ -47,24 +50,45 @@ def masks(lengths: list[int]) -> torch.Tensor:
 # --- names and shapes as in the reference (dev keys.json) -------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "prefix, build",
-    [
-        ("enc_q.enc.", lambda: modules.WN(32, 5, 1, 16, gin_channels=32)),
-        ("dec.resblocks.0.", lambda: modules.ResBlock1(32, 3, (1, 3, 5))),
-        ("dec.resblocks.5.", lambda: modules.ResBlock1(16, 11, (1, 3, 5))),
-        ("sdp.convs.", lambda: modules.DDSConv(32, 3, 3)),
-        ("sdp.flows.0.", lambda: modules.ElementwiseAffine(2)),
-        ("sdp.flows.1.", lambda: modules.ConvFlow(2, 32, 3, n_layers=3)),
-        ("dp.norm_1.", lambda: modules.LayerNorm(256)),
-        (
-            "flow.flows.0.",
-            lambda: modules.TransformerCouplingLayer(32, 32, 5, 4, 2, 0.1, 64, mean_only=True, gin_channels=32),
-        ),
-    ],
-)
-def test_state_dict_matches_reference_keys(net_g_keys, prefix: str, build) -> None:
-    assert our_entries(build()) == reference_entries(net_g_keys, prefix)
+# One module of each kind, built as SynthesizerTrn builds it for the dev config, and where it sits in net_g.
+MODULES_IN_NET_G: dict[str, Callable[[], nn.Module]] = {
+    "enc_q.enc.": lambda: modules.WN(32, 5, 1, 16, gin_channels=32),
+    "dec.resblocks.0.": lambda: modules.ResBlock1(32, 3, (1, 3, 5)),
+    "dec.resblocks.5.": lambda: modules.ResBlock1(16, 11, (1, 3, 5)),
+    "sdp.convs.": lambda: modules.DDSConv(32, 3, 3),
+    "sdp.flows.0.": lambda: modules.ElementwiseAffine(2),
+    "sdp.flows.1.": lambda: modules.ConvFlow(2, 32, 3, n_layers=3),
+    "dp.norm_1.": lambda: modules.LayerNorm(256),
+    "flow.flows.0.": lambda: modules.TransformerCouplingLayer(
+        32, 32, 5, 4, 2, 0.1, 64, mean_only=True, gin_channels=32
+    ),
+}
+EXPECTED_PREFIXES = [
+    "enc_q.enc.",
+    "dec.resblocks.0.",
+    "dec.resblocks.5.",
+    "sdp.convs.",
+    "sdp.flows.0.",
+    "sdp.flows.1.",
+    "dp.norm_1.",
+    "flow.flows.0.",
+]
+
+
+def _check_entries(build: Callable[[], nn.Module], reference: list[tuple[str, list[int]]]) -> None:
+    ours = our_entries(build())
+    assert reference, "no reference keys under this prefix"
+    assert ours == reference, f"ours {ours}\n  reference {reference}"
+
+
+def test_state_dict_matches_reference_keys(net_g_keys) -> None:
+    """Every module's (name, shape) list in order equals its slice of the dev keys.json; a failure lists every
+    differing module with both lists."""
+    checks = {
+        prefix: functools.partial(_check_entries, build, reference_entries(net_g_keys, prefix))
+        for prefix, build in MODULES_IN_NET_G.items()
+    }
+    assert_every_entry(checks, EXPECTED_PREFIXES, "net_g modules vs dev/keys.json")
 
 
 def test_resblock2_and_residual_coupling_key_layout() -> None:
