@@ -110,7 +110,7 @@ class _Settings:
 
 
 def _settings(hparams: Any, boundaries: Sequence[int] | None) -> _Settings:
-    """Accepts the whole model config (ModelConfig, dict or HParams) or just its ``data`` section."""
+    """Accepts the whole model config (ModelConfig or dict) or just its ``data`` section."""
     data = config.as_data_config(hparams)
     if not data.spk2id:
         raise ValueError("model config has no data.spk2id (run preprocess_text.py to fill it in)")
@@ -286,7 +286,7 @@ def check_filelist(
 ) -> list[Problem]:
     """Every problem in one filelist, in line order.
 
-    ``hparams``: the model config (dict or HParams) or its ``data`` section. ``boundaries``: the sampler's
+    ``hparams``: the model config (ModelConfig or dict) or its ``data`` section. ``boundaries``: the sampler's
     bucket boundaries in frames (default: the reference training script's). ``fast`` reads only audio headers
     and BERT shapes; the full check also decodes every clip (truncated files, NaNs, all-zero audio).
     """

@@ -602,7 +602,8 @@ def resolve_device(device: str, local_rank: int | None = None) -> str:
 # misspelled key is an error naming the key, its section, the file and the nearest valid key, instead of being
 # swallowed by `SynthesizerTrn(**kwargs)`. The sections are dataclasses that also behave as read-only-style
 # mappings (`cfg.train.learning_rate`, `cfg.train["learning_rate"]`, `cfg.model.get(...)`, `**cfg.model`), so
-# code written against the reference's HParams keeps working.
+# code written against the reference's HParams keeps working. It is the only config object: there is no
+# utils.HParams / utils.get_hparams_from_file (tests and benchmarks build theirs with model_config_from_dict).
 
 MODEL_CONFIG_VERSION = "2.3"
 # data.unused_bert: what the two BERT slots of a training item that its language does not use hold. "randn" is
@@ -668,7 +669,7 @@ class _Settings(Mapping[str, Any]):
 
 
 def _to_plain(value: Any) -> Any:
-    """Nested dicts/lists of JSON values from settings objects, HParams-like objects or namespaces."""
+    """Nested dicts/lists of JSON values from settings objects, mappings, objects with ``to_dict`` or namespaces."""
     if isinstance(value, _Settings):
         return value.to_dict()
     if isinstance(value, Mapping):
@@ -1091,7 +1092,7 @@ def model_config_from_json(text: str, source: str = "<json>") -> ModelConfig:
 
 
 def as_model_config(config: Any, source: str = "<model config>") -> ModelConfig:
-    """A ModelConfig from a ModelConfig, a plain dict, or a reference-style HParams object (validated)."""
+    """A ModelConfig from a ModelConfig (as is) or a parsed mapping such as a checkpoint's stored config (validated)."""
     if isinstance(config, ModelConfig):
         return config
     return model_config_from_dict(_to_plain(config), getattr(config, "source", None) or source)

@@ -1056,7 +1056,7 @@ MAS_NOISE_SCALE_DELTA = 2e-6
 def build_generator(cfg: Any, *, for_training: bool, n_vocab: int | None = None) -> SynthesizerTrn:
     """The one place a ``SynthesizerTrn`` is built from a model config (train_ms, infer, export, tests).
 
-    ``cfg``: a ``config.ModelConfig`` (or a dict / HParams, validated into one). The constructor gets the same
+    ``cfg``: a ``config.ModelConfig`` (or a parsed dict, validated into one). The constructor gets the same
     values, in the same order of random draws, as the reference training script gives it, so seeded initial
     weights match. ``for_training`` sets up the noise-scaled MAS schedule (inference never runs MAS) and
     leaves the net in train mode; otherwise it is in eval mode. ``n_vocab`` defaults to the symbol table's size

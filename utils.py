@@ -1,4 +1,4 @@
-"""Hyper-parameters, checkpoints, logging and plotting helpers shared by training and inference.
+"""Checkpoints, logging and plotting helpers shared by training and inference (the model config: config.py).
 
 Checkpoints keep the reference layout (a dict with ``model``, ``iteration``, ``optimizer``, ``learning_rate`` in
 that order) so files move both ways between this package and Bert-VITS2 2.3; extra keys (scheduler, scaler,
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import logging
 import os
 import pickle
@@ -19,7 +18,7 @@ import re
 import subprocess
 import uuid
 import zipfile
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,109 +31,6 @@ CLASSIC_CHECKPOINT_KEYS = ("model", "iteration", "optimizer", "learning_rate")
 # Net prefixes of the training script's files: G_{step}.pth, D_..., DUR_..., WD_...
 CHECKPOINT_PREFIXES = ("G", "D", "DUR", "WD")
 _DDP_PREFIX = "module."
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Hyper-parameters
-
-
-class HParams(MutableMapping[str, Any]):
-    """Nested, attribute- and item-accessible view of a JSON config (``hps.model.hidden_channels``).
-
-    A ``MutableMapping`` (``keys``, ``items``, ``values``, ``in``, ``len``, ``get``, ``**hps``), so
-    ``SynthesizerTrn(..., **hps.model)`` works as in the reference.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        object.__setattr__(self, "_data", {})
-        for key, value in kwargs.items():
-            self[key] = value
-
-    def __getattr__(self, name: str) -> Any:
-        # Private/dunder names never come from the config; refusing them keeps pickle and copy from recursing
-        # before `_data` exists.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self._data[name]
-        except KeyError:
-            raise AttributeError(f"hyper-parameter {name!r} is not set (known: {sorted(self._data)})") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
-
-    def __delattr__(self, name: str) -> None:
-        try:
-            del self._data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if isinstance(value, Mapping) and not isinstance(value, HParams):
-            nested = HParams()
-            for inner_key, inner_value in value.items():
-                nested[inner_key] = inner_value
-            value = nested
-        self._data[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __repr__(self) -> str:
-        return f"HParams({self._data!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self._data
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        object.__setattr__(self, "_data", state)
-
-    def keys(self) -> KeysView[str]:
-        return self._data.keys()
-
-    def items(self) -> ItemsView[str, Any]:
-        return self._data.items()
-
-    def values(self) -> ValuesView[Any]:
-        return self._data.values()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dicts/lists again, e.g. to write the resolved config next to the checkpoints."""
-        return {key: _plain(value) for key, value in self._data.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, HParams):
-        return value.to_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
-def get_hparams_from_file(config_path: str | os.PathLike[str]) -> HParams:
-    """Read a model config JSON; a syntax error names the file, line and column."""
-    path = os.fspath(config_path)
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: the config must be a JSON object, got {type(config).__name__}")
-    return HParams(**config)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,12 +1,10 @@
-"""utils: HParams, checkpoints (layout, atomic writes, resume scan, cleanup), logging, plots, data files."""
+"""utils: checkpoints (layout, atomic writes, resume scan, cleanup), logging, plots, data files."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -83,63 +81,6 @@ class KeyedModule(nn.Module):
 def save_tiny(path: Path, step_seed: int = 0) -> None:
     net, optim, _, _ = make_training_state(seed=step_seed, steps=1)
     utils.save_checkpoint(net, optim, 2e-4, 1, path)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# HParams
-
-
-def test_hparams_attribute_item_and_mapping_access():
-    hps = utils.HParams(train={"batch_size": 4, "betas": [0.8, 0.99]}, model={"slm": {"hidden": 32}}, version="2.3")
-    assert hps.train.batch_size == hps["train"]["batch_size"] == 4
-    assert hps.model.slm.hidden == 32 and isinstance(hps.model.slm, utils.HParams)
-    assert list(hps.keys()) == ["train", "model", "version"]
-    assert list(hps.values())[2] == "2.3"
-    assert dict(hps.items())["version"] == "2.3"
-    assert "train" in hps and "nope" not in hps and len(hps) == 3
-    assert hps.get("nope", 7) == 7
-    hps.extra = {"a": 1}
-    hps["other"] = 2
-    assert hps.extra.a == 1 and hps.other == 2 and len(hps) == 5
-    del hps["other"]
-    assert "other" not in hps
-
-    def takes(batch_size, betas):
-        return batch_size, betas
-
-    assert takes(**hps.train) == (4, [0.8, 0.99])
-    with pytest.raises(AttributeError, match="missing"):
-        _ = hps.missing
-
-
-def test_hparams_to_dict_round_trip_pickle_and_copy():
-    plain = {"train": {"batch_size": 4}, "data": {"spk2id": {"派蒙_ZH": 0}}, "list": [{"a": 1}, 2]}
-    hps = utils.HParams(**plain)
-    assert hps.to_dict() == plain
-    assert isinstance(hps.to_dict()["train"], dict)
-    assert hps.data.spk2id["派蒙_ZH"] == 0
-    clone = pickle.loads(pickle.dumps(hps))
-    assert clone == hps and clone.train.batch_size == 4
-    deep = copy.deepcopy(hps)
-    deep.train.batch_size = 8
-    assert hps.train.batch_size == 4
-
-
-def test_get_hparams_from_file_reads_the_shipped_config():
-    hps = utils.get_hparams_from_file("configs/config.json")
-    assert hps.train.segment_size == 16384
-    assert hps.model.slm.nlayers == 13
-    assert hps.data.mel_fmax is None
-
-
-def test_get_hparams_from_file_names_file_and_line_on_bad_json(tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text('{\n  "train": {\n    "batch_size": 4,\n  }\n}\n', encoding="utf-8")
-    with pytest.raises(ValueError) as info:
-        utils.get_hparams_from_file(path)
-    assert str(path) in str(info.value) and "line 4" in str(info.value)
-    with pytest.raises(FileNotFoundError):
-        utils.get_hparams_from_file(tmp_path / "absent.json")
 
 
 # --------------------------------------------------------------------------------------------------------------
