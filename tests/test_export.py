@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_nets import random_batch
 from safetensors import safe_open
 
 import export
 import infer
 from config import model_config_from_dict, model_config_from_json
 from models import build_generator
+from text.symbols import symbols
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INPUT_NAMES = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "en_bert")
@@ -32,9 +34,24 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def _waveform(net: torch.nn.Module, golden: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs = {name: golden["inputs"][name] for name in INPUT_NAMES}
-    return infer.infer_waveform(net, **inputs, **DETERMINISTIC)
+def _waveform(net: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return infer.infer_waveform(net, **{name: inputs[name] for name in INPUT_NAMES}, **DETERMINISTIC)
+
+
+@pytest.fixture(scope="module")
+def dev_config(tiny_model_config: dict) -> dict:
+    """The tiny config (the kit's dev-model shape): the exports here compare nothing with the reference."""
+    return tiny_model_config
+
+
+@pytest.fixture(scope="module")
+def text_inputs(tiny_model_config: dict) -> dict:
+    """A random two-item text batch in the dev shapes (the kit's golden inputs have these shapes)."""
+    batch = random_batch(tiny_model_config, len(symbols), [17, 12], [60, 45])
+    return {
+        "x": batch.text, "x_lengths": batch.text_lengths, "sid": batch.sid, "tone": batch.tone,
+        "language": batch.language, "bert": batch.bert, "ja_bert": batch.ja_bert, "en_bert": batch.en_bert,
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +62,17 @@ def config_path(tmp_path_factory: pytest.TempPathFactory, dev_config: dict) -> P
 
 
 @pytest.fixture(scope="module")
-def training_checkpoint(tmp_path_factory: pytest.TempPathFactory, golden_perturbed: dict, dev_config: dict) -> Path:
-    """A checkpoint as training writes it: perturbed generator weights after one AdamW step, with its state."""
+def training_checkpoint(tmp_path_factory: pytest.TempPathFactory, dev_config: dict) -> Path:
+    """A checkpoint as training writes it: perturbed generator weights after one AdamW step, with its state.
+    The perturbation moves the zero-initialised output layers (flows, duration predictor) off the identity."""
     import utils
 
     torch.manual_seed(0)
     net = build_generator(dev_config, for_training=True)
-    net.load_state_dict(golden_perturbed["weights_g"])
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * (torch.rand(p.shape, generator=generator) - 0.5))
     train = dev_config["train"]
     optimizer = torch.optim.AdamW(net.parameters(), train["learning_rate"], betas=train["betas"], eps=train["eps"])
     loss = sum((p.float() ** 2).sum() for p in net.parameters())
@@ -63,7 +84,7 @@ def training_checkpoint(tmp_path_factory: pytest.TempPathFactory, golden_perturb
 
 
 def test_export_matches_training_checkpoint(
-    training_checkpoint: Path, config_path: Path, tmp_path: Path, golden: dict, dev_config: dict
+    training_checkpoint: Path, config_path: Path, tmp_path: Path, text_inputs: dict, dev_config: dict
 ) -> None:
     output = tmp_path / "G_1000.safetensors"
     result = export.export_generator(training_checkpoint, output, config_path)
@@ -82,8 +103,8 @@ def test_export_matches_training_checkpoint(
     source, _ = infer.load_generator(training_checkpoint, config_path, fold_weights=False)
     exported, config = infer.load_generator(output)  # no config: it comes from the metadata
     assert config == model_config_from_dict(dev_config)
-    expected_o, expected_lengths = _waveform(source, golden)
-    actual_o, actual_lengths = _waveform(exported, golden)
+    expected_o, expected_lengths = _waveform(source, text_inputs)
+    actual_o, actual_lengths = _waveform(exported, text_inputs)
     assert torch.equal(actual_lengths, expected_lengths)
     torch.testing.assert_close(actual_o, expected_o, atol=1e-4, rtol=1e-4)
 
@@ -100,22 +121,22 @@ def test_export_of_reference_checkpoint(dev_dir: Path, config_path: Path, tmp_pa
     source, _ = infer.load_generator(checkpoint, config_path, fold_weights=False)
     for fold in (False, True):
         exported, _ = infer.load_generator(output, fold_weights=fold)
-        expected_o, expected_lengths = _waveform(source, golden)
-        actual_o, actual_lengths = _waveform(exported, golden)
+        expected_o, expected_lengths = _waveform(source, golden["inputs"])
+        actual_o, actual_lengths = _waveform(exported, golden["inputs"])
         assert torch.equal(actual_lengths, expected_lengths)
         torch.testing.assert_close(actual_o, expected_o, atol=1e-4, rtol=1e-4)
 
 
 def test_half_precision_export_is_smaller_and_close(
-    training_checkpoint: Path, config_path: Path, tmp_path: Path, golden: dict
+    training_checkpoint: Path, config_path: Path, tmp_path: Path, text_inputs: dict
 ) -> None:
     full = export.export_generator(training_checkpoint, tmp_path / "f32.safetensors", config_path)
     half = export.export_generator(training_checkpoint, tmp_path / "f16.safetensors", config_path, dtype="float16")
     assert half.bytes_written < 0.6 * full.bytes_written
     net32, _ = infer.load_generator(full.path)
     net16, _ = infer.load_generator(half.path)
-    o32, lengths32 = _waveform(net32, golden)
-    o16, lengths16 = _waveform(net16, golden)
+    o32, lengths32 = _waveform(net32, text_inputs)
+    o16, lengths16 = _waveform(net16, text_inputs)
     assert torch.isfinite(o16).all()
     # float16 storage rounds every weight by ~5e-4 relative: same durations here, samples within 1% of the peak.
     assert torch.equal(lengths16, lengths32)

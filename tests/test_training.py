@@ -141,13 +141,13 @@ def test_config_changes_lists_only_watched_and_model_settings():
 
 
 def test_ctrl_c_with_dataloader_workers_stops_once_and_a_second_one_during_the_save_corrupts_nothing(
-    tmp_path, dev_config
+    tmp_path, tiny_train_config
 ):
     """Ctrl-C as a terminal sends it: SIGINT to the whole process group (the trainer and its 2 DataLoader
     workers). One message, the step finishes, the checkpoint is written completely although a second Ctrl-C
     arrives while it is written, and the exit status is 0; no worker prints a traceback."""
     filelists = make_dataset(tmp_path / "data")
-    files = write_run_files(tmp_path / "run", tiny_config(dev_config, filelists, eval_interval=1000))
+    files = write_run_files(tmp_path / "run", tiny_config(tiny_train_config, filelists, eval_interval=1000))
     probe, out = tmp_path / "probe", tmp_path / "out.log"
     # start_training runs it in its own session: its own process group, as a terminal's foreground job.
     process = start_training(files, "--max-steps", "1000", "--num-workers", "2", log_path=out, probe_dir=probe)
