@@ -1,4 +1,5 @@
-"""commons.py against the reference golden values (dev/golden.pt, section ``commons``) plus edge cases."""
+"""commons.py against the reference golden values (dev/golden.pt, section ``commons``) plus edge cases. (Its
+maximum_path case is checked with every MAS implementation in test_monotonic_align.test_golden_paths.)"""
 
 from __future__ import annotations
 
@@ -6,16 +7,8 @@ import pytest
 import torch
 
 import commons
-import monotonic_align
 
 ATOL = RTOL = 1e-4
-
-
-def test_maximum_path_golden(golden: dict) -> None:
-    case = golden["commons"]["maximum_path"]
-    path = monotonic_align.maximum_path(case["neg_cent"], case["mask"])
-    assert path.dtype == case["path"].dtype
-    assert torch.equal(path, case["path"])
 
 
 def test_generate_path_golden(golden: dict) -> None:
