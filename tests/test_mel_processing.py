@@ -5,6 +5,7 @@ from __future__ import annotations
 import librosa
 import pytest
 import torch
+from kit import assert_every_entry
 
 import mel_processing
 from mel_processing import mel_filter_bank, mel_spectrogram_torch, spec_to_mel_torch, spectrogram_torch
@@ -27,55 +28,59 @@ def mel_input() -> dict:
     return dict(settings, y=y, spec=spec)
 
 
-def test_spectrogram_matches_golden(mel_golden: dict) -> None:
+def _check_close(ours: torch.Tensor, reference: torch.Tensor, **tolerance: float) -> None:
+    assert ours.shape == reference.shape, f"shape {tuple(ours.shape)} != reference {tuple(reference.shape)}"
+    assert ours.dtype == torch.float32, f"dtype {ours.dtype}, expected torch.float32"
+    torch.testing.assert_close(ours, reference, **tolerance)
+
+
+# What the kit's `mel` section holds besides its inputs and settings: every entry is compared.
+MEL_INPUTS = {"y", "n_fft", "sampling_rate", "hop_size", "win_size", "num_mels", "fmin", "fmax", "fmin2", "fmax2"}
+BANK_TOL = dict(atol=1e-7, rtol=1e-6)
+
+
+def test_mel_pipeline_matches_golden(mel_golden: dict) -> None:
+    """The kit's wave through mel_processing, with its two filter settings: the spectrogram, the mel from that
+    spectrogram (both settings), the mel from the wave and both filter banks. A failure lists every differing
+    entry with its mismatch figures and tolerance."""
     g = mel_golden
-    spec = spectrogram_torch(g["y"], g["n_fft"], g["sampling_rate"], g["hop_size"], g["win_size"], center=False)
-    assert spec.shape == g["spec"].shape == (2, g["n_fft"] // 2 + 1, g["y"].shape[-1] // g["hop_size"])
-    assert spec.dtype == torch.float32
-    torch.testing.assert_close(spec, g["spec"], **TOL)
+    n_fft, sr, hop, win, n_mels = g["n_fft"], g["sampling_rate"], g["hop_size"], g["win_size"], g["num_mels"]
+    spec = spectrogram_torch(g["y"], n_fft, sr, hop, win, center=False)
+    mel_2 = spec_to_mel_torch(g["spec"], n_fft, n_mels, sr, g["fmin2"], g["fmax2"])
 
+    def check_spec() -> None:
+        assert spec.shape == (2, n_fft // 2 + 1, g["y"].shape[-1] // hop)
+        _check_close(spec, g["spec"], **TOL)
 
-def test_spec_to_mel_matches_golden(mel_golden: dict) -> None:
-    g = mel_golden
-    mel = spec_to_mel_torch(g["spec"], g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin"], g["fmax"])
-    torch.testing.assert_close(mel, g["mel_from_spec"], **TOL)
+    def check_second_setting() -> None:
+        _check_close(mel_2, g["mel_from_spec_fmin50_fmax2"], **TOL)
+        assert not torch.allclose(mel_2, g["mel_from_spec"], **TOL), "the second setting gave the first's mel"
 
-
-def test_spec_to_mel_second_filter_setting(mel_golden: dict) -> None:
-    g = mel_golden
-    mel = spec_to_mel_torch(g["spec"], g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin2"], g["fmax2"])
-    torch.testing.assert_close(mel, g["mel_from_spec_fmin50_fmax2"], **TOL)
-    assert not torch.allclose(mel, g["mel_from_spec"], **TOL)
-
-
-def test_mel_spectrogram_matches_golden(mel_golden: dict) -> None:
-    g = mel_golden
-    mel = mel_spectrogram_torch(
-        g["y"],
-        g["n_fft"],
-        g["num_mels"],
-        g["sampling_rate"],
-        g["hop_size"],
-        g["win_size"],
-        g["fmin"],
-        g["fmax"],
-        center=False,
-    )
-    assert mel.shape == g["mel"].shape
-    torch.testing.assert_close(mel, g["mel"], **TOL)
-
-
-def test_filter_banks_match_golden(mel_golden: dict) -> None:
-    g = mel_golden
-    basis = mel_filter_bank(g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin"], g["fmax"])
-    torch.testing.assert_close(basis, g["mel_basis"], atol=1e-7, rtol=1e-6)
-    basis2 = mel_filter_bank(g["n_fft"], g["num_mels"], g["sampling_rate"], g["fmin2"], g["fmax2"])
-    torch.testing.assert_close(basis2, g["mel_basis_fmin50_fmax2"], atol=1e-7, rtol=1e-6)
+    checks = {
+        "spec": check_spec,
+        "mel_from_spec": lambda: _check_close(
+            spec_to_mel_torch(g["spec"], n_fft, n_mels, sr, g["fmin"], g["fmax"]), g["mel_from_spec"], **TOL
+        ),
+        "mel_from_spec_fmin50_fmax2": check_second_setting,
+        "mel": lambda: _check_close(
+            mel_spectrogram_torch(g["y"], n_fft, n_mels, sr, hop, win, g["fmin"], g["fmax"], center=False),
+            g["mel"],
+            **TOL,
+        ),
+        "mel_basis": lambda: _check_close(
+            mel_filter_bank(n_fft, n_mels, sr, g["fmin"], g["fmax"]), g["mel_basis"], **BANK_TOL
+        ),
+        "mel_basis_fmin50_fmax2": lambda: _check_close(
+            mel_filter_bank(n_fft, n_mels, sr, g["fmin2"], g["fmax2"]), g["mel_basis_fmin50_fmax2"], **BANK_TOL
+        ),
+    }
+    assert MEL_INPUTS <= set(g)
+    assert_every_entry(checks, set(g) - MEL_INPUTS, "mel")
 
 
 def test_spec_to_mel_uses_the_filter_bank(mel_input: dict) -> None:
     """Feeding unit spectra through spec_to_mel reads the bank back (above the log clip); the bank itself is
-    compared with the reference's in test_filter_banks_match_golden."""
+    compared with the reference's in test_mel_pipeline_matches_golden."""
     g = mel_input
     n_bins = g["n_fft"] // 2 + 1
     eye = torch.eye(n_bins).unsqueeze(0)  # [1, bins, bins]: frame k is a unit impulse at bin k
