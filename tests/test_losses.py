@@ -98,6 +98,26 @@ def test_gan_losses_are_float32_for_half_inputs() -> None:
     _close(gen, generator_loss([t.float() for t in scores_g])[0])
 
 
+def test_lsgan_losses_by_hand_over_the_rows_of_one_tensor() -> None:
+    """Given one tensor (as the duration discriminator's scores are), the helpers iterate over its rows: one
+    term per row, mean((1 - real)^2) and mean(fake^2) for the discriminator, mean((1 - fake)^2) for the
+    generator, summed. Values worked out by hand."""
+    real = torch.tensor([[[0.5], [1.0]], [[0.0], [1.0]], [[1.0], [1.0]]])  # [b=3, t=2, 1]
+    fake = torch.tensor([[[0.5], [0.0]], [[1.0], [1.0]], [[0.0], [0.0]]])
+    loss, r_losses, g_losses = discriminator_loss(real, fake)
+    assert r_losses == [0.125, 0.5, 0.0]
+    assert g_losses == [0.125, 1.0, 0.0]
+    assert loss.item() == pytest.approx(1.75)
+    gen, terms = generator_loss(fake)
+    assert [t.item() for t in terms] == [0.625, 0.0, 1.0]
+    assert gen.item() == pytest.approx(1.625)
+    # A list of per-discriminator outputs of different shapes: one term per discriminator.
+    loss, r_losses, g_losses = discriminator_loss(
+        [torch.zeros(2, 4), torch.ones(1, 3)], [torch.ones(2, 4), 2 * torch.ones(1, 3)]
+    )
+    assert (r_losses, g_losses, loss.item()) == ([1.0, 0.0], [1.0, 4.0], 6.0)
+
+
 def test_duration_discriminator_losses_iterate_over_the_batch(golden: dict) -> None:
     """The training step adds the two duration-discriminator calls element-wise; the helpers then
     iterate over the batch rows of that one tensor (one entry per batch item)."""

@@ -284,21 +284,11 @@ def test_remove_weight_norm_keeps_outputs(build, channels: int) -> None:
     torch.testing.assert_close(block(x, x_mask, **kwargs), before, atol=1e-6, rtol=1e-5)
 
 
-def test_weight_g_from_the_reference_loads(golden: dict) -> None:
-    """A WN stack takes the reference's weight_g / weight_v tensors directly."""
-    prefix = "enc_q.enc."
-    state = {k[len(prefix) :]: v for k, v in golden["weights_g"].items() if k.startswith(prefix)}
-    wn = modules.WN(32, 5, 1, 16, gin_channels=32)
-    wn.load_state_dict(state, strict=True)
-
-
 # --- golden: reference outputs through our modules --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["golden", "golden_perturbed"])
-def test_transformer_coupling_flow_matches_reference(which: str, request: pytest.FixtureRequest) -> None:
-    """z_p = flow(z): 4 x (TransformerCouplingLayer + Flip) with the dev config, against the forward golden."""
-    data = request.getfixturevalue(which)
+def _flow_checks(data: dict) -> dict[str, Callable[[], None]]:
+    """z_p = flow(z): 4 x (TransformerCouplingLayer + Flip) with the dev config; and back again."""
     flows = nn.ModuleList()
     for _ in range(4):
         flows.append(modules.TransformerCouplingLayer(32, 32, 5, 4, 2, 0.1, 64, mean_only=True, gin_channels=32))
@@ -309,19 +299,21 @@ def test_transformer_coupling_flow_matches_reference(which: str, request: pytest
     forward = data["forward"]
     y_mask, g = forward["y_mask"], forward["g"]
     with torch.no_grad():
-        z = forward["z"]
+        z_p = forward["z"]
         for flow in flows:
-            z, _ = flow(z, y_mask, g=g)
-        torch.testing.assert_close(z, forward["z_p"], atol=ATOL, rtol=RTOL)
+            z_p, _ = flow(z_p, y_mask, g=g)
+        z = z_p  # from our z_p, so the round trip is checked on its own
         for flow in reversed(flows):
             z = flow(z, y_mask, g=g, reverse=True)
-        torch.testing.assert_close(z, forward["z"], atol=ATOL, rtol=RTOL)
+    return {
+        "flow: z_p": lambda: torch.testing.assert_close(z_p, forward["z_p"], atol=ATOL, rtol=RTOL),
+        "flow reversed: z": lambda: torch.testing.assert_close(z, forward["z"], atol=ATOL, rtol=RTOL),
+    }
 
 
-@pytest.mark.parametrize("which", ["golden", "golden_perturbed"])
-def test_wn_posterior_stack_matches_reference(which: str, request: pytest.FixtureRequest) -> None:
-    """m_q, logs_q = split(proj(WN(pre(spec)))) with the posterior encoder's weights (kernel 5, 16 layers)."""
-    data = request.getfixturevalue(which)
+def _posterior_checks(data: dict) -> dict[str, Callable[[], None]]:
+    """m_q, logs_q = split(proj(WN(pre(spec)))) with the posterior encoder's weights (kernel 5, 16 layers); the
+    reference's weight_g / weight_v tensors load into the WN stack strictly."""
     weights = {k[len("enc_q.") :]: v for k, v in data["weights_g"].items() if k.startswith("enc_q.")}
     pre = nn.Conv1d(513, 32, 1)
     wn = modules.WN(32, 5, 1, 16, gin_channels=32)
@@ -334,5 +326,19 @@ def test_wn_posterior_stack_matches_reference(which: str, request: pytest.Fixtur
         h = pre(data["inputs"]["spec"]) * y_mask
         h = wn.eval()(h, y_mask, g=forward["g"])
         m_q, logs_q = torch.split(proj(h) * y_mask, 32, dim=1)
-    torch.testing.assert_close(m_q, forward["m_q"], atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(logs_q, forward["logs_q"], atol=ATOL, rtol=RTOL)
+    return {
+        "posterior: m_q": lambda: torch.testing.assert_close(m_q, forward["m_q"], atol=ATOL, rtol=RTOL),
+        "posterior: logs_q": lambda: torch.testing.assert_close(logs_q, forward["logs_q"], atol=ATOL, rtol=RTOL),
+    }
+
+
+FORWARD_ENTRIES = ["flow: z_p", "flow reversed: z", "posterior: m_q", "posterior: logs_q"]
+
+
+@pytest.mark.parametrize("which", ["golden", "golden_perturbed"])
+def test_flow_and_posterior_stack_match_reference_forward(which: str, request: pytest.FixtureRequest) -> None:
+    """Two slices of the reference's training forward through our modules alone: the coupling flow (and its
+    inverse) and the posterior encoder's WN stack. A failure lists every differing tensor."""
+    data = request.getfixturevalue(which)
+    checks = {**_flow_checks(data), **_posterior_checks(data)}
+    assert_every_entry(checks, FORWARD_ENTRIES, f"{which} forward through modules")

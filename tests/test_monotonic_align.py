@@ -63,11 +63,10 @@ def golden_mas_cases(golden: dict, golden_perturbed: dict) -> dict[str, tuple[to
 def test_golden_paths(golden: dict, golden_perturbed: dict, case: str) -> None:
     neg_cent, mask, path = golden_mas_cases(golden, golden_perturbed)[case]
     assert_all_equal(neg_cent, mask, expected=path)
-
-
-def test_golden_forward_attn_is_the_mas_path(golden: dict) -> None:
-    forward = golden["forward"]
-    assert torch.equal(forward["attn"].squeeze(1), forward["mas_path"])
+    if case != "commons":
+        # The recorded path is the training forward's attention: so ours reproduces that alignment.
+        forward = (golden if case == "forward" else golden_perturbed)["forward"]
+        assert torch.equal(forward["attn"].squeeze(1), path)
 
 
 @pytest.mark.parametrize(
