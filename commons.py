@@ -108,6 +108,22 @@ def generate_path(duration: Tensor, mask: Tensor) -> Tensor:
     return (covered - covered_by_earlier) * mask
 
 
+def grad_norm(parameters: Tensor | Iterable[Tensor], norm_type: float = 2) -> Tensor:
+    """The total ``norm_type`` norm of the gradients (float64, on their device), without a host sync.
+
+    Parameters without a gradient are left out; with none at all the norm is a CPU zero.
+    """
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    norm_type = float(norm_type)
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    device = grads[0].device
+    norms = torch.stack([torch.linalg.vector_norm(g, norm_type).to(device) for g in grads]).double()
+    return norms.max() if math.isinf(norm_type) else torch.linalg.vector_norm(norms, norm_type)
+
+
 def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float | None, norm_type: float = 2) -> float:
     """Clamp every gradient to [-clip_value, clip_value] in place; return the total gradient norm.
 
@@ -116,17 +132,13 @@ def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float | 
     """
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    grads = [p.grad.detach() for p in parameters if p.grad is not None]
-    norm_type = float(norm_type)
-    if not grads:
-        return 0.0
-    device = grads[0].device
-    norms = torch.stack([torch.linalg.vector_norm(g, norm_type).to(device) for g in grads]).double()
-    total_norm = norms.max() if math.isinf(norm_type) else torch.linalg.vector_norm(norms, norm_type)
+    parameters = list(parameters)
+    total_norm = grad_norm(parameters, norm_type)
     if clip_value is not None:
         clip_value = float(clip_value)
-        for g in grads:
-            g.clamp_(min=-clip_value, max=clip_value)
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.detach().clamp_(min=-clip_value, max=clip_value)
     return float(total_norm)
 
 

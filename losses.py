@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "feature_loss",
     "discriminator_loss",
+    "discriminator_loss_terms",
     "generator_loss",
     "kl_loss",
     "mel_loss",
@@ -62,17 +63,26 @@ def discriminator_loss(
 
     Iterates over the first dim of its arguments: a list of per-discriminator outputs, or (as the
     duration discriminator is used in training) one tensor whose rows are the batch items.
-    Returns the total and the per-entry real / fake terms as python floats (for logging).
+    Returns the total and the per-entry real / fake terms as python floats, as the reference does (training
+    uses ``discriminator_loss_terms``, which keeps them on the device).
     """
+    loss, r_losses, g_losses = discriminator_loss_terms(disc_real_outputs, disc_generated_outputs)
+    return loss, [t.item() for t in r_losses], [t.item() for t in g_losses]
+
+
+def discriminator_loss_terms(
+    disc_real_outputs: Sequence[Tensor], disc_generated_outputs: Sequence[Tensor]
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """``discriminator_loss`` with the per-entry terms as detached 0-d tensors: no host sync per entry."""
     loss = 0.0
-    r_losses: list[float] = []
-    g_losses: list[float] = []
+    r_losses: list[Tensor] = []
+    g_losses: list[Tensor] = []
     for d_real, d_fake in zip(disc_real_outputs, disc_generated_outputs):
         r_loss = torch.mean((1 - d_real.float()) ** 2)
         g_loss = torch.mean(d_fake.float() ** 2)
         loss = loss + (r_loss + g_loss)
-        r_losses.append(r_loss.item())
-        g_losses.append(g_loss.item())
+        r_losses.append(r_loss.detach())
+        g_losses.append(g_loss.detach())
     return loss, r_losses, g_losses
 
 
@@ -149,16 +159,16 @@ def discriminator_step_losses(
 
     ``mpd_*``: the multi-period discriminator's outputs; ``loss_wd``: the WavLM discriminator's term;
     ``dur_*``: the duration discriminator's [b, t_x, 1] scores (None without one). ``loss/d/total``,
-    ``loss/dur_disc/total`` and ``loss/wd/total`` are tensors; the per-entry terms are floats.
+    ``loss/dur_disc/total`` and ``loss/wd/total`` are tensors; the per-entry terms detached 0-d tensors.
     """
-    loss_disc, losses_r, losses_g = discriminator_loss(mpd_real, mpd_fake)
+    loss_disc, losses_r, losses_g = discriminator_loss_terms(mpd_real, mpd_fake)
     losses: dict[str, Any] = {
         "loss/d/total": loss_disc,
         **_indexed("loss/d_r", losses_r),
         **_indexed("loss/d_g", losses_g),
     }
     if dur_real is not None and dur_fake is not None:
-        loss_dur_disc, dur_r, dur_g = discriminator_loss(dur_real, dur_fake)
+        loss_dur_disc, dur_r, dur_g = discriminator_loss_terms(dur_real, dur_fake)
         losses["loss/dur_disc/total"] = loss_dur_disc
         losses.update({**_indexed("loss/dur_disc_r", dur_r), **_indexed("loss/dur_disc_g", dur_g)})
     losses["loss/wd/total"] = loss_wd

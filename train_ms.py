@@ -182,15 +182,17 @@ class Trainloop:
 
     def _after_step(self, metrics: dict[str, Any], fwd: training.GeneratorPass, progress: Any) -> None:
         state, train = self.trainer.state, self.hps.train
-        if progress is not None:
-            short = {"g": "loss/g/total", "d": "loss/d/total", "mel": "loss/g/mel"}
-            progress.set_postfix({k: f"{float(metrics[tag]):.3f}" for k, tag in short.items()}, refresh=False)
-            progress.update(1)
+        # Loss values leave the device at log steps only: a read per step would stall the GPU queue.
         if self.rt.is_main and state.step % train.log_interval == 0:
             mels = {"slice/mel_org": fwd.y_mel[0], "slice/mel_gen": fwd.y_hat_mel[0], "all/mel": fwd.mel[0]}
             fraction = state.batch_in_epoch / max(len(self.batches.batch_sampler), 1)
             scalars = training.scalar_values(metrics)
             self.log.log_train(state.step, state.epoch, fraction, scalars, mels, {"all/attn": fwd.attn[0, 0]})
+            if progress is not None:
+                short = {"g": "loss/g/total", "d": "loss/d/total", "mel": "loss/g/mel"}
+                progress.set_postfix({k: f"{scalars[tag]:.3f}" for k, tag in short.items()}, refresh=False)
+        if progress is not None:
+            progress.update(1)
         if state.step % train.eval_interval == 0:
             if self.rt.is_main and self.eval_loader is not None:
                 mels, audios = training.evaluate(self.trainer, self.eval_loader, self.hps, self.rt)

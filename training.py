@@ -93,6 +93,15 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def any_rank_tensor(self, flags: Tensor) -> list[bool]:
+        """``any_rank`` for flags already on the device (bool or 0/1), read back in one host sync."""
+        if not self.distributed:
+            return [bool(value) for value in flags.tolist()]
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        values = flags.to(device=device, dtype=torch.float32)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return [value > 0.5 for value in values.tolist()]
+
     def any_rank(self, flags: Sequence[bool]) -> list[bool]:
         """Per flag, whether it is true on at least one rank: one all-reduce for all of them (a collective)."""
         if not self.distributed:
@@ -590,65 +599,110 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
         )
 
 
-def backward(loss: Tensor, part: Part, scaler: torch.amp.GradScaler, max_norm: float | None) -> tuple[float, bool]:
-    """zero_grad, backward, (optional) norm clipping. Returns the gradient norm and whether the loss and the
-    gradient are finite here (with fp16 an overflowing gradient is the scaler's business)."""
+@dataclasses.dataclass
+class Update:
+    """One net's pending update after its backward: device tensors, read by the host only when needed."""
+
+    part: Part
+    loss_nonfinite: Tensor  # bool, this rank's loss
+    grad_norm: Tensor  # of the (DDP-averaged) gradient, after any clipping's measurement
+
+    @property
+    def grad_nonfinite(self) -> Tensor:
+        return ~torch.isfinite(self.grad_norm)
+
+
+def backward(loss: Tensor, part: Part, scaler: torch.amp.GradScaler, max_norm: float | None) -> Update:
+    """zero_grad, backward, (optional) norm clipping, all without a host sync.
+
+    A non-finite loss poisons this rank's gradient (the loss times NaN instead of times exactly 1): DDP's
+    gradient all-reduce then hands a non-finite gradient to every rank, so all ranks skip the same updates
+    without a collective of their own.
+    """
     part.optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    loss_nonfinite = ~torch.isfinite(loss.detach())
+    poison = torch.where(loss_nonfinite, math.nan, 1.0).to(loss.dtype)
+    scaler.scale(loss * poison).backward()
     scaler.unscale_(part.optimizer)
     if max_norm is not None:
         torch.nn.utils.clip_grad_norm_(part.net.parameters(), max_norm=max_norm)
-    grad_norm = commons.clip_grad_value_(part.net.parameters(), None)  # measures only, as the reference
-    finite = math.isfinite(float(loss.detach())) and (scaler.is_enabled() or math.isfinite(grad_norm))
-    return grad_norm, finite
+    grad_norm = commons.grad_norm(part.net.parameters())  # measures only, as the reference's clip_grad_value_
+    return Update(part, loss_nonfinite, grad_norm)
 
 
-def step_where_finite(
-    trainer: Trainer, updates: Sequence[tuple[Part, bool]], rt: Runtime, step: int, also: Sequence[bool] = ()
-) -> tuple[list[str], list[bool]]:
-    """Step each part's optimizer unless its loss or gradient is non-finite on some rank (decided together, so
-    DDP ranks keep identical weights, in one all-reduce that also carries the flags ``also``).
-    Returns the skipped prefixes and ``also`` agreed over the ranks."""
-    agreed = rt.any_rank([not finite for _, finite in updates] + list(also))
-    skipped = []
-    for (part, _), bad in zip(updates, agreed):
-        if bad:
-            skipped.append(part.prefix)
-            logger.warning("step %d: non-finite %s loss or gradient; skipping this update", step, part.prefix)
-        else:
-            trainer.scaler.step(part.optimizer)
-    return skipped, agreed[len(updates) :]
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer can skip an update on the device (torch's fused kernels take a ``found_inf``)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
+        group.get("fused") for group in optimizer.param_groups
+    )
 
 
-def discriminator_step(trainer: Trainer, losses_d: dict[str, Any], rt: Runtime) -> dict[str, Any]:
+def apply_updates(trainer: Trainer, updates: Sequence[Update]) -> None:
+    """Step each optimizer unless its gradient is non-finite (identical on every rank: DDP averaged it).
+
+    fp16: the GradScaler decides. Fused AdamW: the kernel skips on the device (no host sync). Otherwise the
+    flags of all ``updates`` are read in one host sync.
+    """
+    if trainer.scaler.is_enabled():
+        for update in updates:
+            trainer.scaler.step(update.part.optimizer)
+        return
+    on_device = [u for u in updates if skips_on_device(u.part.optimizer)]
+    on_host = [u for u in updates if not skips_on_device(u.part.optimizer)]
+    for update in on_device:
+        optimizer = update.part.optimizer
+        optimizer.found_inf = update.grad_nonfinite.float()  # the attribute torch's fused step reads
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    if on_host:
+        for update, bad in zip(on_host, torch.stack([u.grad_nonfinite for u in on_host]).tolist()):
+            if not bad:
+                update.part.optimizer.step()
+
+
+def discriminator_step(trainer: Trainer, losses_d: dict[str, Any], rt: Runtime) -> tuple[dict[str, Any], list[Update]]:
     """Update the duration, multi-period and WavLM discriminators on their losses; adds the gradient norms."""
     metrics = dict(losses_d)
     amp_clip = AMP_MAX_GRAD_NORM_D if rt.amp_dtype is not None else None
     plan = [
         (trainer.dur, "loss/dur_disc/total", "grad_norm_dur", None),
         (trainer.d, "loss/d/total", "grad_norm_d", amp_clip),
+        (trainer.wd, "loss/wd/total", "grad_norm_wd", None),
     ]
-    plan.append((trainer.wd, "loss/wd/total", "grad_norm_wd", None))
     updates = []
     for part, loss_tag, norm_tag, clip in plan:
         if part is not None:
-            metrics[norm_tag], finite = backward(metrics[loss_tag], part, trainer.scaler, clip)
-            updates.append((part, finite))
-    metrics["skipped"], _ = step_where_finite(trainer, updates, rt, trainer.state.step + 1)
-    return metrics
+            updates.append(backward(metrics[loss_tag], part, trainer.scaler, clip))
+            metrics[norm_tag] = updates[-1].grad_norm
+    apply_updates(trainer, updates)
+    return metrics, updates
 
 
-def generator_step(
-    trainer: Trainer, losses_g: dict[str, Any], rt: Runtime, stop_requested: bool = False
-) -> dict[str, Any]:
-    """Update the synthesizer on ``loss/g/total``; adds its gradient norm and the stop request agreed by all ranks."""
+def generator_step(trainer: Trainer, losses_g: dict[str, Any], rt: Runtime) -> tuple[dict[str, Any], list[Update]]:
+    """Update the synthesizer on ``loss/g/total``; adds its gradient norm."""
     metrics = dict(losses_g)
     amp_clip = AMP_MAX_GRAD_NORM_G if rt.amp_dtype is not None else None
-    metrics["grad_norm_g"], finite = backward(metrics["loss/g/total"], trainer.g, trainer.scaler, amp_clip)
-    skipped, (stop,) = step_where_finite(trainer, [(trainer.g, finite)], rt, trainer.state.step + 1, [stop_requested])
+    update = backward(metrics["loss/g/total"], trainer.g, trainer.scaler, amp_clip)
+    metrics["grad_norm_g"] = update.grad_norm
+    apply_updates(trainer, [update])
     trainer.scaler.update()
-    metrics["skipped"], metrics["stop_requested"] = skipped, stop
-    return metrics
+    return metrics, [update]
+
+
+def agree_on_iteration(
+    trainer: Trainer, updates: Sequence[Update], rt: Runtime, stop_requested: bool
+) -> tuple[list[str], bool]:
+    """The iteration's one collective: which updates were skipped (a non-finite loss on any rank, or in float32 a
+    non-finite gradient) and whether any rank asked to stop. Returns the skipped prefixes and the stop."""
+    flags = [u.loss_nonfinite if trainer.scaler.is_enabled() else u.loss_nonfinite | u.grad_nonfinite for u in updates]
+    flags.append(torch.tensor(stop_requested, device=flags[0].device))
+    agreed = rt.any_rank_tensor(torch.stack(flags))
+    skipped = [u.part.prefix for u, bad in zip(updates, agreed) if bad]
+    for prefix in skipped:
+        logger.warning("step %d: non-finite %s loss or gradient; update skipped", trainer.state.step + 1, prefix)
+    return skipped, agreed[-1]
 
 
 def train_step(
@@ -656,17 +710,23 @@ def train_step(
 ) -> tuple[dict[str, Any], GeneratorPass]:
     """One reference iteration: generator forward, discriminator updates, generator update.
 
-    Returns the metrics (loss terms, gradient norms, learning rate, ``skipped`` updates and the
-    ``stop_requested`` of any rank) and the forward's tensors (for the image log).
+    Returns the metrics (loss terms and gradient norms as device tensors, the learning rate, the ``skipped``
+    updates and the ``stop_requested`` of any rank) and the forward's tensors (for the image log).
     """
     fwd = generator_forward(trainer, batch, hps, rt)
-    d_metrics = discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
-    g_metrics = generator_step(trainer, generator_losses(trainer, fwd, hps, rt), rt, stop_requested)
-    merged = {**d_metrics, **g_metrics}
+    d_metrics, d_updates = discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
+    g_metrics, g_updates = generator_step(trainer, generator_losses(trainer, fwd, hps, rt), rt)
+    return finish_metrics(trainer, {**d_metrics, **g_metrics}, d_updates + g_updates, rt, stop_requested), fwd
+
+
+def finish_metrics(
+    trainer: Trainer, merged: Mapping[str, Any], updates: Sequence[Update], rt: Runtime, stop_requested: bool
+) -> dict[str, Any]:
+    """Detached metrics plus the agreed ``skipped`` / ``stop_requested`` and the learning rate."""
     metrics = {tag: value.detach() if isinstance(value, Tensor) else value for tag, value in merged.items()}
-    metrics["skipped"] = d_metrics["skipped"] + g_metrics["skipped"]
+    metrics["skipped"], metrics["stop_requested"] = agree_on_iteration(trainer, updates, rt, stop_requested)
     metrics["learning_rate"] = trainer.g.optimizer.param_groups[0]["lr"]
-    return metrics, fwd
+    return metrics
 
 
 def update_nonfinite_streak(state: TrainState, skipped: Sequence[str], limit: int, model_dir: str) -> None:
@@ -684,8 +744,15 @@ def update_nonfinite_streak(state: TrainState, skipped: Sequence[str], limit: in
 
 
 def scalar_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The metrics that are numbers, as floats (for TensorBoard)."""
-    return {tag: float(value) for tag, value in metrics.items() if tag not in ("skipped", "stop_requested")}
+    """The metrics that are numbers, as floats (for TensorBoard): the device tensors in one host read."""
+    numbers = {tag: value for tag, value in metrics.items() if tag not in ("skipped", "stop_requested")}
+    tensors = {tag: value for tag, value in numbers.items() if isinstance(value, Tensor)}
+    values = {tag: float(value) for tag, value in numbers.items() if not isinstance(value, Tensor)}
+    if tensors:
+        device = next(iter(tensors.values())).device
+        stacked = torch.stack([value.detach().double().reshape(()).to(device) for value in tensors.values()])
+        values.update(zip(tensors, stacked.tolist()))
+    return {tag: values[tag] for tag in numbers}
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -16,6 +16,10 @@ Only public torch hooks and module attributes are used, so the training code can
   ``save`` (the N-th ``torch.save`` to a name matching REGEX, after writing half of its bytes),
   ``step`` (after the N-th optimizer step of this process, so some nets of an iteration are updated and
   others are not) or ``infer`` (the N-th ``SynthesizerTrn.infer`` call: evaluation).
+- Every call of ``training.train_step`` is framed by ``{"event": "iteration", "edge": "start"|"end"}``, and
+  every ``torch.distributed`` collective called from Python is logged as ``{"event": "collective", "name"}``
+  (DDP's gradient buckets are reduced inside its C++ reducer, overlapping the backward, and do not show).
+- ``BV2_PROBE_POISON=RANK:N``: rank RANK's N-th iteration gets NaN audio (a poisoned batch on one rank).
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class Probe:
         self.optimizers: list[Any] = []
         self.counts: dict[str, int] = {}
         self.pause_phase, self.pause_at, self.pause_pattern = None, 0, None
+        self.iterations = 0
+        self.poison_rank, self.poison_at = -1, 0
+        if poison := os.environ.get("BV2_PROBE_POISON"):
+            self.poison_rank, self.poison_at = (int(v) for v in poison.split(":"))
         if pause:
             phase, count, *pattern = pause.split(":", 2)
             self.pause_phase, self.pause_at = phase, int(count)
@@ -131,6 +139,55 @@ class Probe:
 
         torch.load, torch.save, models.SynthesizerTrn.infer = load, save, infer
         register_optimizer_step_post_hook(after_step)
+        self.watch_iterations()
+        self.watch_collectives()
+
+    def watch_iterations(self) -> None:
+        import torch
+
+        import training
+
+        real_train_step = training.train_step
+
+        def train_step(trainer: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+            self.iterations += 1
+            if self.rank == self.poison_rank and self.iterations == self.poison_at:
+                batch = batch._replace(wav=torch.full_like(batch.wav, float("nan")))
+            self.write(event="iteration", edge="start", n=self.iterations)
+            result = real_train_step(trainer, batch, *args, **kwargs)
+            self.write(event="iteration", edge="end", n=self.iterations, skipped=result[0]["skipped"])
+            return result
+
+        training.train_step = train_step
+
+    def watch_collectives(self) -> None:
+        import torch.distributed as dist
+
+        names = (
+            "all_reduce",
+            "all_gather",
+            "all_gather_object",
+            "broadcast",
+            "broadcast_object_list",
+            "barrier",
+            "reduce",
+            "gather",
+            "gather_object",
+            "scatter",
+            "all_to_all",
+            "reduce_scatter",
+        )
+
+        def logged(name: str, real: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                self.write(event="collective", name=name)
+                return real(*args, **kwargs)
+
+            return call
+
+        for name in names:
+            if hasattr(dist, name):
+                setattr(dist, name, logged(name, getattr(dist, name)))
 
     def write_final(self) -> None:
         final = [

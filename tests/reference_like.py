@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
 import losses
 import training
 from data_utils import Batch
@@ -60,10 +58,6 @@ def train_step(trainer: Trainer, batch: Batch, hps: Any, rt: Runtime) -> tuple[d
     """One iteration the reference's way, through the production updates; returns what ``training.train_step``
     returns."""
     fwd = training.prepare_pass(training.synthesizer_forward(trainer, batch, rt), batch, hps, wl=None)
-    d_metrics = training.discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
-    g_metrics = training.generator_step(trainer, generator_losses(trainer, fwd, hps, rt), rt)
-    merged = {**d_metrics, **g_metrics}
-    metrics = {tag: value.detach() if isinstance(value, Tensor) else value for tag, value in merged.items()}
-    metrics["skipped"] = d_metrics["skipped"] + g_metrics["skipped"]
-    metrics["learning_rate"] = trainer.g.optimizer.param_groups[0]["lr"]
-    return metrics, fwd
+    d_metrics, d_updates = training.discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
+    g_metrics, g_updates = training.generator_step(trainer, generator_losses(trainer, fwd, hps, rt), rt)
+    return training.finish_metrics(trainer, {**d_metrics, **g_metrics}, d_updates + g_updates, rt, False), fwd

@@ -140,6 +140,54 @@ def test_torchrun_two_processes_keep_all_four_nets_identical(two_process_run):
     _check_ranks_agree(two_process_run["probe_dir"], two_process_run["files"])
 
 
+def _collectives_per_iteration(records: list[dict]) -> list[list[str]]:
+    """The Python-level collectives each ``train_step`` call made, in order."""
+    iterations, current = [], None
+    for record in records:
+        if record["event"] == "iteration":
+            if record["edge"] == "start":
+                current = []
+            else:
+                iterations.append(current)
+                current = None
+        elif record["event"] == "collective" and current is not None:
+            current.append(record["name"])
+    return iterations
+
+
+def test_each_iteration_makes_one_collective(two_process_run):
+    """The finiteness of every update and the stop request travel in one all-reduce per iteration (DDP's
+    gradient buckets aside, which overlap the backward)."""
+    for rank in (0, 1):
+        records = read_jsonl(two_process_run["probe_dir"] / f"rank{rank}.jsonl")
+        iterations = _collectives_per_iteration(records)
+        assert iterations == [["all_reduce"]] * MAX_STEPS, f"rank {rank}: {iterations}"
+
+
+def test_a_nonfinite_loss_on_one_rank_skips_the_same_updates_on_both(tmp_path, tiny_train_config, dataset):
+    """Rank 1 alone gets NaN audio in iteration 1: its NaN losses reach rank 0 through DDP's gradient
+    all-reduce, so both ranks skip the multi-period, WavLM and generator updates (the duration discriminator
+    never sees audio and steps), agree on it, and keep identical weights."""
+    files = _setup(tmp_path / "run", tiny_train_config, dataset)
+    probe_dir = tmp_path / "probe"
+    command = _torchrun("--standalone", "--nproc_per_node=2", str(PROBE_SCRIPT), *train_args(files, "--max-steps", "2"))
+    env = probe_env(probe_dir)
+    env["BV2_PROBE_POISON"] = "1:1"
+    _run(command, env)
+    records = {rank: read_jsonl(probe_dir / f"rank{rank}.jsonl") for rank in (0, 1)}
+    for rank in (0, 1):
+        ends = [r for r in records[rank] if r["event"] == "iteration" and r["edge"] == "end"]
+        assert [sorted(r["skipped"]) for r in ends] == [["D", "G", "WD"], []], f"rank {rank}: {ends}"
+    steps = {rank: [(r["optimizer"], r["checksum"]) for r in records[rank] if r["event"] == "opt"] for rank in (0, 1)}
+    assert len(steps[0]) == 1 + NETS, steps[0]  # iteration 1: the duration discriminator only
+    assert steps[0] == steps[1], "the ranks' weights differ after the skipped updates"
+    final = {rank: torch.load(probe_dir / f"rank{rank}_final.pt", weights_only=True) for rank in (0, 1)}
+    for net in range(NETS):
+        assert _same(final[0][net]["params"], final[1][net]["params"]), f"optimizer {net}: final weights differ"
+        for param in final[0][net]["params"]:
+            assert torch.isfinite(param).all(), f"optimizer {net}: non-finite weights"
+
+
 def test_torchrun_two_ranks_resume_after_sigkill(two_process_run, tmp_path, tiny_train_config, dataset):
     """SIGKILL the whole torchrun group (agent and both workers) in the middle of step 3, after the step-2
     checkpoint; a new two-rank torchrun resumes from it and ends bitwise equal to the uninterrupted run."""
