@@ -680,29 +680,53 @@ def discriminator_step(trainer: Trainer, losses_d: dict[str, Any], rt: Runtime) 
     return metrics, updates
 
 
-def generator_step(trainer: Trainer, losses_g: dict[str, Any], rt: Runtime) -> tuple[dict[str, Any], list[Update]]:
-    """Update the synthesizer on ``loss/g/total``; adds its gradient norm."""
+def generator_backward(trainer: Trainer, losses_g: dict[str, Any], rt: Runtime) -> tuple[dict[str, Any], Update]:
+    """The synthesizer's backward on ``loss/g/total``; adds its gradient norm. The update itself waits for the
+    iteration's agreement (``finish_iteration``), whose host read decides it."""
     metrics = dict(losses_g)
     amp_clip = AMP_MAX_GRAD_NORM_G if rt.amp_dtype is not None else None
     update = backward(metrics["loss/g/total"], trainer.g, trainer.scaler, amp_clip)
     metrics["grad_norm_g"] = update.grad_norm
-    apply_updates(trainer, [update])
-    trainer.scaler.update()
-    return metrics, [update]
+    return metrics, update
 
 
 def agree_on_iteration(
     trainer: Trainer, updates: Sequence[Update], rt: Runtime, stop_requested: bool
-) -> tuple[list[str], bool]:
-    """The iteration's one collective: which updates were skipped (a non-finite loss on any rank, or in float32 a
-    non-finite gradient) and whether any rank asked to stop. Returns the skipped prefixes and the stop."""
+) -> tuple[list[bool], bool]:
+    """The iteration's one collective (and its one host read): per update whether it is skipped - a non-finite
+    loss on any rank, or in float32 a non-finite gradient (fp16: the GradScaler's own business) - and whether any
+    rank asked to stop."""
     flags = [u.loss_nonfinite if trainer.scaler.is_enabled() else u.loss_nonfinite | u.grad_nonfinite for u in updates]
     flags.append(torch.tensor(stop_requested, device=flags[0].device))
     agreed = rt.any_rank_tensor(torch.stack(flags))
-    skipped = [u.part.prefix for u, bad in zip(updates, agreed) if bad]
+    return agreed[:-1], agreed[-1]
+
+
+def finish_iteration(
+    trainer: Trainer,
+    merged: Mapping[str, Any],
+    d_updates: Sequence[Update],
+    g_update: Update,
+    rt: Runtime,
+    stop_requested: bool,
+) -> dict[str, Any]:
+    """Agree on the iteration, step the synthesizer unless skipped, and return the detached metrics with the
+    ``skipped`` prefixes, the agreed ``stop_requested`` and the learning rate."""
+    updates = [*d_updates, g_update]
+    skipped_flags, stop = agree_on_iteration(trainer, updates, rt, stop_requested)
+    if trainer.scaler.is_enabled():
+        trainer.scaler.step(g_update.part.optimizer)
+    elif not skipped_flags[-1]:
+        # The flag is the gradient's (identical on every rank), or a loss that poisoned it.
+        g_update.part.optimizer.step()
+    trainer.scaler.update()
+    skipped = [u.part.prefix for u, bad in zip(updates, skipped_flags) if bad]
     for prefix in skipped:
         logger.warning("step %d: non-finite %s loss or gradient; update skipped", trainer.state.step + 1, prefix)
-    return skipped, agreed[-1]
+    metrics = {tag: value.detach() if isinstance(value, Tensor) else value for tag, value in merged.items()}
+    metrics["skipped"], metrics["stop_requested"] = skipped, stop
+    metrics["learning_rate"] = trainer.g.optimizer.param_groups[0]["lr"]
+    return metrics
 
 
 def train_step(
@@ -715,18 +739,9 @@ def train_step(
     """
     fwd = generator_forward(trainer, batch, hps, rt)
     d_metrics, d_updates = discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
-    g_metrics, g_updates = generator_step(trainer, generator_losses(trainer, fwd, hps, rt), rt)
-    return finish_metrics(trainer, {**d_metrics, **g_metrics}, d_updates + g_updates, rt, stop_requested), fwd
-
-
-def finish_metrics(
-    trainer: Trainer, merged: Mapping[str, Any], updates: Sequence[Update], rt: Runtime, stop_requested: bool
-) -> dict[str, Any]:
-    """Detached metrics plus the agreed ``skipped`` / ``stop_requested`` and the learning rate."""
-    metrics = {tag: value.detach() if isinstance(value, Tensor) else value for tag, value in merged.items()}
-    metrics["skipped"], metrics["stop_requested"] = agree_on_iteration(trainer, updates, rt, stop_requested)
-    metrics["learning_rate"] = trainer.g.optimizer.param_groups[0]["lr"]
-    return metrics
+    g_metrics, g_update = generator_backward(trainer, generator_losses(trainer, fwd, hps, rt), rt)
+    merged = {**d_metrics, **g_metrics}
+    return finish_iteration(trainer, merged, d_updates, g_update, rt, stop_requested), fwd
 
 
 def update_nonfinite_streak(state: TrainState, skipped: Sequence[str], limit: int, model_dir: str) -> None:

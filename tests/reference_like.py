@@ -59,5 +59,5 @@ def train_step(trainer: Trainer, batch: Batch, hps: Any, rt: Runtime) -> tuple[d
     returns."""
     fwd = training.prepare_pass(training.synthesizer_forward(trainer, batch, rt), batch, hps, wl=None)
     d_metrics, d_updates = training.discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
-    g_metrics, g_updates = training.generator_step(trainer, generator_losses(trainer, fwd, hps, rt), rt)
-    return training.finish_metrics(trainer, {**d_metrics, **g_metrics}, d_updates + g_updates, rt, False), fwd
+    g_metrics, g_update = training.generator_backward(trainer, generator_losses(trainer, fwd, hps, rt), rt)
+    return training.finish_iteration(trainer, {**d_metrics, **g_metrics}, d_updates, g_update, rt, False), fwd
