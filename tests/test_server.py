@@ -10,11 +10,9 @@ from __future__ import annotations
 import copy
 import io
 import json
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,8 +22,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-import torch
 import yaml
+from served_voices import wait_until_answering, write_untrained_voice
+from train_tiny import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_TEXT_LENGTH = 60
@@ -82,37 +81,7 @@ def _beta_config() -> dict:
 
 
 def _write_tiny_model(folder: Path, config: dict, seed: int) -> tuple[Path, Path]:
-    from models import build_generator
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config_path = folder / "config.json"
-    config_path.write_text(json.dumps(config), encoding="utf-8")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net_g = build_generator(config, for_training=True)
-    checkpoint = folder / "G_0.pth"
-    torch.save({"model": net_g.state_dict(), "iteration": 0}, checkpoint)
-    return checkpoint, config_path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"server not healthy after {STARTUP_TIMEOUT} s:\n{log.read_text(errors='replace')}")
+    return write_untrained_voice(folder / "G_0.pth", folder / "config.json", config, seed)
 
 
 @dataclass
@@ -150,7 +119,7 @@ def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     }
     yml.write_text(yaml.safe_dump({"server": server_section}), encoding="utf-8")
 
-    port = _free_port()
+    port = free_port()
     log = folder / "server.log"
     command = [sys.executable, "server.py", "--yml", str(yml), "--port", str(port)]
     command += ["--bert-dir", f"ZH={bert_dir}", "--bert-dir", f"EN={folder / 'missing-en'}"]
@@ -160,7 +129,7 @@ def running_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"  # the default host: only loopback answers
     try:
-        _wait_until_healthy(process, url, log)
+        wait_until_answering(process, f"{url}/health", log, "server", STARTUP_TIMEOUT)
         yield RunningServer(url, process.pid)
     finally:
         process.terminate()

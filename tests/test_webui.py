@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
+from served_voices import wait_until_answering, write_untrained_voice
+from train_tiny import free_port
 
 import config
 import infer
 import webui
-from models import build_generator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 240.0
@@ -90,14 +89,7 @@ def _tiny_model(folder: Path, name: str, speakers: list[str], seed: int) -> tupl
     settings = json.loads((REPO_ROOT / "configs" / "demo.json").read_text(encoding="utf-8"))
     settings["data"]["spk2id"] = {speaker: index for index, speaker in enumerate(speakers)}
     settings["data"]["n_speakers"] = len(speakers)
-    config_path = folder / f"{name}.json"
-    config_path.write_text(json.dumps(settings), encoding="utf-8")
-    torch.manual_seed(seed)
-    net = build_generator(settings, for_training=True)
-    checkpoint = folder / name / "G_0.pth"
-    checkpoint.parent.mkdir()
-    torch.save({"model": net.state_dict(), "iteration": 0}, checkpoint)
-    return checkpoint, config_path
+    return write_untrained_voice(folder / name / "G_0.pth", folder / f"{name}.json", settings, seed)
 
 
 @pytest.fixture(scope="module")
@@ -113,31 +105,9 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> TinyVoices:
     return TinyVoices(folder=folder, models=models, bert_dir=Path(bert_dir))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(process: subprocess.Popen, url: str, log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"webui exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/config", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"webui not up after {STARTUP_TIMEOUT} s:\n{log.read_text(errors='replace')}")
-
-
 @pytest.fixture(scope="module")
 def webui_url(voices: TinyVoices) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = voices.folder / "webui.log"
     launcher = voices.folder / "launch_webui.py"
     launcher.write_text(LAUNCHER, encoding="utf-8")
@@ -151,7 +121,7 @@ def webui_url(voices: TinyVoices) -> Iterator[str]:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(process, url, log)
+        wait_until_answering(process, f"{url}/config", log, "webui", STARTUP_TIMEOUT)
         yield url
     finally:
         process.terminate()
