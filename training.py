@@ -697,7 +697,7 @@ def agree_on_iteration(
     loss on any rank, or in float32 a non-finite gradient (fp16: the GradScaler's own business) - and whether any
     rank asked to stop."""
     flags = [u.loss_nonfinite if trainer.scaler.is_enabled() else u.loss_nonfinite | u.grad_nonfinite for u in updates]
-    flags.append(torch.tensor(stop_requested, device=flags[0].device))
+    flags.append(flags[0].new_full((), stop_requested))  # a fill on the device, not a blocking host copy
     agreed = rt.any_rank_tensor(torch.stack(flags))
     return agreed[:-1], agreed[-1]
 
