@@ -120,7 +120,12 @@ def grad_norm(parameters: Tensor | Iterable[Tensor], norm_type: float = 2) -> Te
     if not grads:
         return torch.zeros((), dtype=torch.float64)
     device = grads[0].device
-    norms = torch.stack([torch.linalg.vector_norm(g, norm_type).to(device) for g in grads]).double()
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    # One fused kernel per device and dtype (as torch's clip_grad_norm_), not one launch per parameter.
+    norms = torch.stack([n.to(device) for group in groups.values() for n in torch._foreach_norm(group, norm_type)])
+    norms = norms.double()
     return norms.max() if math.isinf(norm_type) else torch.linalg.vector_norm(norms, norm_type)
 
 

@@ -94,23 +94,18 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def any_rank_tensor(self, flags: Tensor) -> list[bool]:
-        """``any_rank`` for flags already on the device (bool or 0/1), read back in one host sync."""
-        if not self.distributed:
-            return [bool(value) for value in flags.tolist()]
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        values = flags.to(device=device, dtype=torch.float32)
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-        return [value > 0.5 for value in values.tolist()]
+        """Per flag (bool or 0/1, on any device), whether it is true on at least one rank: one all-reduce for all
+        of them (a collective) and one host read."""
+        if self.distributed:
+            # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+            device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+            flags = flags.to(device=device, dtype=torch.float32)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return [bool(value) for value in flags.tolist()]
 
     def any_rank(self, flags: Sequence[bool]) -> list[bool]:
-        """Per flag, whether it is true on at least one rank: one all-reduce for all of them (a collective)."""
-        if not self.distributed:
-            return list(flags)
-        # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
-        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device)
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-        return [bool(value > 0.5) for value in values.tolist()]
+        """``any_rank_tensor`` for python flags."""
+        return self.any_rank_tensor(torch.tensor([bool(flag) for flag in flags]))
 
     def barrier(self) -> None:
         if self.distributed:
@@ -443,6 +438,20 @@ class GeneratorPass:
     slm_fake: tuple[Tensor, ...] | None = None  # WavLM states of y_hat (with gradient)
 
 
+def waveform_mel(wave: Tensor, data: Any) -> Tensor:
+    """[b, n_mels, frames] mel spectrogram of [b, samples] audio with the model's data settings."""
+    return mel_spectrogram_torch(
+        wave,
+        data.filter_length,
+        data.n_mel_channels,
+        data.sampling_rate,
+        data.hop_length,
+        data.win_length,
+        data.mel_fmin,
+        data.mel_fmax,
+    )
+
+
 def prepare_pass(out: SynthesizerOutput, batch: Batch, hps: Any, wl: losses.WavLMLoss | None) -> GeneratorPass:
     """Mels, the real segment and (when ``wl`` is given) the WavLM states, from the synthesizer's output."""
     data = hps.data
@@ -458,16 +467,7 @@ def prepare_pass(out: SynthesizerOutput, batch: Batch, hps: Any, wl: losses.WavL
         )
         y_mel = commons.slice_segments(mel, out.ids_slice, segment_frames)
         y_hat = out.o.float()  # no copy when already float32
-        y_hat_mel = mel_spectrogram_torch(
-            y_hat.squeeze(1),
-            data.filter_length,
-            data.n_mel_channels,
-            data.sampling_rate,
-            data.hop_length,
-            data.win_length,
-            data.mel_fmin,
-            data.mel_fmax,
-        )
+        y_hat_mel = waveform_mel(y_hat.squeeze(1), data)
         y = commons.slice_segments(batch.wav, out.ids_slice * data.hop_length, hps.train.segment_size)
     latents, durations = out.latents, out.durations
     fwd = GeneratorPass(
@@ -647,10 +647,12 @@ def apply_updates(trainer: Trainer, updates: Sequence[Update]) -> None:
         for update in updates:
             trainer.scaler.step(update.part.optimizer)
         return
-    on_device = [u for u in updates if skips_on_device(u.part.optimizer)]
-    on_host = [u for u in updates if not skips_on_device(u.part.optimizer)]
-    for update in on_device:
+    on_host = []
+    for update in updates:
         optimizer = update.part.optimizer
+        if not skips_on_device(optimizer):
+            on_host.append(update)
+            continue
         optimizer.found_inf = update.grad_nonfinite.float()  # the attribute torch's fused step reads
         try:
             optimizer.step()
@@ -1048,16 +1050,7 @@ def evaluate(
                     sdp_ratio=1.0 if use_sdp else 0.0,
                 )
                 y_hat_length = int(out.y_mask.sum([1, 2]).long()[0]) * data.hop_length
-                y_hat_mel = mel_spectrogram_torch(
-                    out.o.squeeze(1).float(),
-                    data.filter_length,
-                    data.n_mel_channels,
-                    data.sampling_rate,
-                    data.hop_length,
-                    data.win_length,
-                    data.mel_fmin,
-                    data.mel_fmax,
-                )
+                y_hat_mel = waveform_mel(out.o.squeeze(1).float(), data)
                 mels[f"gen/mel_{index}"] = y_hat_mel[0].cpu()
                 audios[f"gen/audio_{index}_{use_sdp}"] = out.o[0, :, :y_hat_length].float().cpu()
     finally:

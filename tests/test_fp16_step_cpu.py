@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from train_tiny import make_dataset, tiny_config
+from train_tiny import first_batch, make_dataset, tiny_config
 
 import training
 from config import model_config_from_dict
@@ -27,9 +27,7 @@ def fp16_setup(tmp_path_factory, tiny_train_config) -> dict:
     config = json.loads(json.dumps(tiny_config(tiny_train_config, make_dataset(folder / "data"))))
     config["model_dir"] = str(folder / "models")
     hps = model_config_from_dict(config)
-    loader, batches = training.build_train_loader(hps, FP16_CPU, num_workers=0)
-    batches.start_epoch(1)
-    return {"hps": hps, "batch": next(iter(loader))}
+    return {"hps": hps, "batch": first_batch(hps, FP16_CPU)}
 
 
 def _trainer(hps) -> training.Trainer:

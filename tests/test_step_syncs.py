@@ -10,6 +10,7 @@ the discriminators (none with fused AdamW, whose kernel skips on the device) and
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
-from train_tiny import make_dataset, tiny_config
+from train_tiny import first_batch, make_dataset, tiny_config
 
 import training
 from config import model_config_from_dict
@@ -57,10 +58,7 @@ def tiny_step(tmp_path_factory, tiny_train_config) -> dict:
     folder = tmp_path_factory.mktemp("syncs")
     config = json.loads(json.dumps(tiny_config(tiny_train_config, make_dataset(folder / "data"))))
     config["model_dir"] = str(folder / "models")
-    loader_hps = model_config_from_dict(config)
-    loader, batches = training.build_train_loader(loader_hps, CPU, num_workers=0)
-    batches.start_epoch(1)
-    return {"config": config, "batch": next(iter(loader))}
+    return {"config": config, "batch": first_batch(model_config_from_dict(config), CPU)}
 
 
 def _run_step(tiny_step: dict, fused: bool, poison: bool = False) -> tuple[HostReads, dict, training.Trainer]:
@@ -114,3 +112,24 @@ def test_fused_adamw_skips_a_poisoned_update_on_the_device(tiny_step: dict) -> N
         if part.prefix != "DUR":
             for state in states:
                 assert not state["exp_avg"].any() and not state["exp_avg_sq"].any(), part.prefix
+
+
+def test_a_nan_loss_with_a_finite_gradient_still_skips_its_update(tiny_step: dict, monkeypatch) -> None:
+    """A loss can be NaN through a term with no gradient path, leaving the gradient finite. The discriminators'
+    updates are decided from the gradient alone (DDP makes it identical on every rank), so the loss must
+    poison it: here the WavLM discriminator's loss gets a NaN constant and its update is skipped and reported,
+    while the other nets step."""
+    import losses
+
+    real_loss = losses.wavlm_discriminator_loss
+    monkeypatch.setattr(losses, "wavlm_discriminator_loss", lambda *args: real_loss(*args) + math.nan)
+    config = json.loads(json.dumps(tiny_step["config"]))
+    hps = model_config_from_dict(config)
+    torch.manual_seed(0)
+    trainer = training.build_trainer(hps, CPU)
+    start = {p.prefix: {k: v.clone() for k, v in p.raw.state_dict().items()} for p in trainer.parts()}
+    metrics, _ = training.train_step(trainer, tiny_step["batch"], hps, CPU)
+    assert metrics["skipped"] == ["WD"]
+    for part in trainer.parts():
+        same = all(torch.equal(v, start[part.prefix][k]) for k, v in part.raw.state_dict().items())
+        assert same is (part.prefix == "WD"), part.prefix

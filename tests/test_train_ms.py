@@ -16,6 +16,7 @@ import soundfile
 import torch
 from tensorboard.backend.event_processing import event_accumulator
 from train_tiny import (
+    first_batch,
     make_dataset,
     run_training,
     tiny_config,
@@ -160,9 +161,7 @@ def tiny(tmp_path_factory, tiny_train_config) -> dict:
     hps.model_dir = str(folder / "models")
     torch.manual_seed(1)
     trainer = training.build_trainer(hps, CPU)
-    loader, batches = training.build_train_loader(hps, CPU, num_workers=0)
-    batches.start_epoch(1)
-    return {"trainer": trainer, "hps": hps, "batch": next(iter(loader)), "start": _snapshot(trainer)}
+    return {"trainer": trainer, "hps": hps, "batch": first_batch(hps, CPU), "start": _snapshot(trainer)}
 
 
 def _snapshot(trainer: training.Trainer) -> dict[str, dict[str, torch.Tensor]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from train_tiny import (
+    first_batch,
     kill,
     make_dataset,
     release,
@@ -217,9 +218,7 @@ def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
         assert part.scheduler.last_epoch == 2
 
     # Continue: one step, then a checkpoint in this script's format, which resumes exactly.
-    loader, batches = training.build_train_loader(hps, CPU, num_workers=0)
-    batches.start_epoch(trainer.state.epoch)
-    metrics, _ = training.train_step(trainer, next(iter(loader)), hps, CPU)
+    metrics, _ = training.train_step(trainer, first_batch(hps, CPU, trainer.state.epoch), hps, CPU)
     assert metrics["skipped"] == []
     trainer.state.step += 1
     trainer.state.batch_in_epoch += 1

@@ -412,6 +412,18 @@ def test_clean_checkpoints_does_not_confuse_d_with_dur(tmp_path):
 # logging, provenance, TensorBoard, plots
 
 
+def restore_root_logging(handlers: list[logging.Handler], level: int) -> None:
+    """Close what TrainLogger added to the root logger and put back what was there."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        if handler not in handlers:
+            handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
 def test_train_logger_writes_train_log_once_and_tensorboard_values(tmp_path):
     """Rank 0: train.log gets each line once (a second logger for the same run does not duplicate it) and the
     events hold the scalars, the images and the evaluation audio at their steps."""
@@ -429,12 +441,7 @@ def test_train_logger_writes_train_log_once_and_tensorboard_values(tmp_path):
         for handler in logging.getLogger().handlers:
             handler.flush()
     finally:
-        for handler in list(logging.getLogger().handlers):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-        for handler in root_handlers:
-            logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(root_level)
+        restore_root_logging(root_handlers, root_level)
     text = (tmp_path / "train.log").read_text(encoding="utf-8")
     assert text.count("Train Epoch: 2 [50%] step 10: g 3.5000, d 1.2500") == 1
     train = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
@@ -455,12 +462,7 @@ def test_train_logger_off_rank_0_writes_nothing(tmp_path):
         log.log_train(1, 1, 0.0, {"loss/g/total": 1.0}, {}, {})
         log.close()
     finally:
-        for handler in list(logging.getLogger().handlers):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-        for handler in root_handlers:
-            logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(root_level)
+        restore_root_logging(root_handlers, root_level)
     assert not (tmp_path / "run").exists()
 
 

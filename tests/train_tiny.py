@@ -228,3 +228,12 @@ def load_model(path: Path) -> dict[str, torch.Tensor]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def first_batch(hps: Any, rt: Any, epoch: int = 1) -> Any:
+    """The first training batch of ``epoch`` as train_ms.py's loader yields it (no workers)."""
+    import training
+
+    loader, batches = training.build_train_loader(hps, rt, num_workers=0)
+    batches.start_epoch(epoch)
+    return next(iter(loader))
