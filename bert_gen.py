@@ -77,9 +77,10 @@ def _existing_shape(path: Path) -> tuple[int, ...] | None:
 def _save_atomic(tensor, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(tensor, tmp)
-    os.replace(tmp, path)
+    import atomic_io
+
+    with atomic_io.atomic_write(path, "wb") as handle:
+        torch.save(tensor, handle)
 
 
 def process_line(job: Job, settings: Settings) -> Result:

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
+import atomic_io
 from text.symbols import LANGUAGES
 
 logger = logging.getLogger(__name__)
@@ -1017,11 +1018,7 @@ class ModelConfig(_Settings):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the resolved config as JSON, atomically (a crash leaves the old file or the new one)."""
-        target = os.fspath(path)
-        tmp = f"{target}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json())
-        os.replace(tmp, target)
+        atomic_io.atomic_write_text(path, self.to_json())
 
 
 def model_config_from_dict(data: Any, source: str = "<dict>") -> ModelConfig:

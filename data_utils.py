@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+import atomic_io
 import commons
 from config import UNUSED_BERT_CHOICES, as_data_config
 from mel_processing import mel_spectrogram_torch, spectrogram_torch
@@ -413,14 +414,12 @@ class TextAudioSpeakerLoader(Dataset):
         return spec
 
     def _save_spec_cache(self, spec: Tensor, cache: Path) -> None:
-        # Write-then-rename: several DataLoader workers may cache the same clip at once.
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        # Atomic: several DataLoader workers may cache the same clip at once.
         try:
-            torch.save(spec, tmp)
-            os.replace(tmp, cache)
+            with atomic_io.atomic_write(cache, "wb", make_dirs=False) as handle:
+                torch.save(spec, handle)
         except OSError as err:
             logger.warning("could not write spectrogram cache %s: %s", cache, err)
-            tmp.unlink(missing_ok=True)
 
     def get_audio(self, filename: str) -> tuple[Tensor, Tensor]:
         """(spec [channels, frames], wave [1, t]) of one clip."""

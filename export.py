@@ -27,9 +27,7 @@ import argparse
 import inspect
 import json
 import logging
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+import atomic_io
 import infer
 from config import ModelConfig
 
@@ -139,7 +138,8 @@ def export_generator(
     }
     output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(output), metadata=metadata)
+    with atomic_io.atomic_path(output, suffix=".safetensors") as temporary:
+        save_file(state, temporary, metadata=metadata)
     result = ExportResult(output, len(state), num_dropped, output.stat().st_size, difference)
     logger.info(
         "wrote %s: %d tensors (%d training-only dropped), %.1f MB, probe difference %.2g",
@@ -287,10 +287,8 @@ def export_onnx(
     n_vocab = int(net.enc_p.emb.num_embeddings)
     output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(handle)
-    temporary = Path(temporary_name)
-    try:
+    with atomic_io.atomic_path(output, suffix=".onnx") as temporary_name:
+        temporary = Path(temporary_name)
         graph = InferenceGraph(net).eval()
         with torch.no_grad(), warnings.catch_warnings():
             # The tracer warns about Python-level checks it records as constants (equal query/key lengths in
@@ -323,9 +321,6 @@ def export_onnx(
         difference = _onnx_probe_difference(net, temporary, config, n_vocab)
         if difference > ONNX_TOLERANCE:
             raise RuntimeError(f"ONNX check failed: onnxruntime and torch waveforms differ by up to {difference:.3g}")
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
     result = OnnxExportResult(output, output.stat().st_size, difference)
     logger.info("wrote %s: %.1f MB, probe difference %.2g", output, result.bytes_written / 1e6, difference)
     return result

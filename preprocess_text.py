@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import atomic_io
 import config
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 from text.symbols import LANGUAGES
@@ -85,9 +86,8 @@ def clean_transcription(
     cleaner = cleaner or _default_cleaner()
     with open(transcription_path, encoding="utf-8") as handle:
         lines = handle.readlines()
-    os.makedirs(os.path.dirname(cleaned_path) or ".", exist_ok=True)
     written = 0
-    with open(cleaned_path, "w", encoding="utf-8") as out:
+    with atomic_io.atomic_write(cleaned_path) as out:
         for number, line in enumerate(tqdm(lines, desc="clean text", unit="line"), start=1):
             where = f"{transcription_path}:{number}"
             if not line.strip():
@@ -176,8 +176,7 @@ def split_cleaned(
 
 
 def _write_lines(path: str, lines: Iterable[str]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_io.atomic_write(path) as handle:
         handle.writelines(lines)
 
 
@@ -192,11 +191,7 @@ def update_model_config(config_path: str, split: Split, train_path: str, val_pat
     data["validation_files"] = os.path.normpath(val_path).replace("\\", "/")
     model_config["version"] = MODEL_VERSION
     config.model_config_from_dict(model_config, config_path)  # never write a config training would refuse
-    tmp = f"{config_path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(model_config, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-    os.replace(tmp, config_path)
+    atomic_io.atomic_write_text(config_path, json.dumps(model_config, indent=2, ensure_ascii=False) + "\n")
 
 
 def preprocess(

@@ -20,6 +20,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import atomic_io
+
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -52,10 +54,9 @@ def resample_one(job: Job) -> Path:
 
     audio, _ = librosa.load(job.source, sr=job.sampling_rate, mono=True)
     job.target.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename so an interrupted run never leaves a truncated wav that looks up to date.
-    tmp = job.target.with_name(job.target.name + ".tmp")
-    soundfile.write(tmp, audio, job.sampling_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, job.target)
+    # Atomic so an interrupted run never leaves a truncated wav that looks up to date.
+    with atomic_io.atomic_path(job.target) as tmp:
+        soundfile.write(tmp, audio, job.sampling_rate, subtype="PCM_16", format="WAV")
     return job.target
 
 

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+import atomic_io
 import check_dataset
 import training
 import utils
@@ -86,10 +87,7 @@ def swap_resolved_config(hps: Any, model_dir: str) -> dict[str, Any] | None:
                 previous = json.load(handle)
         except (OSError, ValueError) as err:
             logger.warning("%s is not readable (%s); it is replaced", path, err)
-    tmp = path + f".{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(hps.to_dict(), handle, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    atomic_io.atomic_write_text(path, json.dumps(hps.to_dict(), indent=2, ensure_ascii=False))
     return previous
 
 

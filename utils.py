@@ -16,7 +16,6 @@ import pickle
 import random
 import re
 import subprocess
-import uuid
 import zipfile
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -24,6 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+
+import atomic_io
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,7 @@ def check_git_hash(model_dir: str | os.PathLike[str]) -> str | None:
         if saved != current:
             logger.warning("git hash values are different. %s(saved) != %s(current)", saved[:8], current[:8])
     else:
-        os.makedirs(os.path.dirname(hash_path) or ".", exist_ok=True)
-        with open(hash_path, "w", encoding="utf-8") as handle:
-            handle.write(current)
+        atomic_io.atomic_write_text(hash_path, current)
     return current
 
 
@@ -298,41 +297,9 @@ def save_checkpoint(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    Readers see either the old file or the complete new one; the rename is made durable by syncing the folder.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # Hidden name ending in .tmp, so checkpoint globs such as "G_*.pth" never match it.
-    tmp_path = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with 0o666 honours the umask, so the checkpoint gets the same mode a plain open() would give.
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open a directory; the rename is still atomic there
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        logger.debug("fsync of directory %s not supported", folder)
-    finally:
-        os.close(dir_fd)
+    """``torch.save`` through ``atomic_io.atomic_write``: readers see the old file or the complete new one."""
+    with atomic_io.atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:

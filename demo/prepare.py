@@ -32,6 +32,8 @@ REPO_ROOT = DEMO_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # run as `python demo/prepare.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
+import atomic_io  # noqa: E402 - needs the repository on sys.path
+
 logger = logging.getLogger("demo.prepare")
 
 TINY_BERT_SEED = 0
@@ -51,12 +53,11 @@ def read_transcription(path: Path) -> list[tuple[str, str, str, str]]:
 
 def write_wav_transcription(rows, wav_dir: Path, target: Path) -> None:
     """The transcription with each raw path replaced by its resampled wav."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         f"{(wav_dir / raw).with_suffix('.wav').as_posix()}|{speaker}|{language}|{text}\n"
         for raw, speaker, language, text in rows
     ]
-    target.write_text("".join(lines), encoding="utf-8")
+    atomic_io.atomic_write_text(target, "".join(lines))
 
 
 def build_tiny_berts(rows, bert_root: Path) -> dict[str, str]:
