@@ -4,14 +4,16 @@
 [b, t_y, t_x], and the attention mask [b, t_y, t_x], and returns the 0/1 path with the largest total, as a
 tensor of ``neg_cent``'s dtype on its device. Frames per item are read from ``mask[:, :, 0]`` and tokens from
 ``mask[:, 0, :]``, like the reference. CPU tensors go to a multi-threaded numba kernel (``core``); CUDA tensors
-stay on the device and go to a Triton kernel (``triton_kernel``) where Triton is installed; tensors on other
-devices, or on CUDA without Triton, use a vectorised torch implementation. All give the same paths.
+stay on the device and go to a Triton kernel (``triton_kernel``) where Triton is installed and can build and
+launch it; tensors on other devices, or on CUDA where Triton is missing or cannot compile (no C compiler or Python
+headers, a GPU its compiler does not support), use a vectorised torch implementation. All give the same paths.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 
 import numpy as np
 import torch
@@ -24,7 +26,10 @@ __all__ = [
     "maximum_path_torch",
     "path_lengths",
     "triton_available",
+    "triton_usable",
 ]
+
+logger = logging.getLogger(__name__)
 
 _UNREACHABLE = -1e9
 
@@ -52,14 +57,50 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
+def triton_usable(device: torch.device) -> bool:
+    """Whether Triton builds and launches the kernel on ``device``: tried once per device and process, on a
+    one-item 2 x 2 problem. A failure is logged once, with its cause, and the torch kernel takes over."""
+    if not triton_available():
+        return False
+    from monotonic_align.triton_kernel import KernelUnavailable, maximum_path_triton
+
+    lengths = torch.full((1,), 2, dtype=torch.int32, device=device)
+    try:
+        maximum_path_triton(torch.zeros((1, 2, 2), device=device), lengths, lengths)
+    except KernelUnavailable as error:
+        _warn_torch_kernel(device, error)
+        return False
+    return True
+
+
+def _warn_torch_kernel(device: torch.device, error: Exception) -> None:
+    logger.warning(
+        "monotonic alignment: Triton cannot build or launch its kernel on %s (%s); using the torch kernel, which "
+        "gives the same paths more slowly. Triton needs a C compiler (gcc) and the Python headers (python3-dev) "
+        "for its launcher, and a GPU its bundled compiler supports",
+        device,
+        error,
+    )
+
+
 def maximum_path_cuda(neg_cent: Tensor, mask: Tensor) -> Tensor:
-    """Triton kernel on neg_cent's device (CUDA, or the CPU under ``TRITON_INTERPRET=1``); no host copies."""
+    """Triton kernel on neg_cent's device (CUDA, or the CPU under ``TRITON_INTERPRET=1``); no host copies.
+
+    Where Triton cannot build or launch the kernel (``triton_usable``), the torch kernel gives the same paths.
+    """
     if neg_cent.numel() == 0:
         return torch.zeros_like(neg_cent)
-    from monotonic_align.triton_kernel import maximum_path_triton
+    if not triton_usable(neg_cent.device):
+        return maximum_path_torch(neg_cent, mask)
+    from monotonic_align.triton_kernel import KernelUnavailable, maximum_path_triton
 
     t_ys, t_xs = path_lengths(mask.detach())
-    path = maximum_path_triton(neg_cent.detach(), t_ys, t_xs)
+    try:
+        path = maximum_path_triton(neg_cent.detach(), t_ys, t_xs)
+    except KernelUnavailable as error:  # a specialisation the probe did not build (e.g. out of resources)
+        _warn_torch_kernel(neg_cent.device, error)
+        return maximum_path_torch(neg_cent, mask)
     return path.to(dtype=neg_cent.dtype)
 
 

@@ -17,13 +17,16 @@ tests check it against the numba kernel on a machine without a GPU.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.compiler.errors import CompilationError
+from triton.runtime import errors as runtime_errors
 
-__all__ = ["maximum_path_triton"]
+__all__ = ["LAUNCH_ERRORS", "KernelUnavailable", "launch_mas_kernel", "maximum_path_triton"]
 
 _UNREACHABLE = tl.constexpr(-1e9)  # a global a @triton.jit function reads must be a constexpr
 
@@ -71,6 +74,9 @@ def _mas_kernel(
                 prev = tl.where(band, costs + tl.where(up > diag, up, diag), unreachable)
                 tl.store(item_decisions + y * max_x + cols, (up < diag).to(tl.int8), mask=in_row)
                 y += 1
+            # The backtrack reads single decisions that other threads stored; rows before the last one are
+            # fenced by the next iteration's barriers, the last row only by this one.
+            tl.debug_barrier()
         column = t_x - 1
         last_row = max_y - 1
         row = t_y - 1
@@ -87,10 +93,30 @@ def _mas_kernel(
             row -= 1
 
 
+class KernelUnavailable(RuntimeError):
+    """Triton is importable but cannot build or launch the kernel on this machine (the cause is chained)."""
+
+
+# What Triton (3.0 to 3.5) raises when it cannot build or launch a kernel: no C compiler (RuntimeError) or no
+# Python headers (CalledProcessError) for its launcher module, libcuda not found (AssertionError), a failed module
+# load (ImportError), a GPU or CUDA version the bundled compiler does not support (CompilationError, ptxas's
+# PTXASError or RuntimeError, OutOfResources, RuntimeError from the driver).
+LAUNCH_ERRORS = (
+    RuntimeError,
+    subprocess.CalledProcessError,
+    AssertionError,
+    ImportError,
+    CompilationError,
+    runtime_errors.OutOfResources,
+    getattr(runtime_errors, "PTXASError", RuntimeError),
+)
+
+
 def maximum_path_triton(values: Tensor, t_ys: Tensor, t_xs: Tensor) -> Tensor:
     """Paths [b, T_y, T_x] float32 0/1 for float32 costs [b, T_y, T_x] and int frame/token counts [b].
 
     All tensors on one CUDA device (or on the CPU under ``TRITON_INTERPRET=1``); nothing is copied to the host.
+    Raises ``KernelUnavailable`` when Triton cannot compile or launch the kernel here.
     """
     values = values.detach().to(torch.float32).contiguous()
     batch, max_y, max_x = values.shape
@@ -102,10 +128,21 @@ def maximum_path_triton(values: Tensor, t_ys: Tensor, t_xs: Tensor) -> Tensor:
     block_x = triton.next_power_of_2(max_x)
     decisions = torch.empty((batch, max_y, max_x), dtype=torch.int8, device=values.device)
     row = torch.empty((batch, block_x), dtype=torch.float32, device=values.device)
+    try:
+        launch_mas_kernel(values, t_ys, t_xs, path, decisions, row, block_x)
+    except LAUNCH_ERRORS as error:
+        raise KernelUnavailable(f"{type(error).__name__}: {error}") from error
+    return path
+
+
+def launch_mas_kernel(
+    values: Tensor, t_ys: Tensor, t_xs: Tensor, path: Tensor, decisions: Tensor, row: Tensor, block_x: int
+) -> None:
+    """Compile (first call per specialisation) and launch ``_mas_kernel``, one program per batch item."""
+    batch, max_y, max_x = values.shape
     # Enough warps that each thread holds a few columns; the row is a few hundred tokens at most in practice.
     num_warps = max(1, min(8, block_x // 128))
     with torch.cuda.device(values.device) if values.is_cuda else contextlib.nullcontext():
         _mas_kernel[(batch,)](
             values, t_ys, t_xs, path, decisions, row, max_y, max_x, BLOCK_X=block_x, num_warps=num_warps
         )
-    return path

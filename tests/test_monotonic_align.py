@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -203,6 +204,16 @@ def test_yardstick_is_plain_numpy() -> None:
 
 # --- The Triton kernel (CUDA), run on the CPU by Triton's interpreter --------------------------------------------
 
+
+def require_triton(what: str) -> None:
+    """Skip without Triton, except under CI (torch's Linux x86_64 wheels bring it), where that is a failure."""
+    if importlib.util.find_spec("triton") is None:
+        message = "triton is not installed (it comes with torch's Linux x86_64 wheels)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; under CI the Triton kernel must be {what}")
+        pytest.skip(message)
+
+
 _TRITON_RUNNER = """
 import sys
 import torch
@@ -218,11 +229,7 @@ def triton_interpreter_paths(cases: list[tuple[torch.Tensor, torch.Tensor]], tmp
 
     The interpreter must be chosen before Triton is imported, hence the fresh interpreter process.
     """
-    if importlib.util.find_spec("triton") is None:
-        message = "triton is not installed (it comes with torch's Linux x86_64 wheels)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + "; under CI the Triton kernel must be tested")
-        pytest.skip(message)
+    require_triton("tested")
     inputs, outputs = tmp_path / "cases.pt", tmp_path / "paths.pt"
     torch.save(cases, inputs)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -290,11 +297,7 @@ def test_cpu_tensors_never_take_the_triton_path(monkeypatch) -> None:
 def test_triton_kernel_compiles_for_cuda_without_a_gpu(capability: int, block_x: int) -> None:
     """Ahead-of-time compilation down to a cubin (Triton ships its ptxas): catches what only the compiler rejects,
     which the interpreter test does not see (e.g. non-constexpr globals, loop-carried types, barriers)."""
-    if importlib.util.find_spec("triton") is None:
-        message = "triton is not installed (it comes with torch's Linux x86_64 wheels)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + "; under CI the Triton kernel must be compiled")
-        pytest.skip(message)
+    require_triton("compiled")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -316,3 +319,89 @@ def test_triton_kernel_compiles_for_cuda_without_a_gpu(capability: int, block_x:
     kernel = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": 4})
     assert len(kernel.asm["cubin"]) > 0
     assert "bar.sync" in kernel.asm["ptx"]  # the barriers around the shifted read of the previous row
+    # The backtrack reads decisions other threads stored (int8 stores in the forward loop, int8 loads after it):
+    # a barrier must come between the last store and the first load, or the last row's decisions can be stale.
+    lines = kernel.asm["ttir"].splitlines()
+    last_store = max(i for i, line in enumerate(lines) if "tt.store" in line and "!tt.ptr<i8>" in line)
+    first_load = min(i for i, line in enumerate(lines) if "tt.load" in line and "!tt.ptr<i8>" in line)
+    assert last_store < first_load
+    assert any("gpu.barrier" in line for line in lines[last_store:first_load]), "no barrier before the backtrack"
+
+
+@pytest.fixture
+def fresh_triton_verdict():
+    """``triton_usable`` remembers its verdict per device for the process: forget it around the test."""
+    monotonic_align.triton_usable.cache_clear()
+    yield
+    monotonic_align.triton_usable.cache_clear()
+
+
+def launch_failures() -> dict[str, Exception]:
+    """What Triton raises when it cannot build or launch a kernel (runtime/build.py, backends/nvidia/compiler.py)."""
+    from triton.runtime.errors import OutOfResources
+
+    return {
+        "no C compiler": RuntimeError(
+            "Failed to find C compiler. Please specify via CC environment variable or set triton.knobs.build.impl."
+        ),
+        "no Python headers": subprocess.CalledProcessError(1, ["gcc", "main.c", "-I/usr/include/python3.11"]),
+        "GPU too old": OutOfResources(232448, 101376, "shared memory"),
+    }
+
+
+@pytest.mark.parametrize("failure", ["no C compiler", "no Python headers", "GPU too old"])
+def test_cuda_path_falls_back_to_the_torch_kernel_when_triton_cannot_launch(
+    failure: str, monkeypatch, caplog, fresh_triton_verdict
+) -> None:
+    require_triton("tested")
+    from monotonic_align import triton_kernel
+
+    attempts = []
+
+    def failing_launch(*args, **kwargs):
+        attempts.append(args)
+        raise launch_failures()[failure]
+
+    monkeypatch.setattr(triton_kernel, "launch_mas_kernel", failing_launch)
+    generator = torch.Generator().manual_seed(4)
+    mask = lengths_mask([12, 9, 5], [5, 3, 5])
+    neg_cent = torch.randn(mask.shape, generator=generator)
+    with caplog.at_level(logging.WARNING, logger="monotonic_align"):
+        paths = [monotonic_align.maximum_path_cuda(neg_cent, mask) for _ in range(3)]
+    expected = naive_paths(neg_cent, mask)
+    assert all(torch.equal(path, expected) for path in paths)
+    assert len(attempts) == 1, "Triton is tried once per device, not at every step"
+    warnings = [record.getMessage() for record in caplog.records if "torch kernel" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert str(launch_failures()[failure]) in warnings[0] and "C compiler (gcc)" in warnings[0]
+
+
+def test_a_specialisation_that_cannot_build_falls_back_for_that_call(monkeypatch, caplog, fresh_triton_verdict) -> None:
+    """The probe built, a later shape does not (e.g. out of resources): that call takes the torch kernel."""
+    require_triton("tested")
+    from monotonic_align import triton_kernel
+
+    def probe_only(values, *args, **kwargs):
+        if values.shape != (1, 2, 2):
+            raise launch_failures()["GPU too old"]
+
+    monkeypatch.setattr(triton_kernel, "launch_mas_kernel", probe_only)
+    mask = lengths_mask([7, 4], [3, 4])
+    neg_cent = torch.randn(mask.shape, generator=torch.Generator().manual_seed(5))
+    with caplog.at_level(logging.WARNING, logger="monotonic_align"):
+        path = monotonic_align.maximum_path_cuda(neg_cent, mask)
+    assert torch.equal(path, naive_paths(neg_cent, mask))
+    assert any("out of resource" in record.getMessage() for record in caplog.records)
+
+
+def test_errors_that_are_not_a_launch_failure_propagate(monkeypatch, fresh_triton_verdict) -> None:
+    require_triton("tested")
+    from monotonic_align import triton_kernel
+
+    def wrong_argument(*args, **kwargs):
+        raise TypeError("launch_mas_kernel() got an unexpected keyword argument")
+
+    monkeypatch.setattr(triton_kernel, "launch_mas_kernel", wrong_argument)
+    mask = lengths_mask([5], [3])
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        monotonic_align.maximum_path_cuda(torch.randn(mask.shape), mask)
