@@ -80,6 +80,32 @@ def atomic_write_bytes(path: StrPath, data: bytes, make_dirs: bool = True) -> No
         handle.write(data)
 
 
+def check_output_target(path: StrPath, make_dirs: bool = True) -> None:
+    """Raise ``ValueError`` naming ``path`` and the fix if a file cannot be written there; writes nothing.
+
+    For commands to call on their output arguments before any model is loaded or any work starts. Missing
+    folders are fine when ``make_dirs`` (the writer creates them); the nearest existing folder must accept a
+    new file, which is probed by creating and removing a hidden one (the only reliable test: permissions,
+    read-only mounts and pseudo file systems such as /proc all show up)."""
+    target = os.path.abspath(os.fspath(path))
+    if os.path.isdir(target):
+        raise ValueError(f"{path} is a folder; give a file name")
+    folder = os.path.dirname(target)
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"cannot write {path}: {existing} is a file, not a folder")
+    if existing != folder and not make_dirs:
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist (create it first)")
+    probe = temporary_name(os.path.join(existing, "write-probe"))
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: cannot create a file in {existing} ({error.strerror})") from None
+    _remove_quietly(probe)
+
+
 def fsync_dir(folder: StrPath) -> None:
     """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:

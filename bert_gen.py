@@ -212,8 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
     filelists = args.filelists or [f for f in (data.training_files, data.validation_files) if f]
+    missing = [f for f in filelists if not os.path.isfile(f)]
+    if missing:
+        named = "given" if args.filelists else f"named by {args.config}"
+        logger.error("filelist not found (%s): %s", named, ", ".join(missing))
+        return 2
     jobs = read_jobs(filelists)
-    results = generate(jobs, settings, args.num_processes)
+    try:
+        results = generate(jobs, settings, args.num_processes)
+    except FileNotFoundError as error:  # a BERT folder missing for a language that needs features
+        logger.error("%s", error)
+        return 2
     errors = [r for r in results if r.status == "error"]
     for result in errors:
         logger.error("%s: %s", result.where, result.message)

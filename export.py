@@ -27,6 +27,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -347,13 +348,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_format = args.format or ("onnx" if args.output.endswith(".onnx") else "safetensors")
     if not args.output.endswith(FORMATS[output_format]):
         logger.error(
-            "the output file must end in %s for --format %s (infer.py recognises export files by it)",
+            "-o/--output: the file name must end in %s for --format %s (infer.py recognises export files by it)",
             FORMATS[output_format],
             output_format,
         )
         return 2
     if output_format == "onnx" and (args.dtype != "float32" or args.keep_weight_norm):
         logger.error("--dtype and --keep-weight-norm apply to safetensors exports only (ONNX is float32, folded)")
+        return 2
+    if not os.path.isfile(args.model):
+        logger.error("-m/--model: no such checkpoint file: %s", args.model)
+        return 2
+    if args.config and not os.path.isfile(args.config):
+        logger.error("-c/--config: no such config file: %s", args.config)
+        return 2
+    try:
+        atomic_io.check_output_target(args.output)
+    except ValueError as error:
+        logger.error("-o/--output: %s", error)
         return 2
     try:
         if output_format == "onnx":

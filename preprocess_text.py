@@ -11,8 +11,9 @@ Input, one utterance per line: ``path/to/clip.wav|speaker|language|text`` (langu
 4. write ``spk2id`` (speakers numbered in order of first appearance), ``n_speakers``, ``training_files``,
    ``validation_files`` and ``version`` into the model config JSON.
 
-Every line that cannot be used is reported as ``file:line: reason``; the lists are still written from the good
-lines, and the exit status is 1 so that scripts notice.
+Every line that cannot be used is reported as ``file:line: reason`` (the transcription's line), with exit
+status 1 — and then nothing is written: the cleaned list, both lists and the model config stay as they were
+(``--drop-bad-lines`` writes the usable lines anyway). Every file is written atomically.
 
 Defaults come from the ``preprocess_text`` section of ``config.yml`` (paths relative to ``dataset_path``).
 """
@@ -77,26 +78,31 @@ def _default_cleaner(bert_dirs: Mapping[str, str] | None = None) -> Cleaner:
     return lambda text, language: clean_text(text, language, bert_dir=dirs.get(language))
 
 
-def clean_transcription(
-    transcription_path: str, cleaned_path: str, report: Report, cleaner: Cleaner | None = None
-) -> int:
-    """Write the cleaned list; returns the number of lines written. Bad lines go to ``report``."""
+Numbered = list[tuple[str, str]]  # (where: "file:line", line)
+
+
+def clean_transcription(transcription_path: str, report: Report, cleaner: Cleaner | None = None) -> Numbered:
+    """The cleaned lines, each with the ``file:line`` of its transcription line. Bad lines go to ``report``."""
     from tqdm import tqdm
 
     cleaner = cleaner or _default_cleaner()
     with open(transcription_path, encoding="utf-8") as handle:
         lines = handle.readlines()
-    written = 0
-    with atomic_io.atomic_write(cleaned_path) as out:
-        for number, line in enumerate(tqdm(lines, desc="clean text", unit="line"), start=1):
-            where = f"{transcription_path}:{number}"
-            if not line.strip():
-                continue
-            cleaned = _clean_line(line, where, report, cleaner)
-            if cleaned is not None:
-                out.write(cleaned)
-                written += 1
-    return written
+    cleaned_lines: Numbered = []
+    for number, line in enumerate(tqdm(lines, desc="clean text", unit="line"), start=1):
+        where = f"{transcription_path}:{number}"
+        if not line.strip():
+            continue
+        cleaned = _clean_line(line, where, report, cleaner)
+        if cleaned is not None:
+            cleaned_lines.append((where, cleaned))
+    return cleaned_lines
+
+
+def read_cleaned(cleaned_path: str) -> Numbered:
+    """A cleaned list written earlier (``--no-clean``), each line with its ``file:line``."""
+    with open(cleaned_path, encoding="utf-8") as handle:
+        return [(f"{cleaned_path}:{n}", line) for n, line in enumerate(handle, start=1) if line.strip()]
 
 
 def _clean_line(line: str, where: str, report: Report, cleaner: Cleaner) -> str | None:
@@ -134,31 +140,27 @@ class Split:
 
 
 def split_cleaned(
-    cleaned_path: str, val_per_lang: int, max_val_total: int, report: Report, seed: int = DEFAULT_SEED
+    cleaned: Numbered, val_per_lang: int, max_val_total: int, report: Report, seed: int = DEFAULT_SEED
 ) -> Split:
     """Group lines by (speaker, language), pick validation lines per group, cap the validation list."""
     groups: dict[tuple[str, str], list[str]] = {}
     spk2id: dict[str, int] = {}
     seen: dict[str, str] = {}
-    with open(cleaned_path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            where = f"{cleaned_path}:{number}"
-            if not line.strip():
-                continue
-            fields = line.rstrip("\r\n").split("|")
-            if len(fields) != 7:
-                report.add(where, f"expected 7 '|'-separated fields, got {len(fields)}")
-                continue
-            wav, speaker, language = fields[:3]
-            if wav in seen:
-                report.add(where, f"audio {wav} already used at {seen[wav]} (one text per clip)")
-                continue
-            if not os.path.isfile(wav):
-                report.add(where, f"audio file not found: {wav}")
-                continue
-            seen[wav] = where
-            groups.setdefault((speaker, language), []).append(line if line.endswith("\n") else line + "\n")
-            spk2id.setdefault(speaker, len(spk2id))
+    for where, line in cleaned:
+        fields = line.rstrip("\r\n").split("|")
+        if len(fields) != 7:
+            report.add(where, f"expected 7 '|'-separated fields, got {len(fields)}")
+            continue
+        wav, speaker, language = fields[:3]
+        if wav in seen:
+            report.add(where, f"audio {wav} already used at {seen[wav]} (one text per clip)")
+            continue
+        if not os.path.isfile(wav):
+            report.add(where, f"audio file not found: {wav}")
+            continue
+        seen[wav] = where
+        groups.setdefault((speaker, language), []).append(line if line.endswith("\n") else line + "\n")
+        spk2id.setdefault(speaker, len(spk2id))
 
     rng = random.Random(seed)
     train: list[str] = []
@@ -180,8 +182,8 @@ def _write_lines(path: str, lines: Iterable[str]) -> None:
         handle.writelines(lines)
 
 
-def update_model_config(config_path: str, split: Split, train_path: str, val_path: str) -> None:
-    """Write the speaker table and filelists into the model config; the file keeps its other keys as they are."""
+def _model_config_with_split(config_path: str, split: Split, train_path: str, val_path: str) -> dict:
+    """The model config with the speaker table and filelists filled in; its other keys stay as they are."""
     with open(config_path, encoding="utf-8") as handle:
         model_config = json.load(handle)
     data = model_config.setdefault("data", {})
@@ -191,7 +193,7 @@ def update_model_config(config_path: str, split: Split, train_path: str, val_pat
     data["validation_files"] = os.path.normpath(val_path).replace("\\", "/")
     model_config["version"] = MODEL_VERSION
     config.model_config_from_dict(model_config, config_path)  # never write a config training would refuse
-    atomic_io.atomic_write_text(config_path, json.dumps(model_config, indent=2, ensure_ascii=False) + "\n")
+    return model_config
 
 
 def preprocess(
@@ -206,20 +208,36 @@ def preprocess(
     seed: int = DEFAULT_SEED,
     cleaner: Cleaner | None = None,
     bert_dirs: Mapping[str, str] | None = None,
+    drop_bad_lines: bool = False,
 ) -> Report:
-    """The whole step; returns the report of unusable lines (empty when everything was used)."""
+    """The whole step; returns the report of unusable lines (empty when everything was used).
+
+    Nothing is written unless every line is usable: a report with problems leaves the cleaned list, both
+    lists and the model config as they were (``drop_bad_lines`` writes the usable lines anyway)."""
     report = Report()
     config.load_model_config(config_path)  # a typo in the model config fails now, not after the cleaning
+    if clean and not os.path.isfile(transcription_path):
+        raise FileNotFoundError(f"transcription list not found: {transcription_path}")
+    for target in (cleaned_path, train_path, val_path, config_path):
+        atomic_io.check_output_target(target)  # before the (long) cleaning, not after it
     if clean:
-        clean_transcription(transcription_path, cleaned_path, report, cleaner or _default_cleaner(bert_dirs))
+        cleaned = clean_transcription(transcription_path, report, cleaner or _default_cleaner(bert_dirs))
     elif not os.path.isfile(cleaned_path):
         raise FileNotFoundError(f"cleaned list {cleaned_path} not found; run without --no-clean first")
-    split = split_cleaned(cleaned_path, val_per_lang, max_val_total, report, seed)
+    else:
+        cleaned = read_cleaned(cleaned_path)
+    split = split_cleaned(cleaned, val_per_lang, max_val_total, report, seed)
+    if report.problems and not drop_bad_lines:
+        logger.error("nothing written: fix the lines above (or pass --drop-bad-lines to train without them)")
+        return report
     if not split.train:
         raise ValueError(f"no usable utterance in {transcription_path} (see the errors above)")
+    model_config = _model_config_with_split(config_path, split, train_path, val_path)
+    if clean:
+        _write_lines(cleaned_path, [line for _, line in cleaned])
     _write_lines(train_path, split.train)
     _write_lines(val_path, split.val)
-    update_model_config(config_path, split, train_path, val_path)
+    atomic_io.atomic_write_text(config_path, json.dumps(model_config, indent=2, ensure_ascii=False) + "\n")
     logger.info(
         "%d training and %d validation utterances, %d speaker(s); %s updated",
         len(split.train),
@@ -244,6 +262,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # Only the English model's tokenizer matters here (it splits words); pass the folders bert_gen.py will use.
     add_bert_dir_argument(parser)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the train/val split")
+    parser.add_argument(
+        "--drop-bad-lines",
+        action="store_true",
+        help="write the lists from the usable lines even if some are reported (default: write nothing)",
+    )
     parser.add_argument("--yml", help="global settings file (default: $BV2_CONFIG or ./config.yml)")
     return parser.parse_args(argv)
 
@@ -298,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             clean=args.clean,
             seed=args.seed,
             bert_dirs=parse_bert_dirs(args.bert_dir),
+            drop_bad_lines=args.drop_bad_lines,
         )
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)

@@ -90,12 +90,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    if args.sr and args.in_dir and args.out_dir:
+    if args.sr is not None and args.in_dir and args.out_dir:
         return args
     import config  # only when a default is needed, so the script also runs without config.yml
 
     settings = config.load_config(args.yml).resample
-    args.sr = args.sr or settings.sampling_rate
+    args.sr = settings.sampling_rate if args.sr is None else args.sr
     args.in_dir = args.in_dir or settings.in_dir
     args.out_dir = args.out_dir or settings.out_dir
     return args
@@ -103,10 +103,22 @@ def _fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _fill_defaults(_parse_args(argv))
+    try:
+        args = _fill_defaults(_parse_args(argv))
+    except (FileNotFoundError, ValueError) as error:  # config.yml needed for a default and absent or invalid
+        logger.error("%s", error)
+        return 2
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
     if not in_dir.is_dir():
-        logger.error("input folder not found: %s", in_dir)
+        logger.error("--in-dir: input folder not found: %s", in_dir)
+        return 2
+    if args.sr <= 0:
+        logger.error("--sr: the sampling rate must be a positive number of Hz, got %s", args.sr)
+        return 2
+    try:
+        atomic_io.check_output_target(out_dir / "resampled.wav")
+    except ValueError as error:
+        logger.error("--out-dir: %s", error)
         return 2
     processes = args.processes or max(1, (os.cpu_count() or 2) - 1)
     jobs = find_jobs(in_dir, out_dir, args.sr, force=args.force)

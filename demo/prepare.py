@@ -20,9 +20,9 @@ The BERT features come from tiny random models and carry no linguistic informati
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +60,16 @@ def write_wav_transcription(rows, wav_dir: Path, target: Path) -> None:
     atomic_io.atomic_write_text(target, "".join(lines))
 
 
+def write_config_copy(template: Path, target: Path, train: Path, val: Path) -> None:
+    """The template with its filelists pointing into the dataset folder from the start, so that the copy never
+    names another dataset's lists (preprocess_text rewrites them the same way when it succeeds)."""
+    model_config = json.loads(template.read_text(encoding="utf-8"))
+    data = model_config.setdefault("data", {})
+    data["training_files"] = train.as_posix()
+    data["validation_files"] = val.as_posix()
+    atomic_io.atomic_write_text(target, json.dumps(model_config, indent=2, ensure_ascii=False) + "\n")
+
+
 def build_tiny_berts(rows, bert_root: Path) -> dict[str, str]:
     from text.tiny_bert import build_tiny_bert
 
@@ -91,7 +101,9 @@ def prepare(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
-    shutil.copyfile(config_template, config_path)
+    lists = out_dir / "filelists"
+    train, val = lists / "train.list", lists / "val.list"
+    write_config_copy(config_template, config_path, train, val)
     data = config.load_model_config(config_path).data
 
     wav_dir = out_dir / "wavs"
@@ -99,12 +111,10 @@ def prepare(
     resample.resample_all(jobs, processes, show_progress=show_progress)
 
     rows = read_transcription(transcription)
-    lists = out_dir / "filelists"
     write_wav_transcription(rows, wav_dir, lists / "transcription.list")
 
     bert_dirs = build_tiny_berts(rows, out_dir / "bert")
 
-    train, val = lists / "train.list", lists / "val.list"
     report = preprocess_text.preprocess(
         str(lists / "transcription.list"),
         str(lists / "transcription.list.cleaned"),

@@ -73,6 +73,8 @@ def test_prepared_dataset_is_clean_and_consistent(demo_dataset: Path) -> None:
     assert data["spk2id"] == {"spk0": 0, "spk1": 1} and data["n_speakers"] == 2
     train = Path(data["training_files"])
     val = Path(data["validation_files"])
+    # The lists of this dataset folder, never the default Data/demo ones.
+    assert (train.parent, val.parent) == (demo_dataset / "filelists", demo_dataset / "filelists")
     train_lines = train.read_text(encoding="utf-8").splitlines()
     val_lines = val.read_text(encoding="utf-8").splitlines()
     corpus = (DEMO / "transcription.list").read_text(encoding="utf-8").splitlines()
@@ -148,7 +150,7 @@ def test_bert_gen_skips_up_to_date_and_reports_mismatch(demo_dataset: Path, tmp_
     assert "sum(word2ph)" in results[0].message
 
 
-def test_preprocess_text_reports_bad_lines(tmp_path: Path) -> None:
+def _bad_line_case(tmp_path: Path) -> tuple[Path, Path, Path, dict]:
     wav = tmp_path / "a.wav"
     soundfile.write(wav, np.zeros(22050, np.float32), 22050)
     transcription = tmp_path / "t.list"
@@ -163,10 +165,14 @@ def test_preprocess_text_reports_bad_lines(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     # A whole model config (preprocess_text validates it before and after filling in the speaker table).
     template = json.loads((REPO_ROOT / "configs" / "demo.json").read_text(encoding="utf-8"))
-    template["data"].update(spk2id={"old": 0}, n_speakers=1)
+    template["data"].update(spk2id={"old": 0, "older": 1}, n_speakers=2)
     config.write_text(json.dumps(template), encoding="utf-8")
+    return wav, transcription, config, template
+
+
+def _preprocess(tmp_path: Path, transcription: Path, config: Path, **options) -> preprocess_text.Report:
     fake_clean = lambda text, lang: (text, ["_", "n", "i", "_"], [0, 3, 3, 0], [1, 2, 1])  # noqa: E731
-    report = preprocess_text.preprocess(
+    return preprocess_text.preprocess(
         str(transcription),
         str(tmp_path / "t.cleaned"),
         str(tmp_path / "train.list"),
@@ -175,16 +181,34 @@ def test_preprocess_text_reports_bad_lines(tmp_path: Path) -> None:
         val_per_lang=0,
         max_val_total=4,
         cleaner=fake_clean,
+        **options,
     )
+
+
+def test_preprocess_text_reports_bad_lines_and_writes_nothing(tmp_path: Path) -> None:
+    wav, transcription, config, template = _bad_line_case(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    report = _preprocess(tmp_path, transcription, config)
     joined = "\n".join(report.problems)
+    # Every problem names the transcription's own line, the one the user edits.
     assert f"{transcription}:2: expected 4" in joined
     assert f"{transcription}:3: unknown language 'XX'" in joined
-    assert f"{tmp_path / 't.cleaned'}:2: audio file not found" in joined
-    assert f"{tmp_path / 't.cleaned'}:3: audio {wav} already used at {tmp_path / 't.cleaned'}:1" in joined
+    assert f"{transcription}:4: audio file not found" in joined
+    assert f"{transcription}:5: audio {wav} already used at {transcription}:1" in joined
+    assert len(report.problems) == 4
+    # Nothing it was asked to produce is written, and the config keeps its speaker table.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert json.loads(config.read_text(encoding="utf-8")) == template
+
+
+def test_preprocess_text_drop_bad_lines_writes_the_usable_ones(tmp_path: Path) -> None:
+    _, transcription, config, _ = _bad_line_case(tmp_path)
+    report = _preprocess(tmp_path, transcription, config, drop_bad_lines=True)
     assert len(report.problems) == 4
     written = json.loads(config.read_text(encoding="utf-8"))["data"]
     assert written["spk2id"] == {"spk": 0} and written["n_speakers"] == 1
     assert (tmp_path / "train.list").read_text(encoding="utf-8").count("\n") == 1
+    assert (tmp_path / "t.cleaned").read_text(encoding="utf-8").count("\n") == 3
 
 
 def test_resample_keeps_layout_and_writes_mono_16bit(tmp_path: Path) -> None:

@@ -191,12 +191,24 @@ def _syllables_to_phones(initials: list[str], finals: list[str], piece: str) -> 
     return phones, tones, word2ph
 
 
-def _piece_g2p(piece: str) -> tuple[list[str], list[int], list[int]]:
+@functools.cache
+def _pos_segmenter() -> Callable[[str], list]:
+    """jieba's part-of-speech ``lcut``, with its dictionary-build chatter silenced.
+
+    jieba logs "Building prefix dict ..." at DEBUG through its own stderr handler and again through the root
+    logger, so every command that touched Chinese printed each line twice."""
+    import jieba
     import jieba.posseg
 
+    jieba.setLogLevel(logging.WARNING)
+    return jieba.posseg.lcut
+
+
+def _piece_g2p(piece: str) -> tuple[list[str], list[int], list[int]]:
     piece = _LATIN_RE.sub("", piece)
+    lcut = _pos_segmenter()
     sandhi = _tone_sandhi()
-    words = sandhi.pre_merge_for_modify(jieba.posseg.lcut(piece))
+    words = sandhi.pre_merge_for_modify(lcut(piece))
     initials: list[str] = []
     finals: list[str] = []
     for word, pos in words:
