@@ -489,11 +489,11 @@ def test_one_generator_builder_for_every_caller():
 
 
 def test_one_language_list():
-    import infer
+    import synthesis_plan
     from text import bert_features, symbols
 
     assert symbols.LANGUAGES == ("ZH", "JP", "EN") and tuple(symbols.language_id_map) == symbols.LANGUAGES
-    assert infer.LANGUAGES is symbols.LANGUAGES
+    assert synthesis_plan.LANGUAGES is symbols.LANGUAGES
     assert config.SERVER_LANGUAGES[:3] == symbols.LANGUAGES
     assert tuple(bert_features.BERT_MODEL_FOLDERS) == symbols.LANGUAGES
 

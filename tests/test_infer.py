@@ -15,6 +15,7 @@ import soundfile
 import torch
 
 import infer
+import synthesis_plan
 from config import model_config_from_dict
 from models import build_generator
 
@@ -144,17 +145,17 @@ def test_load_rejects_config_that_does_not_fit(
 
 
 def test_split_sentences() -> None:
-    assert infer.split_sentences("你好。今天天气很好！What is 3.5? OK.\n再见") == [
+    assert synthesis_plan.split_sentences("你好。今天天气很好！What is 3.5? OK.\n再见") == [
         "你好。",
         "今天天气很好！",
         "What is 3.5?",
         "OK.",
         "再见",
     ]
-    assert infer.split_sentences("……。！  ") == []
-    assert infer.split_sentences("一句话") == ["一句话"]
+    assert synthesis_plan.split_sentences("……。！  ") == []
+    assert synthesis_plan.split_sentences("一句话") == ["一句话"]
     # Over-long sentences are cut at commas, packing clauses up to the limit.
-    assert infer.split_sentences("一二三，四五六，七八九，十。再见。", max_chars=7) == [
+    assert synthesis_plan.split_sentences("一二三，四五六，七八九，十。再见。", max_chars=7) == [
         "一二三，",
         "四五六，",
         "七八九，十。",

@@ -14,6 +14,7 @@ from language_id_cases import CASES
 from torch import nn
 
 import infer
+import synthesis_plan
 from text import get_bert
 from text.cleaner import clean_text
 from text.language_id import split_by_language, split_by_script
@@ -133,14 +134,14 @@ def test_synthesizer_reads_unused_bert_regime(make_synthesizer) -> None:
 
 
 def test_parse_mix() -> None:
-    pieces = infer.parse_mix("[a]<zh>你好<en>hello world|<jp>こんにちは[b]<EN>bye<ja>さようなら")
+    pieces = synthesis_plan.parse_mix("[a]<zh>你好<en>hello world|<jp>こんにちは[b]<EN>bye<ja>さようなら")
     assert pieces == [
-        infer.MixPiece("a", [("你好", "ZH"), ("hello world", "EN")]),
-        infer.MixPiece("a", [("こんにちは", "JP")]),
-        infer.MixPiece("b", [("bye", "EN"), ("さようなら", "JP")]),
+        synthesis_plan.MixPiece("a", [("你好", "ZH"), ("hello world", "EN")]),
+        synthesis_plan.MixPiece("a", [("こんにちは", "JP")]),
+        synthesis_plan.MixPiece("b", [("bye", "EN"), ("さようなら", "JP")]),
     ]
     # Without a speaker tag the default speaker speaks.
-    assert infer.parse_mix("<zh>你好", "a") == [infer.MixPiece("a", [("你好", "ZH")])]
+    assert synthesis_plan.parse_mix("<zh>你好", "a") == [synthesis_plan.MixPiece("a", [("你好", "ZH")])]
 
 
 @pytest.mark.parametrize(
@@ -158,36 +159,42 @@ def test_parse_mix() -> None:
 )
 def test_malformed_mix_text_names_the_problem(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        infer.parse_mix(text, default_speaker="a" if "no speaker" not in message else None)
+        synthesis_plan.parse_mix(text, default_speaker="a" if "no speaker" not in message else None)
 
 
 def test_plan_parts_splits_paragraphs_sentences_and_keeps_runs_together() -> None:
-    plan = infer.plan_parts([("你好。今天", "ZH"), ("hello!", "EN"), ("再见\n\n第二段。", "ZH")], "a")
+    plan = synthesis_plan.plan_parts([("你好。今天", "ZH"), ("hello!", "EN"), ("再见\n\n第二段。", "ZH")], "a")
     assert [[u.parts for u in paragraph] for paragraph in plan] == [
         [(("你好。", "ZH"),), (("今天", "ZH"), ("hello!", "EN")), (("再见", "ZH"),)],
         [(("第二段。", "ZH"),)],
     ]
-    whole = infer.plan_parts([("你好。今天", "ZH"), ("hello!", "EN")], "a", split=False)
-    assert whole == [[infer.Utterance("a", (("你好。今天", "ZH"), ("hello!", "EN")))]]
+    whole = synthesis_plan.plan_parts([("你好。今天", "ZH"), ("hello!", "EN")], "a", split=False)
+    assert whole == [[synthesis_plan.Utterance("a", (("你好。今天", "ZH"), ("hello!", "EN")))]]
 
 
 def test_synthesizer_plans_mix_and_auto(make_synthesizer) -> None:
     synthesizer = make_synthesizer("zeros")
-    plan = synthesizer.plan("我喜欢Python。私はコーヒーが好きです。", "a", "AUTO")
+    plan = synthesis_plan.plan_text("我喜欢Python。私はコーヒーが好きです。", "a", "AUTO")
     assert [[u.parts for u in paragraph] for paragraph in plan] == [
         [(("我喜欢", "ZH"), ("Python。", "EN")), (("私はコーヒーが好きです。", "JP"),)]
     ]
-    plan = synthesizer.plan("我喜欢Python|私は", "a", "auto", split=False)
+    plan = synthesis_plan.plan_text("我喜欢Python|私は", "a", "auto", split=False)
     assert plan == [
-        [infer.Utterance("a", (("我喜欢", "ZH"), ("Python", "EN"))), infer.Utterance("a", (("私は", "JP"),))]
+        [
+            synthesis_plan.Utterance("a", (("我喜欢", "ZH"), ("Python", "EN"))),
+            synthesis_plan.Utterance("a", (("私は", "JP"),)),
+        ]
     ]
-    plan = synthesizer.plan("[b]<zh>你好<en>hello|<jp>こんにちは", "a", "Mix")
+    plan = synthesis_plan.plan_text("[b]<zh>你好<en>hello|<jp>こんにちは", "a", "Mix")
     assert plan == [
-        [infer.Utterance("b", (("你好", "ZH"), ("hello", "EN"))), infer.Utterance("b", (("こんにちは", "JP"),))]
+        [
+            synthesis_plan.Utterance("b", (("你好", "ZH"), ("hello", "EN"))),
+            synthesis_plan.Utterance("b", (("こんにちは", "JP"),)),
+        ]
     ]
     assert synthesizer.languages == ["ZH", "JP", "EN", "mix", "auto"]
     with pytest.raises(ValueError, match="unknown language 'FR'"):
-        synthesizer.plan("bonjour", "a", "FR")
+        synthesis_plan.plan_text("bonjour", "a", "FR")
 
 
 def test_split_by_script_keeps_digits_and_cuts_at_script_changes() -> None:
