@@ -30,14 +30,12 @@ import io
 import json
 import logging
 import math
-import re
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +44,18 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import infer
+from synthesis_plan import REQUEST_LANGUAGES
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
+from voice_registry import (
+    LoadedModel,
+    ModelRegistry,
+    ModelSpec,
+    command_line_specs,
+    load_models,
+    normalize_language,
+    specs_from_section,
+    with_overrides,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,190 +82,43 @@ AUDIO_FORMATS = {
     "ogg": AudioFormat("OGG", "VORBIS", "audio/ogg", compression_level=0.2),
     "mp3": AudioFormat("MP3", "MPEG_LAYER_III", "audio/mpeg", MPEG_SAMPLING_RATES, compression_level=0.0),
 }
-LANGUAGE_CODES = ("ZH", "JP", "EN", "mix", "auto")
 DEFAULT_MAX_TEXT_LENGTH = 500
 DEFAULT_MAX_BODY_SIZE = 65536
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_HOST = "127.0.0.1"  # no authentication: loopback unless the operator opens it
 DEFAULT_PORT = 5000
 DEFAULT_PARAMS = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8, "length_scale": 1.0}
-PRESET_FIELDS = tuple(DEFAULT_PARAMS)
-# `NAME=PATH` in `-m`: a plain name before the first "=", nothing path-like.
-_NAMED_MODEL = re.compile(r"^([A-Za-z_][\w.-]*)=(.+)$")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Loading the models (also used by webui.py)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model to serve: where it is and how requests use it."""
-
-    name: str
-    model: str
-    config: str | None
-    device: str
-    language: str
-    presets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-
-
-@dataclass
-class LoadedModel:
-    index: int
-    spec: ModelSpec
-    synthesizer: infer.Synthesizer
-    # One synthesis per model at a time: the generator and the BERT models are not made for concurrent calls.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def languages(self) -> list[str]:
-        return model_languages(self.synthesizer)
-
-    @functools.cached_property
-    def _formats(self) -> tuple[str, ...]:
-        return tuple(available_formats(self.synthesizer.sampling_rate))
-
-    def formats(self) -> list[str]:
-        return list(self._formats)
-
-    def describe(self) -> dict[str, Any]:
-        """What a client may ask this model for (no server paths)."""
-        return {
-            "id": self.index,
-            "name": self.name,
-            "speakers": self.synthesizer.speakers,
-            "languages": self.languages,
-            "default_language": self.spec.language,
-            "sampling_rate": self.synthesizer.sampling_rate,
-            "formats": self.formats(),
-            "presets": {speaker: dict(values) for speaker, values in self.spec.presets.items()},
-        }
-
-
-class ModelRegistry:
-    """The loaded models, in order; looked up by index or name."""
-
-    def __init__(self, models: Sequence[LoadedModel]) -> None:
-        if not models:
-            raise ValueError("no model to serve")
-        self.models = list(models)
-        self._by_name = {model.name: model for model in self.models}
-
-    def __len__(self) -> int:
-        return len(self.models)
-
-    def get(self, key: str | int | None = None) -> LoadedModel:
-        """The model named `key`, or with index `key`; the first when `key` is None. Raises KeyError."""
-        if key is None or key == "":
-            return self.models[0]
-        if isinstance(key, str) and key in self._by_name:
-            return self._by_name[key]
-        text = str(key).strip()
-        if text.isdigit() and int(text) < len(self.models):
-            return self.models[int(text)]
-        known = ", ".join(f"{model.index} ({model.name})" for model in self.models)
-        raise KeyError(f"unknown model {key!r}; known models: {known}")
-
-
-def model_languages(synthesizer: infer.Synthesizer) -> list[str]:
-    """What `synthesizer.synthesize` takes as `language` ("ZH", "JP", "EN", "mix", "auto")."""
-    return list(synthesizer.languages)
-
-
-def normalize_language(language: str) -> str:
-    """The canonical spelling of a language code ("zh" -> "ZH", "MIX" -> "mix"); unknown codes stay as given."""
-    for code in LANGUAGE_CODES:
-        if str(language).lower() == code.lower():
-            return code
-    return str(language)
 
 
 def available_formats(sampling_rate: int) -> list[str]:
     """The output formats this installation can write at `sampling_rate`."""
+    return list(_formats_at(sampling_rate))
+
+
+@functools.cache  # libsndfile's format list does not change while the process runs
+def _formats_at(sampling_rate: int) -> tuple[str, ...]:
     import soundfile
 
     containers = soundfile.available_formats()
-    return [
+    return tuple(
         name
         for name, fmt in AUDIO_FORMATS.items()
         if fmt.container in containers and (fmt.sampling_rates is None or sampling_rate in fmt.sampling_rates)
-    ]
-
-
-def default_model_name(model_path: str) -> str:
-    return Path(model_path).stem or "model"
-
-
-def unique_names(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
-    """Specs whose names are unique: a derived duplicate gets `-<index>`; two equal given names are an error."""
-    seen: set[str] = set()
-    result = []
-    for index, spec in enumerate(specs):
-        name = spec.name or default_model_name(spec.model)
-        if name in seen:
-            if spec.name:
-                raise ValueError(f"two models are named {name!r}; model names must be unique")
-            name = f"{name}-{index}"
-        seen.add(name)
-        result.append(ModelSpec(name, spec.model, spec.config, spec.device, spec.language, spec.presets))
-    return result
-
-
-def specs_from_server_config(server: Any) -> list[ModelSpec]:
-    """The models of config.yml's `server.models` (a `config.ServerConfig`)."""
-    return unique_names(
-        [
-            ModelSpec(
-                name=entry.name,
-                model=entry.model,
-                config=entry.config or None,
-                device=entry.device,
-                language=normalize_language(entry.language),
-                presets={
-                    preset.speaker: {key: getattr(preset, key) for key in PRESET_FIELDS} for preset in entry.speakers
-                },
-            )
-            for entry in server.models
-        ]
     )
 
 
-def load_models(specs: Sequence[ModelSpec], bert_dirs: Mapping[str, str | Path] | None = None) -> ModelRegistry:
-    """Load every model of `specs` (in order) and check its default language and presets against it."""
-    import config as global_config
-
-    models = []
-    for index, spec in enumerate(unique_names(specs)):
-        synthesizer = infer.load_synthesizer(
-            spec.model, spec.config, device=global_config.resolve_device(spec.device), bert_dirs=bert_dirs
-        )
-        loaded = LoadedModel(index, spec, synthesizer)
-        if spec.language not in loaded.languages:
-            raise ValueError(
-                f"model {spec.name!r}: default language {spec.language!r} is not one of {', '.join(loaded.languages)}"
-            )
-        unknown = [speaker for speaker in spec.presets if speaker not in synthesizer.speaker_ids]
-        if unknown:
-            raise ValueError(
-                f"model {spec.name!r}: presets for unknown speaker(s) {', '.join(unknown)}; "
-                f"known speakers: {', '.join(synthesizer.speakers)}"
-            )
-        logger.info(
-            "model %d %r: %s (%d speakers, %d Hz, %s)",
-            index,
-            spec.name,
-            spec.model,
-            len(synthesizer.speakers),
-            synthesizer.sampling_rate,
-            synthesizer.device,
-        )
-        models.append(loaded)
-    return ModelRegistry(models)
+def describe_model(model: LoadedModel) -> dict[str, Any]:
+    """What a client may ask a model for (no server paths)."""
+    return {
+        "id": model.index,
+        "name": model.name,
+        "speakers": model.synthesizer.speakers,
+        "languages": model.languages,
+        "default_language": model.spec.language,
+        "sampling_rate": model.synthesizer.sampling_rate,
+        "formats": available_formats(model.synthesizer.sampling_rate),
+        "presets": {speaker: dict(values) for speaker, values in model.spec.presets.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,13 +216,14 @@ def resolve_job(registry: ModelRegistry, request: VoiceRequest, max_text_length:
             f"unknown language {request.language!r} for model {model.name!r}; use one of {', '.join(model.languages)}",
         )
     audio_format = request.format.lower()
-    if audio_format not in model.formats():
+    formats = _formats_at(synthesizer.sampling_rate)
+    if audio_format not in formats:
         why = (
             f"not available for model {model.name!r} ({synthesizer.sampling_rate} Hz, this libsndfile)"
             if audio_format in AUDIO_FORMATS
             else "unknown"
         )
-        raise ClientError(400, f"format {request.format!r} is {why}; use one of {', '.join(model.formats())}")
+        raise ClientError(400, f"format {request.format!r} is {why}; use one of {', '.join(formats)}")
     params = {**DEFAULT_PARAMS, **model.spec.presets.get(request.speaker, {})}
     given = {
         "sdp_ratio": request.sdp_ratio,
@@ -546,11 +408,11 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/models")
     async def models() -> dict[str, Any]:
-        return {"models": [model.describe() for model in registry.models]}
+        return {"models": [describe_model(model) for model in registry.models]}
 
     @app.get("/speakers")
     async def speakers(request: Request) -> dict[str, Any]:
-        return _find_model(registry, request.query_params.get("model")).describe()
+        return describe_model(_find_model(registry, request.query_params.get("model")))
 
     async def answer(data: Mapping[str, Any]) -> Response:
         job = resolve_job(registry, parse_voice_request(data), state.max_text_length)
@@ -627,20 +489,6 @@ class ServeSettings:
     max_body_size: int
 
 
-def _command_line_specs(models: Sequence[str], configs: Sequence[str], device: str, language: str) -> list[ModelSpec]:
-    if len(configs) > 1 and len(configs) != len(models):
-        raise ValueError(
-            f"{len(models)} --model but {len(configs)} --config: give one --config per --model, or one for all"
-        )
-    specs = []
-    for index, item in enumerate(models):
-        named = _NAMED_MODEL.match(item)
-        name, path = (named.group(1), named.group(2)) if named and not Path(item).exists() else ("", item)
-        config_path = configs[index] if len(configs) > 1 else (configs[0] if configs else None)
-        specs.append(ModelSpec(name, path, config_path, device, language))
-    return unique_names(specs)
-
-
 def resolve_settings(args: argparse.Namespace) -> ServeSettings:
     """Merge the command line with config.yml's server section (the command line wins)."""
     import config as global_config
@@ -653,31 +501,21 @@ def resolve_settings(args: argparse.Namespace) -> ServeSettings:
     if args.config and not args.model:
         raise ValueError("--config needs --model (the models of config.yml name their configs themselves)")
     if args.model:
-        specs = _command_line_specs(
+        specs = command_line_specs(
             args.model,
             args.config,
             args.device or (server.device if server else "cpu"),
-            normalize_language(args.language or (server.language if server else "ZH")),
+            args.language or (server.language if server else "ZH"),
         )
     else:
         if server is None or not server.models:
             raise ValueError(f"no model to serve: pass --model (and --config), or add one under server.models in {yml}")
-        specs = specs_from_server_config(server)
-        if args.device or args.language:
-            specs = [
-                ModelSpec(
-                    spec.name,
-                    spec.model,
-                    spec.config,
-                    args.device or spec.device,
-                    normalize_language(args.language) if args.language else spec.language,
-                    spec.presets,
-                )
-                for spec in specs
-            ]
+        specs = with_overrides(specs_from_section(server), args.device, args.language)
     for spec in specs:
-        if spec.language not in LANGUAGE_CODES:
-            raise ValueError(f"model {spec.name!r}: unknown language {spec.language!r}; use one of {LANGUAGE_CODES}")
+        if spec.language not in REQUEST_LANGUAGES:
+            raise ValueError(
+                f"model {spec.name!r}: unknown language {spec.language!r}; use one of {', '.join(REQUEST_LANGUAGES)}"
+            )
         if not global_config.DEVICE_PATTERN.match(spec.device):
             raise ValueError(f"model {spec.name!r}: unknown device {spec.device!r}; use auto, cpu, cuda, cuda:N or mps")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import dataclasses
 import io
 import logging
 import os
@@ -27,12 +26,20 @@ from typing import Any
 import numpy as np
 
 import config as global_config
-import server
+from synthesis_plan import REQUEST_LANGUAGES
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
+from voice_registry import (
+    LoadedModel,
+    ModelRegistry,
+    ModelSpec,
+    command_line_specs,
+    load_models,
+    specs_from_section,
+    with_overrides,
+)
 
 logger = logging.getLogger(__name__)
 
-LANGUAGE_CHOICES = ("ZH", "JP", "EN", "mix", "auto")
 # (minimum, maximum, step, default) of each slider: the reference web UI's.
 SDP_RATIO = (0.0, 1.0, 0.1, 0.5)
 NOISE_SCALE = (0.1, 2.0, 0.1, 0.6)
@@ -52,15 +59,15 @@ MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"
 class VoiceService:
     """The loaded models and the one synthesis call behind the page and the API."""
 
-    def __init__(self, registry: server.ModelRegistry, max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
+    def __init__(self, registry: ModelRegistry, max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
         self.registry = registry
         self.max_text_length = max_text_length
 
     @property
     def model_names(self) -> list[str]:
-        return [loaded.name for loaded in self.registry.models]
+        return self.registry.names
 
-    def model(self, name: str) -> server.LoadedModel:
+    def model(self, name: str) -> LoadedModel:
         try:
             return self.registry.get(name)
         except KeyError as error:
@@ -126,28 +133,20 @@ def audio_player_html(sampling_rate: int, samples: np.ndarray) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Models: loaded the way server.py loads them (same specs, names, checks)
+# Models: chosen and loaded the way server.py does it (voice_registry.py)
 
 
-def model_specs(args: argparse.Namespace, settings: global_config.Config) -> list[server.ModelSpec]:
+def model_specs(args: argparse.Namespace, settings: global_config.Config) -> list[ModelSpec]:
     """The command line's `--model [NAME=]PATH` (as server.py reads them), else `webui.models`, else
     `server.models`; `--device`/`--language` apply to every model."""
     if args.config and not args.model:
         raise ValueError("--config needs --model (the models of config.yml name their configs themselves)")
     if args.model:
         device = args.device or settings.webui.device
-        language = server.normalize_language(args.language or settings.webui.language)
-        specs = server._command_line_specs(args.model, args.config, device, language)
+        specs = command_line_specs(args.model, args.config, device, args.language or settings.webui.language)
     else:
-        specs = server.specs_from_server_config(settings.webui if settings.webui.models else settings.server)
-        specs = [
-            dataclasses.replace(
-                spec,
-                device=args.device or spec.device,
-                language=server.normalize_language(args.language) if args.language else spec.language,
-            )
-            for spec in specs
-        ]
+        section = settings.webui if settings.webui.models else settings.server
+        specs = with_overrides(specs_from_section(section), args.device, args.language)
     if not specs:
         raise ValueError(
             f"no model to serve: pass --model (and --config), or list models under webui.models in {settings.source}"
@@ -170,9 +169,9 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
 
     first = service.model(service.model_names[0])
     language = default_language or first.spec.language
-    if language.lower() not in {choice.lower() for choice in LANGUAGE_CHOICES}:
-        raise ValueError(f"unknown default language {language!r}; use one of {', '.join(LANGUAGE_CHOICES)}")
-    language = next(choice for choice in LANGUAGE_CHOICES if choice.lower() == language.lower())
+    if language.lower() not in {choice.lower() for choice in REQUEST_LANGUAGES}:
+        raise ValueError(f"unknown default language {language!r}; use one of {', '.join(REQUEST_LANGUAGES)}")
+    language = next(choice for choice in REQUEST_LANGUAGES if choice.lower() == language.lower())
 
     def generate(
         text: str,
@@ -238,7 +237,7 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
                     allow_custom_value=True,
                 )
                 language_box = gr.Dropdown(
-                    choices=list(LANGUAGE_CHOICES),
+                    choices=list(REQUEST_LANGUAGES),
                     value=language,
                     label="Language",
                     info="mix: tagged text, [speaker]<zh>你好<en>hello|<jp>こんにちは; auto: identified per piece",
@@ -319,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        registry = server.load_models(specs, bert_dirs=parse_bert_dirs(args.bert_dir))
+        registry = load_models(specs, bert_dirs=parse_bert_dirs(args.bert_dir))
         app = build_app(VoiceService(registry, args.max_text_length), default_language=args.language)
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
