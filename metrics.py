@@ -1,0 +1,566 @@
+"""Objective voice-quality metrics: is the voice getting better?
+
+Every metric is one small function on audio (``numpy`` float arrays in [-1, 1] at a given sampling rate), and
+:func:`score_validation` runs them over a validation set for a generator: the trainer at every
+``eval_interval`` and ``evaluate.py`` on saved checkpoints call it, so both report the same numbers.
+
+| tag | function | unit, range | better |
+|---|---|---|---|
+| ``val/mel_l1`` | :func:`mel_l1` | mean absolute log-mel difference (natural log), >= 0 | lower |
+| ``val/pesq_wb`` | :func:`pesq_wb` | PESQ wide-band MOS-LQO (ITU-T P.862.2), 1.04..4.64 | higher |
+| ``val/stoi`` | :func:`stoi` | short-time objective intelligibility, 0..1 | higher |
+| ``val/dnsmos_sig/bak/ovrl`` | :class:`DNSMOS` | DNSMOS P.835 speech / background / overall MOS, 1..5 | higher |
+| ``val/dnsmos_p808`` | :class:`DNSMOS` | DNSMOS P.808 MOS, 1..5 | higher |
+| ``val/mcd`` | :func:`mel_cepstral_distortion` | dB over mel-cepstra c1..c24, DTW-aligned, >= 0 | lower |
+| ``val/f0_rmse`` | :func:`f0_errors` | RMSE of log-F0 in cents on frames voiced in both, >= 0 | lower |
+| ``val/vuv_error`` | :func:`f0_errors` | fraction of aligned frames whose voicing differs, 0..1 | lower |
+| ``val/duration_ratio`` | :func:`duration_ratio` | synthesized / real length, > 0 | closest to 1 |
+| ``val/wer_en`` | :func:`word_error_rate` | word error rate of English clips (pocketsphinx), >= 0 | lower |
+
+The first three score the *reconstruction* (the posterior path: the real spectrogram encoded and decoded, the
+same length as the real clip, as the training mel loss but on whole utterances); the others score *free
+synthesis* from the clip's text, speaker and BERT features, with infer.py's default settings and a fixed seed.
+
+Packages: ``pesq``, ``pystoi``, ``pyworld`` (WORLD: DIO + StoneMask F0 and the CheapTrick envelope, fast and the
+usual choice for MCD and F0 error in TTS papers; librosa's pyin is ~20x slower), ``pocketsphinx`` + ``jiwer``;
+DNSMOS runs the ONNX models that the ``speechmos`` package ships through onnxruntime directly (see
+:class:`DNSMOS`). A metric whose package is missing is skipped with one warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DNSMOS_RATE = 16000
+PESQ_RATE = 16000
+ASR_RATE = 16000
+WORLD_FRAME_PERIOD_MS = 5.0
+MCEP_ORDER = 24
+CENTS_PER_OCTAVE = 1200.0
+# 10 / ln 10 * sqrt(2): the dB scale of the mel-cepstral distortion (Kubichek 1993).
+_MCD_SCALE = 10.0 / math.log(10.0) * math.sqrt(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricInfo:
+    """What a logged metric means: its unit and which way is better (``higher``, ``lower`` or ``target``)."""
+
+    unit: str
+    better: str  # "higher", "lower" or "target" (closest to `target` is best)
+    package: str | None = None
+    target: float = 1.0
+
+
+METRICS: dict[str, MetricInfo] = {
+    "val/mel_l1": MetricInfo("log-mel L1", "lower"),
+    "val/pesq_wb": MetricInfo("MOS-LQO", "higher", "pesq"),
+    "val/stoi": MetricInfo("0..1", "higher", "pystoi"),
+    "val/dnsmos_ovrl": MetricInfo("MOS", "higher", "speechmos"),
+    "val/dnsmos_sig": MetricInfo("MOS", "higher", "speechmos"),
+    "val/dnsmos_bak": MetricInfo("MOS", "higher", "speechmos"),
+    "val/dnsmos_p808": MetricInfo("MOS", "higher", "speechmos"),
+    "val/mcd": MetricInfo("dB", "lower", "pyworld"),
+    "val/f0_rmse": MetricInfo("cents", "lower", "pyworld"),
+    "val/vuv_error": MetricInfo("fraction", "lower", "pyworld"),
+    "val/duration_ratio": MetricInfo("ratio", "target"),
+    "val/wer_en": MetricInfo("WER", "lower", "pocketsphinx"),
+}
+
+
+def metric_badness(name: str, value: float) -> float:
+    """A sort key for ``name``'s values: lower is better whatever the metric's direction (NaN is worst)."""
+    info = METRICS.get(name)
+    if info is None:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    if value is None or not math.isfinite(value):
+        return math.inf
+    if info.better == "higher":
+        return -value
+    if info.better == "target":
+        return abs(value - info.target)
+    return value
+
+
+# ------------------------------------------------------------------------------------------ audio helpers
+
+
+def _numpy(values: Any) -> np.ndarray:
+    """A float64 numpy copy of a tensor or array."""
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def as_audio(wav: Any) -> np.ndarray:
+    """1-D float64 numpy audio from a tensor or array of any shape with one non-singleton axis."""
+    return np.nan_to_num(_numpy(wav).reshape(-1))
+
+
+def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """``wav`` at ``target`` Hz (librosa's default soxr resampler); unchanged when the rates agree."""
+    if rate == target:
+        return wav
+    import librosa
+
+    return librosa.resample(wav, orig_sr=rate, target_sr=target)
+
+
+def _is_silent(wav: np.ndarray) -> bool:
+    return wav.size == 0 or float(np.max(np.abs(wav))) < 1e-6
+
+
+# ------------------------------------------------------------------------------------- reconstruction
+
+
+def mel_l1(reference_mel: Any, generated_mel: Any) -> float:
+    """Mean absolute difference of two log-mel spectrograms ([..., n_mels, frames], natural log of magnitude).
+
+    The training mel loss (``loss/g/mel``) is ``c_mel`` (45) times this on random 32-frame slices; here whole
+    utterances of equal length are compared.
+    """
+    ref, gen = _numpy(reference_mel), _numpy(generated_mel)
+    if ref.shape != gen.shape:
+        raise ValueError(f"mel_l1: shapes differ ({ref.shape} vs {gen.shape})")
+    return float(np.mean(np.abs(ref - gen)))
+
+
+def pesq_wb(reference: np.ndarray, degraded: np.ndarray, rate: int) -> float:
+    """Wide-band PESQ (ITU-T P.862.2) of ``degraded`` against ``reference``, as MOS-LQO from 1.04 to 4.64.
+
+    Both are resampled to 16 kHz. NaN when PESQ finds no speech (e.g. silence) or the clip is too short.
+    """
+    from pesq import PesqError, pesq
+
+    if _is_silent(reference):
+        return math.nan  # PESQ would find no utterance
+    ref16 = resample(reference, rate, PESQ_RATE)
+    deg16 = resample(degraded, rate, PESQ_RATE)
+    length = min(len(ref16), len(deg16))
+    try:
+        return float(pesq(PESQ_RATE, ref16[:length], deg16[:length], "wb"))
+    except PesqError as err:
+        logger.debug("PESQ not computable: %s", err)
+        return math.nan
+
+
+def stoi(reference: np.ndarray, degraded: np.ndarray, rate: int) -> float:
+    """Short-time objective intelligibility (Taal et al. 2011) of ``degraded`` against ``reference``, 0..1.
+
+    pystoi resamples to its 10 kHz itself and drops silent frames of the reference; NaN for a silent reference.
+    """
+    from pystoi import stoi as pystoi_stoi
+
+    length = min(len(reference), len(degraded))
+    if _is_silent(reference[:length]):
+        return math.nan
+    return float(pystoi_stoi(reference[:length], degraded[:length], rate, extended=False))
+
+
+# ------------------------------------------------------------------------------------------------ DNSMOS
+
+
+class DNSMOS:
+    """DNSMOS P.835 (speech ``sig``, background ``bak``, overall ``ovrl``) and P.808 MOS, 1..5 (Reddy et al.).
+
+    Runs the ONNX models shipped in the ``speechmos`` wheel (``dnsmos_models/sig_bak_ovr.onnx`` and
+    ``model_v8.onnx``) with onnxruntime, computing exactly what ``speechmos.dnsmos.run`` does (a test compares
+    them): audio at 16 kHz, repeated until 9.01 s long, scored in 9.01 s windows at 1 s hops and averaged; the
+    P.835 outputs go through DNSMOS's polynomial calibration. Run directly rather than through
+    ``speechmos.dnsmos.run`` because that function keeps its sessions in a module global, opens them with
+    onnxruntime's default thread pool (all cores, beside the trainer's threads), imports ``requests`` without
+    declaring it and raises on samples outside [-1, 1]; here the windows of a clip go in one batch, the thread
+    count is ours and audio is clipped to [-1, 1].
+    """
+
+    window_seconds = 9.01
+    # DNSMOS's calibration polynomials (highest power first), as in Microsoft's dnsmos_local.py.
+    _calibration = {
+        "sig": (-0.08397278, 1.22083953, 0.0052439),
+        "bak": (-0.13166888, 1.60915514, -0.39604546),
+        "ovrl": (-0.06766283, 1.11546468, 0.04602535),
+    }
+
+    def __init__(self, model_dir: str | Path | None = None, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        folder = Path(model_dir) if model_dir is not None else speechmos_model_dir()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        paths = {name: folder / name for name in ("sig_bak_ovr.onnx", "model_v8.onnx")}
+        for path in paths.values():
+            if not path.is_file():
+                raise FileNotFoundError(f"DNSMOS model {path} is missing (it ships in the speechmos package)")
+        self.p835 = ort.InferenceSession(str(paths["sig_bak_ovr.onnx"]), options, providers=providers)
+        self.p808 = ort.InferenceSession(str(paths["model_v8.onnx"]), options, providers=providers)
+
+    def windows(self, wav16: np.ndarray) -> np.ndarray:
+        """[n, 9.01 s] float32 windows at 1 s hops of the clip, repeated (doubled) until long enough."""
+        window = int(self.window_seconds * DNSMOS_RATE)
+        audio = np.clip(wav16, -1.0, 1.0)
+        if audio.size == 0:
+            audio = np.zeros(1)
+        while len(audio) < window:
+            audio = np.concatenate([audio, audio])
+        hops = int(np.floor(len(audio) / DNSMOS_RATE) - self.window_seconds) + 1
+        starts = [
+            hop * DNSMOS_RATE for hop in range(hops) if int((hop + self.window_seconds) * DNSMOS_RATE) <= len(audio)
+        ]
+        return np.stack([audio[start : start + window] for start in starts]).astype(np.float32)
+
+    @staticmethod
+    def p808_features(window: np.ndarray) -> np.ndarray:
+        """[frames, 120] scaled log-mel input of the P.808 model (power dB re max, +40, /40)."""
+        import librosa
+
+        mel = librosa.feature.melspectrogram(y=window[:-160], sr=DNSMOS_RATE, n_fft=321, hop_length=160, n_mels=120)
+        return ((librosa.power_to_db(mel, ref=np.max) + 40) / 40).T
+
+    def __call__(self, wav: np.ndarray, rate: int) -> dict[str, float]:
+        """``{"sig", "bak", "ovrl", "p808"}`` for one clip at ``rate`` Hz."""
+        windows = self.windows(resample(wav, rate, DNSMOS_RATE))
+        raw = self.p835.run(None, {"input_1": windows})[0]  # [n, 3]: sig, bak, ovrl
+        features = np.stack([self.p808_features(window) for window in windows]).astype(np.float32)
+        p808 = self.p808.run(None, {"input_1": features})[0]  # [n, 1]
+        scores = {
+            name: float(np.mean(np.polyval(self._calibration[name], raw[:, column])))
+            for column, name in enumerate(("sig", "bak", "ovrl"))
+        }
+        scores["p808"] = float(np.mean(p808))
+        return scores
+
+
+def speechmos_model_dir() -> Path:
+    """The folder of DNSMOS ONNX models inside the installed ``speechmos`` package (found without importing it:
+    its ``__init__`` imports modules with undeclared dependencies)."""
+    spec = importlib.util.find_spec("speechmos")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("speechmos is not installed (pip install speechmos): it ships the DNSMOS models")
+    return Path(next(iter(spec.submodule_search_locations))) / "dnsmos_models"
+
+
+# ---------------------------------------------------------------------------------------- WORLD analysis
+
+
+@dataclasses.dataclass
+class WorldFeatures:
+    """WORLD analysis of a clip at 5 ms frames: F0 in Hz (0 = unvoiced) [frames], mel-cepstrum [frames, 25]."""
+
+    f0: np.ndarray
+    mcep: np.ndarray
+
+
+@functools.lru_cache(maxsize=16)
+def mcep_alpha(rate: int) -> float:
+    """All-pass warping constant whose frequency warp best fits the mel scale at ``rate`` Hz (3 decimals).
+
+    The mel scale is 1000/ln 2 · ln(1 + f/1000); e.g. 0.410 at 16 kHz, 0.455 at 22.05 kHz, 0.544 at 44.1 kHz.
+    """
+    omega = np.linspace(0.0, np.pi, 512)
+    mel = np.log1p(omega / np.pi * (rate / 2) / 1000.0)
+    mel = mel / mel[-1] * np.pi
+    alphas = np.arange(0.0, 1.0, 0.001)
+    errors = [np.sum((warp_frequency(omega, alpha) - mel) ** 2) for alpha in alphas]
+    return round(float(alphas[int(np.argmin(errors))]), 3)
+
+
+def warp_frequency(omega: np.ndarray, alpha: float) -> np.ndarray:
+    """Phase response of the first-order all-pass (z^-1 - α)/(1 - α z^-1): frequency ω (rad) to warped ω̃."""
+    return omega + 2.0 * np.arctan2(alpha * np.sin(omega), 1.0 - alpha * np.cos(omega))
+
+
+def mel_cepstrum(power_envelope: np.ndarray, alpha: float, order: int = MCEP_ORDER) -> np.ndarray:
+    """Mel-cepstra c0..c``order`` of power spectral envelopes [frames, bins 0..π] (SPTK's convention).
+
+    ln P is sampled on a uniform grid of the warped frequency (the inverse warp is the warp with -α) and
+    expanded in cosines: ln P(ω̃) = c0 + 2 Σ c_m cos(m ω̃).
+    """
+    bins = power_envelope.shape[-1]
+    warped = np.linspace(0.0, np.pi, bins)
+    linear = np.linspace(0.0, np.pi, bins)
+    source = warp_frequency(warped, -alpha)  # the linear frequency of each warped grid point
+    log_power = np.log(np.maximum(power_envelope, 1e-300))
+    resampled = np.stack([np.interp(source, linear, row) for row in log_power])
+    return np.fft.irfft(resampled, axis=-1)[:, : order + 1]
+
+
+def world_features(wav: np.ndarray, rate: int) -> WorldFeatures:
+    """F0 by DIO refined with StoneMask, and the CheapTrick envelope as mel-cepstra, at 5 ms frames."""
+    import pyworld
+
+    audio = np.ascontiguousarray(wav, dtype=np.float64)
+    if audio.size < rate // 10:  # WORLD needs some signal; pad very short clips with silence
+        audio = np.pad(audio, (0, rate // 10 - audio.size))
+    f0, times = pyworld.dio(audio, rate, frame_period=WORLD_FRAME_PERIOD_MS)
+    f0 = pyworld.stonemask(audio, f0, times, rate)
+    envelope = pyworld.cheaptrick(audio, f0, times, rate)
+    return WorldFeatures(f0=f0, mcep=mel_cepstrum(envelope, mcep_alpha(rate)))
+
+
+def dtw_path(reference: WorldFeatures, synthesized: WorldFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Frame pairs (reference index, synthesized index) of the DTW alignment of the mel-cepstra c1..c24
+    (Euclidean distance, librosa's DTW), in time order."""
+    import librosa
+
+    _, path = librosa.sequence.dtw(X=reference.mcep[:, 1:].T, Y=synthesized.mcep[:, 1:].T, metric="euclidean")
+    path = path[::-1]
+    return path[:, 0], path[:, 1]
+
+
+def mel_cepstral_distortion(
+    reference: WorldFeatures, synthesized: WorldFeatures, path: tuple[np.ndarray, np.ndarray] | None = None
+) -> float:
+    """MCD in dB: mean over DTW-aligned frame pairs of 10/ln 10 · sqrt(2 Σ_{m=1..24} (c_m - ĉ_m)²).
+
+    c0 (the level) is left out, so a louder or quieter copy scores 0; silent frames count like any other.
+    """
+    ref_index, syn_index = path if path is not None else dtw_path(reference, synthesized)
+    diff = reference.mcep[ref_index, 1:] - synthesized.mcep[syn_index, 1:]
+    return float(np.mean(_MCD_SCALE * np.sqrt(np.sum(diff**2, axis=1))))
+
+
+def f0_errors(
+    reference: WorldFeatures, synthesized: WorldFeatures, path: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[float, float]:
+    """(log-F0 RMSE in cents, voicing error) over DTW-aligned frame pairs.
+
+    The RMSE of 1200 · log2(F0_syn / F0_ref) is taken over pairs voiced in both (NaN when there is none, e.g.
+    silence); the voicing error is the fraction of pairs where one is voiced and the other is not.
+    """
+    ref_index, syn_index = path if path is not None else dtw_path(reference, synthesized)
+    f0_ref, f0_syn = reference.f0[ref_index], synthesized.f0[syn_index]
+    voiced_ref, voiced_syn = f0_ref > 0, f0_syn > 0
+    both = voiced_ref & voiced_syn
+    vuv = float(np.mean(voiced_ref != voiced_syn)) if len(f0_ref) else math.nan
+    if not both.any():
+        return math.nan, vuv
+    cents = CENTS_PER_OCTAVE * np.log2(f0_syn[both] / f0_ref[both])
+    return float(np.sqrt(np.mean(cents**2))), vuv
+
+
+def duration_ratio(reference_samples: int, synthesized_samples: int) -> float:
+    """Length of the synthesized clip over the real one's (1 = same speaking rate; > 1 slower)."""
+    if reference_samples <= 0:
+        return math.nan
+    return float(synthesized_samples) / float(reference_samples)
+
+
+# ------------------------------------------------------------------------------------ intelligibility
+
+
+def normalise_transcript(text: str) -> str:
+    """Lower case, punctuation removed, single spaces (jiwer's transforms), for word error rates."""
+    import jiwer
+
+    transform = jiwer.Compose(
+        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()]
+    )
+    return transform(text)
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus word error rate (substitutions + deletions + insertions over reference words) after
+    :func:`normalise_transcript`; NaN without reference words."""
+    import jiwer
+
+    pairs = [(normalise_transcript(ref), normalise_transcript(hyp)) for ref, hyp in zip(references, hypotheses)]
+    pairs = [(ref, hyp) for ref, hyp in pairs if ref]
+    if not pairs:
+        return math.nan
+    return float(jiwer.wer([ref for ref, _ in pairs], [hyp for _, hyp in pairs]))
+
+
+class EnglishRecognizer:
+    """Offline English speech recognition with the acoustic and language models bundled in ``pocketsphinx``."""
+
+    def __init__(self) -> None:
+        from pocketsphinx import Decoder
+
+        self.decoder = Decoder(samprate=ASR_RATE, loglevel="FATAL")
+
+    def transcribe(self, wav: np.ndarray, rate: int) -> str:
+        pcm = (np.clip(resample(wav, rate, ASR_RATE), -1.0, 1.0) * 32767).astype(np.int16)
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm.tobytes(), full_utt=True)
+        self.decoder.end_utt()
+        hypothesis = self.decoder.hyp()
+        return hypothesis.hypstr if hypothesis is not None else ""
+
+
+# -------------------------------------------------------------------------------------------- the scorer
+
+# Each optional package and the tags it provides.
+_PACKAGE_TAGS = {
+    "pesq": ("val/pesq_wb",),
+    "pystoi": ("val/stoi",),
+    "speechmos": ("val/dnsmos_ovrl", "val/dnsmos_sig", "val/dnsmos_bak", "val/dnsmos_p808"),
+    "pyworld": ("val/mcd", "val/f0_rmse", "val/vuv_error"),
+    "pocketsphinx": ("val/wer_en",),
+    "jiwer": ("val/wer_en",),
+}
+
+
+def missing_packages(packages: Iterable[str] = _PACKAGE_TAGS) -> list[str]:
+    """The optional metric packages that cannot be imported (pyworld, e.g., needs setuptools' pkg_resources)."""
+    missing = []
+    for name in packages:
+        try:
+            if name == "speechmos":
+                speechmos_model_dir()
+            else:
+                importlib.import_module(name)
+        except ImportError as err:
+            logger.debug("%s unavailable: %s", name, err)
+            missing.append(name)
+    return missing
+
+
+@dataclasses.dataclass
+class Utterance:
+    """One validation clip's audio: the real clip, its reconstruction and its free synthesis (float arrays)."""
+
+    reference: np.ndarray
+    reconstruction: np.ndarray | None
+    synthesis: np.ndarray | None
+    language: str = ""
+    text: str = ""
+    mel_l1: float = math.nan
+
+
+class Scorer:
+    """Scores utterances with every metric whose package is installed (one warning per missing package)."""
+
+    def __init__(self, rate: int, threads: int = 1) -> None:
+        self.rate = rate
+        missing = missing_packages()
+        for name in missing:
+            tags = ", ".join(_PACKAGE_TAGS[name])
+            logger.warning("%s is not installed: %s skipped (pip install %s)", name, tags, name)
+        self.skipped = {tag for name in missing for tag in _PACKAGE_TAGS[name]}
+        self.dnsmos = DNSMOS(threads=threads) if "speechmos" not in missing else None
+        self.english = EnglishRecognizer() if "val/wer_en" not in self.skipped else None
+
+    def reconstruction_scores(self, reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
+        scores = {}
+        if "val/pesq_wb" not in self.skipped:
+            scores["val/pesq_wb"] = pesq_wb(reference, reconstruction, self.rate)
+        if "val/stoi" not in self.skipped:
+            scores["val/stoi"] = stoi(reference, reconstruction, self.rate)
+        return scores
+
+    def synthesis_scores(self, reference: np.ndarray, synthesis: np.ndarray) -> dict[str, float]:
+        scores = {"val/duration_ratio": duration_ratio(len(reference), len(synthesis))}
+        if self.dnsmos is not None:
+            scores.update({f"val/dnsmos_{name}": value for name, value in self.dnsmos(synthesis, self.rate).items()})
+        if "val/mcd" not in self.skipped:
+            ref, syn = world_features(reference, self.rate), world_features(synthesis, self.rate)
+            path = dtw_path(ref, syn)
+            scores["val/mcd"] = mel_cepstral_distortion(ref, syn, path)
+            scores["val/f0_rmse"], scores["val/vuv_error"] = f0_errors(ref, syn, path)
+        return scores
+
+    def score(self, utterances: Sequence[Utterance]) -> dict[str, float]:
+        """Mean of each metric over the utterances (NaN values left out; a metric with none is absent), and
+        the corpus WER of the English ones."""
+        rows: list[dict[str, float]] = []
+        references, hypotheses = [], []
+        for utt in utterances:
+            row = {"val/mel_l1": utt.mel_l1}
+            if utt.reconstruction is not None:
+                row.update(self.reconstruction_scores(utt.reference, utt.reconstruction))
+            if utt.synthesis is not None:
+                row.update(self.synthesis_scores(utt.reference, utt.synthesis))
+                if self.english is not None and utt.language == "EN":
+                    references.append(utt.text)
+                    hypotheses.append(self.english.transcribe(utt.synthesis, self.rate))
+            rows.append(row)
+        result = mean_scores(rows)
+        if references:
+            wer = word_error_rate(references, hypotheses)
+            if math.isfinite(wer):
+                result["val/wer_en"] = wer
+        return result
+
+
+def mean_scores(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per tag, the mean of the finite values over rows; tags without any finite value are left out."""
+    result = {}
+    for tag in METRICS:
+        values = [row[tag] for row in rows if tag in row and math.isfinite(row[tag])]
+        if values:
+            result[tag] = float(np.mean(values))
+    return result
+
+
+# --------------------------------------------------------------------------------- a generator's val set
+
+# Free synthesis settings: infer.py's defaults.
+SYNTHESIS_SETTINGS = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8, "length_scale": 1.0}
+DEFAULT_SEED = 1234
+
+
+def _device_rng_devices(device: Any) -> list[int]:
+    return [device.index or 0] if getattr(device, "type", "cpu") == "cuda" else []
+
+
+def generate_utterances(net_g: Any, dataset: Any, data: Any, device: Any, seed: int = DEFAULT_SEED) -> list[Utterance]:
+    """Reconstruct and freely synthesize every clip of ``dataset`` (a ``TextAudioSpeakerLoader``) with ``net_g``.
+
+    Clip ``i`` uses the seed ``seed + i`` in a forked RNG (the caller's random streams are left untouched), in
+    eval mode and fp32, so the trainer and ``evaluate.py`` get the same audio from the same weights.
+    """
+    import torch
+
+    from data_utils import TextAudioSpeakerCollate
+    from training import waveform_mel
+
+    collate = TextAudioSpeakerCollate()
+    was_training = net_g.training
+    net_g.eval()
+    utterances = []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=_device_rng_devices(device)):
+            for index in range(len(dataset)):
+                entry = dataset.audiopaths_sid_text[index]
+                batch = collate([dataset[index]]).to(device)
+                torch.manual_seed(seed + index)
+                frames = int(batch.spec_lengths[0])
+                reference = batch.wav[:, 0, : frames * data.hop_length].float()
+                g = net_g._speaker_embedding(batch.sid, batch.spec)  # [1, gin, 1]
+                z, _m, _logs, y_mask = net_g.enc_q(batch.spec, batch.spec_lengths, g=g)
+                reconstruction = net_g.dec(z * y_mask, g=g)[:, 0].float()  # [1, frames * hop]
+                # Batch fields from sid on are infer's sid, tone, language, bert, ja_bert, en_bert.
+                out = net_g.infer(batch.text, batch.text_lengths, *batch[6:], y=batch.spec, **SYNTHESIS_SETTINGS)
+                length = int(out.y_mask.sum()) * data.hop_length
+                utterances.append(
+                    Utterance(
+                        reference=as_audio(batch.wav[0, 0, : int(batch.wav_lengths[0])]),
+                        reconstruction=as_audio(reconstruction),
+                        synthesis=as_audio(out.o[0, 0, :length]),
+                        language=entry.language,
+                        text=entry.norm_text,
+                        mel_l1=mel_l1(waveform_mel(reference, data), waveform_mel(reconstruction, data)),
+                    )
+                )
+    finally:
+        net_g.train(was_training)
+    return utterances
+
+
+def score_validation(
+    net_g: Any, dataset: Any, data: Any, device: Any, scorer: Scorer, seed: int = DEFAULT_SEED
+) -> dict[str, float]:
+    """Every ``val/...`` metric of ``net_g`` on ``dataset`` (see the table above)."""
+    return scorer.score(generate_utterances(net_g, dataset, data, device, seed))
