@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import reference_api
 from synthesis_plan import REQUEST_LANGUAGES
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 from voice_registry import (
@@ -351,6 +352,8 @@ class ServerState:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     queue_size: int = DEFAULT_QUEUE_SIZE
     workers: int = 1
+    # Folders the reference API's routes may read (reference_api.configured_roots); empty: the models' folders.
+    allowed_roots: tuple[Path, ...] = ()
 
 
 async def read_limited_body(request: Request, limit: int) -> bytes:
@@ -384,6 +387,7 @@ def create_app(state: ServerState) -> FastAPI:
     # No docs, no OpenAPI schema, no static files: the routes below are all there is.
     app = FastAPI(title="Bert-VITS2 2.3 TTS", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     registry = state.registry
+    reference_api.mount(app, state, lambda work: queue_holder["queue"].submit(work), read_limited_body)
 
     def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status, headers=dict(headers or {}))
@@ -557,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_body_size=settings.max_body_size,
         queue_size=settings.queue_size,
         workers=args.workers,
+        allowed_roots=reference_api.configured_roots(args.yml, settings.models),
     )
     if settings.host not in ("127.0.0.1", "::1", "localhost"):
         logger.warning("listening on %s: the server has no authentication", settings.host)
