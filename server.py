@@ -11,12 +11,15 @@ speaker presets); host, port, queue size and limits come from the same section, 
 
 * `GET /voice?text=&speaker=&model=&language=&...&format=` and `POST /voice` with the same fields as JSON:
   the audio (`format` wav, flac, ogg or mp3). `model` is an index (0, 1, ...) or a name, default the first;
-  `speaker_name` is accepted for `speaker` and `model_id` for `model`, as the reference server names them.
-  Parameters left out take the speaker's preset from config.yml, else the defaults.
+  `speaker_name` is accepted for `speaker` and `model_id` for `model` in a JSON POST; a GET naming `model_id`
+  or a form POST is the Bert-VITS2 API's /voice (below). Parameters left out take the speaker's preset from
+  config.yml, else the defaults.
 * `GET /models`: every model with its speakers, languages, sampling rate and formats.
   `GET /speakers?model=`: one model's. `GET /health`: liveness and queue state.
+* Bert-VITS2 2.3's own API (`/voice?model_id=`, `/models/info`, `/models/add`, ...): see reference_api.py.
 
-Every refused request is answered with a 4xx/5xx status and a JSON body `{"error": "..."}`. Synthesis runs on a
+Every refused request is answered with a 4xx/5xx status and a JSON body `{"error": "..."}` (the Bert-VITS2 API's
+routes: `{"status": code, "detail": "..."}`). Synthesis runs on a
 fixed number of worker threads behind a bounded queue: when `queue_size` requests are already admitted, the
 next one is answered at once with `503` and `Retry-After`, so a flood never piles up threads or waiting work.
 """
