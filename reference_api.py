@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -37,7 +37,7 @@ from starlette.types import Message, Scope
 
 import infer
 from synthesis_plan import Utterance, split_sentences
-from voice_registry import LoadedModel, ModelSpec
+from voice_registry import LoadedModel, ModelRegistry, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ _GENERATOR_FILE = re.compile(r"^G_(\d+)\.pth$")
 
 Submit = Callable[[Callable[[], Any]], Awaitable[Any]]
 ReadBody = Callable[[Request, int], Awaitable[bytes]]
+
+
+class ServedState(Protocol):
+    """What these routes read of server.py's ServerState."""
+
+    registry: ModelRegistry
+    max_text_length: int
+    max_body_size: int
+    allowed_roots: tuple[Path, ...]
 
 
 class Code(IntEnum):
@@ -475,7 +484,7 @@ def list_examples(root: Path, roots: Sequence[Path]) -> dict[str, list[dict[str,
 class ReferenceApi:
     """The reference's routes over the server's models, queue and limits (`state` is the server's ServerState)."""
 
-    def __init__(self, state: Any, submit: Submit, read_body: ReadBody) -> None:
+    def __init__(self, state: ServedState, submit: Submit, read_body: ReadBody) -> None:
         import psutil
 
         self.state = state
@@ -485,7 +494,7 @@ class ReferenceApi:
         for model in state.registry.models:
             self.table.add(entry_of_served_model(model))
         specs = [model.spec for model in state.registry.models]
-        self.roots = tuple(getattr(state, "allowed_roots", ())) or resolved_roots(model_folders(specs))
+        self.roots = tuple(state.allowed_roots) or resolved_roots(model_folders(specs))
         # Models added later read their BERT folders from the same place as the served ones.
         self.bert_dirs = dict(state.registry.models[0].synthesizer.bert_dirs)
         self.examples: dict[Path, dict[str, list[dict[str, str]]]] = {}  # per root_dir, read once as the reference
@@ -712,7 +721,7 @@ class ReferenceApi:
         return FileResponse(path, media_type="audio/wav")
 
 
-def mount(app: FastAPI, state: Any, submit: Submit, read_body: ReadBody) -> ReferenceApi:
+def mount(app: FastAPI, state: ServedState, submit: Submit, read_body: ReadBody) -> ReferenceApi:
     """Add the reference's routes to the server's `app`. `submit` runs work on the server's synthesis queue,
     `read_body(request, limit)` reads a body under the server's size limit."""
     api = ReferenceApi(state, submit, read_body)
