@@ -26,8 +26,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from served_voices import write_untrained_voice
 
+import reference_api
 import server
 from text.tiny_bert import build_tiny_bert
+from voice_registry import ModelSpec
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 SPEAKERS = ["hiyori", "nanami", "kaede"]
@@ -472,3 +474,14 @@ def test_nothing_outside_the_roots_is_read_or_loaded(served: Served) -> None:
 def test_default_root_dir_is_the_references(served: Served) -> None:
     # "Data" relative to the server's working folder is not under this server's dataset_path.
     assert "'Data'" in _refused(served.client.get("/models/get_local"), 403, None)
+
+
+def test_roots_are_dataset_path_and_the_model_folders(tmp_path: Path) -> None:
+    specs = [ModelSpec("a", str(tmp_path / "m/G_1.pth"), str(tmp_path / "c/config.json"), "cpu", "ZH")]
+    yml = tmp_path / "config.yml"
+    yml.write_text(yaml.safe_dump({"dataset_path": str(tmp_path / "data")}), encoding="utf-8")
+    roots = [tmp_path / "data", tmp_path / "m", tmp_path / "c"]
+    assert reference_api.configured_roots(str(yml), specs) == tuple(root.resolve() for root in roots)
+    yml.write_text(yaml.safe_dump({"dataset_path": ""}), encoding="utf-8")  # empty: not the whole working folder
+    assert reference_api.configured_roots(str(yml), specs) == tuple(root.resolve() for root in roots[1:])
+    assert reference_api.configured_roots(str(tmp_path / "none.yml"), specs) == tuple(r.resolve() for r in roots[1:])
