@@ -10,6 +10,7 @@ looked up at call time, so tests can replace them (e.g. with zeros) to make the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any, NamedTuple
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import Conv1d, Conv2d, ConvTranspose1d
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
+from torch.utils.checkpoint import checkpoint
 
 import attentions
 import commons
@@ -153,7 +155,36 @@ class DurationDiscriminator(nn.Module):
         return [self.forward_probability(x, dur) for dur in (dur_r, dur_hat)]
 
 
-class TransformerCouplingBlock(nn.Module):
+class Recomputable:
+    """A net whose stages can recompute their activations in the backward pass (``train.activation_checkpointing``).
+
+    Off by default: the flag is plain module state, not a parameter or buffer, so checkpoints are unchanged. When
+    on, and only while training with gradients, each stage runs under ``torch.utils.checkpoint`` (non-reentrant:
+    works with DDP and with inputs that need no gradient; the RNG state is replayed, so dropout draws agree)."""
+
+    checkpoint_activations: bool = False
+
+    def _run_stage(self, stage: Any, *args: Any) -> Any:
+        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, *args, use_reentrant=False)
+        return stage(*args)
+
+
+def set_activation_checkpointing(enabled: bool, *nets: nn.Module | None) -> int:
+    """Turn activation checkpointing on or off in every recomputable part of ``nets``; returns how many parts:
+    the decoder's upsampling stages, the flow's coupling layers and each multi-period/scale discriminator."""
+    parts = 0
+    for net in nets:
+        if net is None:
+            continue
+        for module in net.modules():
+            if isinstance(module, Recomputable):
+                module.checkpoint_activations = enabled
+                parts += 1
+    return parts
+
+
+class TransformerCouplingBlock(Recomputable, nn.Module):
     """``n_flows`` transformer coupling layers, each followed by a channel flip."""
 
     def __init__(
@@ -212,10 +243,10 @@ class TransformerCouplingBlock(nn.Module):
             self.flows.append(modules.Flip())
 
     def forward(self, x: Tensor, x_mask: Tensor, g: Tensor | None = None, reverse: bool = False) -> Tensor:
-        return _run_flows(self.flows, x, x_mask, g, reverse)
+        return _run_flows(self, x, x_mask, g, reverse)
 
 
-class ResidualCouplingBlock(nn.Module):
+class ResidualCouplingBlock(Recomputable, nn.Module):
     """``n_flows`` WaveNet residual coupling layers (``n_layers`` WN layers each), each followed by a flip."""
 
     def __init__(
@@ -253,16 +284,20 @@ class ResidualCouplingBlock(nn.Module):
             self.flows.append(modules.Flip())
 
     def forward(self, x: Tensor, x_mask: Tensor, g: Tensor | None = None, reverse: bool = False) -> Tensor:
-        return _run_flows(self.flows, x, x_mask, g, reverse)
+        return _run_flows(self, x, x_mask, g, reverse)
 
 
-def _run_flows(flows: nn.ModuleList, x: Tensor, x_mask: Tensor, g: Tensor | None, reverse: bool) -> Tensor:
+def _forward_flow(flow: nn.Module, x: Tensor, x_mask: Tensor, g: Tensor | None) -> Tensor:
+    return flow(x, x_mask, g=g, reverse=False)[0]
+
+
+def _run_flows(block: TransformerCouplingBlock | ResidualCouplingBlock, x, x_mask, g, reverse: bool) -> Tensor:
     """Apply volume-preserving coupling flows forwards (dropping log-dets) or inverted in reverse order."""
     if not reverse:
-        for flow in flows:
-            x, _ = flow(x, x_mask, g=g, reverse=False)
+        for flow in block.flows:
+            x = block._run_stage(functools.partial(_forward_flow, flow), x, x_mask, g)
     else:
-        for flow in reversed(flows):
+        for flow in reversed(block.flows):
             x = flow(x, x_mask, g=g, reverse=True)
     return x
 
@@ -519,7 +554,7 @@ class PosteriorEncoder(nn.Module):
         return z, m, logs, x_mask
 
 
-class Generator(nn.Module):
+class Generator(Recomputable, nn.Module):
     """HiFi-GAN decoder: latent [b, inter, t] -> waveform [b, 1, t · prod(upsample_rates)]."""
 
     def __init__(
@@ -572,19 +607,22 @@ class Generator(nn.Module):
         if g is not None:
             x = x + self.cond(g)
         for i in range(self.num_upsamples):
-            x = F.leaky_relu(x, LRELU_SLOPE)
-            x = self.ups[i](x)  # [b, c / 2^(i+1), t · prod(rates[:i+1])]
-            # Multi-receptive-field fusion: average of the resblocks of this stage.
-            stage = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = stage[0](x)
-            for block in stage[1:]:
-                # Summed in place into the first block's fresh output (no new [b, c, t] buffer per block); the
-                # add's backward needs no values. A block that returned its input unchanged is not summed into.
-                xs = xs.add_(block(x)) if xs is not x else xs + block(x)
-            x = xs.div_(self.num_kernels) if xs is not x else xs / self.num_kernels
+            x = self._run_stage(functools.partial(self._upsample_stage, i), x)
         x = F.leaky_relu(x)  # default slope 0.01 here, as in the reference
         x = self.conv_post(x)  # [b, 1, t_wav]
         return torch.tanh_(x)  # in place on the fresh conv output (tanh's backward uses its result)
+
+    def _upsample_stage(self, i: int, x: Tensor) -> Tensor:
+        x = F.leaky_relu(x, LRELU_SLOPE)
+        x = self.ups[i](x)  # [b, c / 2^(i+1), t · prod(rates[:i+1])]
+        # Multi-receptive-field fusion: average of the resblocks of this stage.
+        stage = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+        xs = stage[0](x)
+        for block in stage[1:]:
+            # Summed in place into the first block's fresh output (no new [b, c, t] buffer per block); the
+            # add's backward needs no values. A block that returned its input unchanged is not summed into.
+            xs = xs.add_(block(x)) if xs is not x else xs + block(x)
+        return xs.div_(self.num_kernels) if xs is not x else xs / self.num_kernels
 
     def remove_weight_norm(self) -> None:
         """Fold weight norm into plain weights (for inference / export)."""
@@ -657,7 +695,7 @@ class DiscriminatorS(nn.Module):
         return torch.flatten(x, 1, -1), fmap
 
 
-class MultiPeriodDiscriminator(nn.Module):
+class MultiPeriodDiscriminator(Recomputable, nn.Module):
     """One scale discriminator plus period discriminators for periods 2, 3, 5, 7, 11."""
 
     PERIODS = (2, 3, 5, 7, 11)
@@ -674,8 +712,8 @@ class MultiPeriodDiscriminator(nn.Module):
         """Real ``y`` and generated ``y_hat`` [b, 1, t] -> (y_d_rs, y_d_gs, fmap_rs, fmap_gs)."""
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
         for discriminator in self.discriminators:
-            y_d_r, fmap_r = discriminator(y)
-            y_d_g, fmap_g = discriminator(y_hat)
+            y_d_r, fmap_r = self._run_stage(discriminator, y)
+            y_d_g, fmap_g = self._run_stage(discriminator, y_hat)
             y_d_rs.append(y_d_r)
             y_d_gs.append(y_d_g)
             fmap_rs.append(fmap_r)

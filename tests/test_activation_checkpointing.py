@@ -1,0 +1,81 @@
+"""train.activation_checkpointing: the decoder's stages, the flow's couplings and each multi-period/scale
+discriminator recompute their activations in the backward pass, with the plain results (tiny config, CPU)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import models
+from config import model_config_from_dict
+
+
+def _nets(tiny_model_config: dict) -> tuple[models.SynthesizerTrn, models.MultiPeriodDiscriminator]:
+    torch.manual_seed(0)
+    config = model_config_from_dict(tiny_model_config, "tiny.json")
+    return models.build_generator(config, for_training=True), models.MultiPeriodDiscriminator()
+
+
+def _gradients(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+
+
+def _decoder_flow_and_discriminator_pass(net_g, net_d, z, y_mask, g, wav):
+    """Flow forward, decoder, both discriminator passes: every recomputable part, one scalar to back-propagate."""
+    z_p = net_g.flow(z, y_mask, g=g)
+    y_hat = net_g.dec(z * y_mask, g=g)
+    y_d_rs, y_d_gs, fmap_rs, fmap_gs = net_d(wav, y_hat)
+    total = z_p.square().mean() + sum(d.square().mean() for d in y_d_rs + y_d_gs)
+    return total + sum(f.abs().mean() for fmaps in fmap_gs for f in fmaps)
+
+
+def test_checkpointed_gradients_equal_the_plain_ones(tiny_model_config: dict) -> None:
+    net_g, net_d = _nets(tiny_model_config)
+    net_g.train(), net_d.train()
+    inter = net_g.dec.conv_pre.in_channels
+    frames = 4
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(2, inter, frames, generator=generator)
+    y_mask = torch.ones(2, 1, frames)
+    g = torch.randn(2, net_g.emb_g.embedding_dim, 1, generator=generator)
+    wav = torch.randn(2, 1, frames * 256, generator=generator) * 0.1  # the tiny config's hop: 256 samples
+
+    results = {}
+    for enabled in (False, True):
+        parts = models.set_activation_checkpointing(enabled, net_g, net_d)
+        assert parts == 3  # the decoder, the flow, the multi-period discriminator
+        net_g.zero_grad(set_to_none=True), net_d.zero_grad(set_to_none=True)
+        torch.manual_seed(7)  # the flow's coupling layers have dropout: the same draws both times
+        loss = _decoder_flow_and_discriminator_pass(net_g, net_d, z, y_mask, g, wav)
+        loss.backward()
+        results[enabled] = (loss.detach(), _gradients(net_g), _gradients(net_d))
+
+    plain, recomputed = results[False], results[True]
+    torch.testing.assert_close(recomputed[0], plain[0], rtol=0, atol=1e-6)
+    for index in (1, 2):
+        assert plain[index].keys() == recomputed[index].keys() and plain[index]
+        for name, grad in plain[index].items():
+            torch.testing.assert_close(recomputed[index][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_checkpointing_is_off_in_eval_and_without_gradients(tiny_model_config: dict, monkeypatch) -> None:
+    net_g, _ = _nets(tiny_model_config)
+    models.set_activation_checkpointing(True, net_g)
+    calls = []
+    monkeypatch.setattr(models, "checkpoint", lambda *a, **k: calls.append(1) or a[0](*a[1:]))
+    z = torch.randn(1, net_g.dec.conv_pre.in_channels, 8)
+    net_g.eval()
+    net_g.dec(z)
+    net_g.train()
+    with torch.no_grad():
+        net_g.dec(z)
+    assert calls == []
+    net_g.dec(z)
+    assert len(calls) == net_g.dec.num_upsamples
+
+
+def test_the_flag_changes_no_checkpoint_key(tiny_model_config: dict) -> None:
+    net_g, net_d = _nets(tiny_model_config)
+    keys = (list(net_g.state_dict()), list(net_d.state_dict()))
+    models.set_activation_checkpointing(True, net_g, net_d)
+    assert (list(net_g.state_dict()), list(net_d.state_dict())) == keys
