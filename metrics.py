@@ -450,7 +450,13 @@ class Scorer:
             logger.warning("%s is not installed: %s skipped (pip install %s)", name, tags, name)
         self.skipped = {tag for name in missing for tag in _PACKAGE_TAGS[name]}
         self.dnsmos = DNSMOS(threads=threads) if "speechmos" not in missing else None
-        self.english = EnglishRecognizer() if "val/wer_en" not in self.skipped else None
+        self._english: EnglishRecognizer | None = None
+
+    def english(self) -> EnglishRecognizer | None:
+        """The English recogniser, loaded on first use (None when its packages are missing)."""
+        if self._english is None and "val/wer_en" not in self.skipped:
+            self._english = EnglishRecognizer()
+        return self._english
 
     def reconstruction_scores(self, reference: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
         scores = {}
@@ -482,9 +488,10 @@ class Scorer:
                 row.update(self.reconstruction_scores(utt.reference, utt.reconstruction))
             if utt.synthesis is not None:
                 row.update(self.synthesis_scores(utt.reference, utt.synthesis))
-                if self.english is not None and utt.language == "EN":
+                recognizer = self.english() if utt.language == "EN" else None
+                if recognizer is not None:
                     references.append(utt.text)
-                    hypotheses.append(self.english.transcribe(utt.synthesis, self.rate))
+                    hypotheses.append(recognizer.transcribe(utt.synthesis, self.rate))
             rows.append(row)
         result = mean_scores(rows)
         if references:
@@ -512,7 +519,8 @@ DEFAULT_SEED = 1234
 
 
 def _device_rng_devices(device: Any) -> list[int]:
-    return [device.index or 0] if getattr(device, "type", "cpu") == "cuda" else []
+    """The CUDA device whose random stream synthesis draws from, for ``fork_rng``."""
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def generate_utterances(net_g: Any, dataset: Any, data: Any, device: Any, seed: int = DEFAULT_SEED) -> list[Utterance]:
@@ -526,6 +534,7 @@ def generate_utterances(net_g: Any, dataset: Any, data: Any, device: Any, seed: 
     from data_utils import TextAudioSpeakerCollate
     from training import waveform_mel
 
+    device = torch.device(device)
     collate = TextAudioSpeakerCollate()
     was_training = net_g.training
     net_g.eval()
