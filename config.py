@@ -1,14 +1,19 @@
-"""Settings as typed, validated dataclasses: the global pipeline settings (``config.yml``) and the model config
+"""Settings as typed, validated pydantic models: the global pipeline settings (``config.yml``) and the model config
 (Bert-VITS2's ``config.json``), plus the one device rule of every script (``resolve_device``).
 
-The model config: ``load_model_config(path)`` (or ``model_config_from_dict`` / ``model_config_from_json`` /
-``as_model_config`` for parsed data) returns a ``ModelConfig`` that every script reads; see its section below.
+Each setting is declared once: type, default, range and a one-line doc. pydantic (v2, strict types, unknown keys
+forbidden) checks them; ``_report`` turns its errors into messages naming the file, the dotted setting, what it
+must be and what it got, and for an unknown key the nearest valid one, so the message says what to change where.
 
-``load_config()`` reads the file named by its argument, else by the ``BV2_CONFIG`` environment variable, else
-``config.yml`` in the working directory. Paths of the resample, preprocess_text, bert_gen and train_ms
-sections are joined onto ``dataset_path`` the way the reference does (an absolute path stays as it is); server
-paths are left relative to the working directory. Every invalid value raises ``ValueError`` naming the setting
-and the file, so the message says what to change and where.
+``load_config()`` reads the file named by its argument, else by ``$BV2_CONFIG``, else ``config.yml`` in the
+working directory. Paths of the resample, preprocess_text, bert_gen and train_ms sections (and the web UI's single
+model) are joined onto ``dataset_path`` as the reference joins them (an absolute path stays as it is); server
+paths are left relative to the working directory.
+
+``load_model_config(path)`` (or ``model_config_from_dict`` / ``model_config_from_json`` / ``as_model_config``)
+returns the ``ModelConfig`` every script reads, so a misspelled key is an error instead of being swallowed by
+``SynthesizerTrn(**kwargs)``. Its sections also behave as the reference's HParams mappings
+(``cfg.train.learning_rate``, ``cfg["train"]["learning_rate"]``, ``cfg.model.get(...)``, ``**cfg.model``).
 
 Nothing happens at import: no argv parsing, no file access, no environment writes.
 """
@@ -20,11 +25,24 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 import atomic_io
 from text.symbols import LANGUAGES
@@ -33,493 +51,378 @@ logger = logging.getLogger(__name__)
 
 CONFIG_ENV_VAR = "BV2_CONFIG"
 DEFAULT_CONFIG_PATH = "config.yml"
-
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # A request may also name "mix" (tagged parts) or "auto" (detected per part) besides one language.
 SERVER_LANGUAGES = (*LANGUAGES, "mix", "auto")
 # Sections of the reference's config.yml that this package does not use; they are ignored with a warning so a
 # reference file still loads. Anything else unknown is most likely a typo and is an error.
 IGNORED_REFERENCE_SECTIONS = ("mirror", "openi_token", "emo_gen", "translate")
+MODEL_CONFIG_VERSION = "2.3"
+# data.unused_bert: what the two BERT slots of a training item that its language does not use hold. "randn" is
+# the reference's fresh noise at every load; "zeros" makes items deterministic.
+UNUSED_BERT_CHOICES = ("randn", "zeros")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ABSENT = object()
 
-T = TypeVar("T")
+S = TypeVar("S", bound="_Settings")
 
 
-class _Section:
-    """Reads and checks the values of one mapping in the yml; errors name ``<file>: setting '<dotted.key>'``."""
+class Expect:
+    """Field metadata: what a setting must be, where its type and range do not say it plainly."""
 
-    def __init__(self, data: Any, name: str, source: str) -> None:
-        self.name = name
-        self.source = source
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            what = f"setting '{name}'" if name else "the file"
-            raise ValueError(f"{source}: {what} must be a mapping of settings, got {_describe(data)}")
-        self.data: Mapping[str, Any] = data
-        self._read: set[str] = set()
+    def __init__(self, text: str) -> None:
+        self.text = text
 
-    def key(self, key: str) -> str:
-        return f"{self.name}.{key}" if self.name else key
 
-    def error(self, key: str, expected: str, value: Any) -> ValueError:
-        return ValueError(f"{self.source}: setting '{self.key(key)}' must be {expected}, got {_describe(value)}")
+def _under_dataset(path: str, info: ValidationInfo) -> str:
+    """The reference joins dataset-relative paths with os.path.join, so an absolute path wins; empty stays empty."""
+    return os.path.join((info.context or {}).get("dataset_path", ""), path) if path else path
 
-    def raw(self, key: str, default: Any) -> Any:
-        self._read.add(key)
-        return self.data.get(key, default)
 
-    def string(self, key: str, default: str, allow_empty: bool = True) -> str:
-        value = self.raw(key, default)
-        if value is None and allow_empty:
-            return ""
-        if not isinstance(value, str) or (not allow_empty and not value):
-            raise self.error(key, "a string" if allow_empty else "a non-empty string", value)
-        return value
+def _number_as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value  # 2.3 → "2.3"
 
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, "true or false", value)
-        return value
 
-    def integer(self, key: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
-        value = self.raw(key, default)
-        # bool is an int subclass; `keep_ckpts: true` is a mistake, not 1.
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, _int_range_text(minimum, maximum), value)
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise self.error(key, _int_range_text(minimum, maximum), value)
-        return value
+# A JSON number kept as written (c_mel 45 stays 45 in a saved config); bool is neither in strict mode.
+Number = int | float
+# yml: a key left empty (null) is an empty string.
+Text = Annotated[str, BeforeValidator(lambda value: "" if value is None else value)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+InDataset = Annotated[str, Field(min_length=1), AfterValidator(_under_dataset)]
+InDatasetOrEmpty = Annotated[Text, AfterValidator(_under_dataset)]
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN.pattern), Expect("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")]
+Language = Literal[SERVER_LANGUAGES]
+Sizes = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1), Expect("a non-empty list of integers >= 1")]
+SizeLists = Annotated[
+    list[Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]],
+    Field(min_length=1),
+    Expect("a non-empty list of non-empty lists of integers >= 1"),
+]
+Betas = Annotated[
+    list[Annotated[Number, Field(ge=0, lt=1)]],
+    Field(min_length=2, max_length=2),
+    Expect("a list of two numbers in [0, 1)"),
+]
+SpeakerIds = Annotated[
+    dict[str, Annotated[int, Field(ge=0)]],
+    BeforeValidator(lambda value: {} if value is None else value),
+    Expect("a mapping of speaker names to ids >= 0"),
+]
 
-    def number(self, key: str, default: float, positive: bool = False) -> float:
-        value = self.raw(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
-            raise self.error(key, "a positive number" if positive else "a number", value)
-        return float(value)
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.raw(key, default)
-        if value not in choices:
-            raise self.error(key, "one of " + ", ".join(repr(c) for c in choices), value)
-        return value
-
-    def device(self, key: str, default: str) -> str:
-        value = self.raw(key, default)
-        if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
-            raise self.error(key, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", value)
-        return value
-
-    def section(self, key: str) -> _Section:
-        return _Section(self.raw(key, None), self.key(key), self.source)
-
-    def list_of(self, key: str) -> list[Any]:
-        value = self.raw(key, [])
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self.error(key, "a list", value)
-        return value
-
-    def reject_unknown(self, reference: str = "config.yml") -> None:
-        """Every key nobody read is a typo or a setting this package does not have: name it and its nearest."""
-        unknown = sorted(str(k) for k in self.data if k not in self._read)
-        if not unknown:
-            return
-        where = f"in section '{self.name}'" if self.name else "at the top level"
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, sorted(self._read), n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else "valid: " + ", ".join(sorted(self._read))
-            hints.append(f"'{self.key(key)}' ({hint})")
-        raise ValueError(
-            f"{self.source}: unknown setting(s) {'; '.join(hints)} {where}; check the spelling against {reference}"
-        )
+def _unset(doc: str) -> Any:
+    """An optional setting that is unset by default and then left out of saved configs (the reference lacks it)."""
+    return Field(None, description=doc, exclude_if=lambda value: value is None)
 
 
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _int_range_text(minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"an integer in [{minimum}, {maximum}]"
-    if minimum is not None:
-        return f"an integer >= {minimum}"
-    return "an integer"
+def _nearest_hint(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else "valid: " + ", ".join(valid)
 
 
-def _under_dataset(dataset_path: str, path: str) -> str:
-    """The reference joins dataset-relative paths with os.path.join, so an absolute path wins unchanged."""
-    return os.path.join(dataset_path, path)
+def _invalid(key: str, problem: str) -> PydanticCustomError:
+    """A failed check of setting ``key`` of the section being validated (``""``: ``problem`` names everything);
+    ``_report`` puts the setting's dotted name and the file in front."""
+    return PydanticCustomError("setting", "{problem}", {"key": key, "problem": problem})
 
 
-@dataclass(frozen=True)
-class ResampleConfig:
-    sampling_rate: int
-    in_dir: str
-    out_dir: str
+def _must(key: str, expected: str, value: Any) -> PydanticCustomError:
+    return _invalid(key, f"must be {expected}, got {_describe(value)}")
 
+
+class _Settings(BaseModel, Mapping):
+    """One section of settings, also readable as the reference's HParams: ``s.key``, ``s["key"]``, ``s.get``,
+    ``**s``. Assigning a name that is not a setting raises, naming the nearest setting (``cfg.train.learnig_rate
+    = 1`` must not silently do nothing)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    _REFERENCE: ClassVar[str] = "configs/config.json"  # the file to check spellings against
+    _source: str = PrivateAttr("<dict>")
+
+    @model_validator(mode="before")
     @classmethod
-    def from_section(cls, section: _Section, dataset_path: str) -> ResampleConfig:
-        config = cls(
-            sampling_rate=section.integer("sampling_rate", 44100, minimum=1),
-            in_dir=_under_dataset(dataset_path, section.string("in_dir", "audios/raw", allow_empty=False)),
-            out_dir=_under_dataset(dataset_path, section.string("out_dir", "audios/wavs", allow_empty=False)),
-        )
-        section.reject_unknown()
-        return config
+    def _empty_section(cls, data: Any) -> Any:
+        return {} if data is None else data  # `server:` with nothing under it
+
+    @property
+    def source(self) -> str:
+        """The file the settings came from (for messages); not a setting."""
+        return self._source
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # keys, as a mapping's
+        return iter(type(self).model_fields)
+
+    def __len__(self) -> int:
+        return len(type(self).model_fields)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.__dict__ == other.__dict__  # the settings, not the source
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The setting's value; ``default`` only for a key that is not a setting. A default that contradicts the
+        declared one is an error: it would be a second declaration, silently ignored."""
+        field = type(self).model_fields.get(key)
+        if field is None:
+            return default
+        declared = field.get_default(call_default_factory=True)
+        if default is not None and default != declared:
+            raise TypeError(f"{type(self).__name__}.get({key!r}, {default!r}): declared default is {declared!r}")
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in type(self).model_fields and not name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__} has no setting '{name}' ({_nearest_hint(name, list(self))})")
+        super().__setattr__(name, value)
+
+    def setdefault(self, key: str, default: Any) -> Any:
+        """Give an unset (None) setting ``default``; returns the value the setting has afterwards."""
+        if self[key] is None:
+            self[key] = default
+        return self[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values; optional settings that are unset are left out."""
+        return self.model_dump()
 
 
-@dataclass(frozen=True)
-class PreprocessTextConfig:
-    transcription_path: str
-    # Resolved: an empty setting becomes "<transcription_path>.cleaned", as the reference's preprocessing does.
-    cleaned_path: str
-    train_path: str
-    val_path: str
-    config_path: str
-    val_per_lang: int
-    max_val_total: int
-    clean: bool
+class _YmlSection(_Settings):
+    """A section of config.yml: read-only once loaded; defaults are validated too (dataset paths get joined)."""
 
+    model_config = ConfigDict(frozen=True, validate_default=True)
+    _REFERENCE: ClassVar[str] = "config.yml"
+
+
+# ==============================================================================================================
+# config.yml
+
+
+class ResampleConfig(_YmlSection):
+    sampling_rate: int = Field(44100, ge=1, description="target sample rate (Hz); equals data.sampling_rate")
+    in_dir: InDataset = Field("audios/raw", description="folder of the raw .wav files")
+    out_dir: InDataset = Field("audios/wavs", description="folder the resampled mono .wav files go to")
+
+
+class PreprocessTextConfig(_YmlSection):
+    transcription_path: InDataset = Field("filelists/transcription.list", description="{wav}|{speaker}|{lang}|{text}")
+    cleaned_path: InDatasetOrEmpty = Field("", description="the cleaned list; empty: <transcription_path>.cleaned")
+    train_path: InDataset = Field("filelists/train.list", description="training list written by the split")
+    val_path: InDataset = Field("filelists/val.list", description="validation list written by the split")
+    config_path: InDataset = Field("config.json", description="model config whose speaker table and lists are set")
+    val_per_lang: int = Field(4, ge=0, description="validation utterances per speaker")
+    max_val_total: int = Field(12, ge=0, description="upper bound on the validation set")
+    clean: bool = Field(True, description="run the text cleaner; false re-uses the cleaned list")
+
+    @field_validator("cleaned_path")
     @classmethod
-    def from_section(cls, section: _Section, dataset_path: str) -> PreprocessTextConfig:
-        transcription = _under_dataset(
-            dataset_path, section.string("transcription_path", "filelists/transcription.list", allow_empty=False)
-        )
-        cleaned = section.string("cleaned_path", "")
-        config = cls(
-            transcription_path=transcription,
-            cleaned_path=_under_dataset(dataset_path, cleaned) if cleaned else transcription + ".cleaned",
-            train_path=_under_dataset(dataset_path, section.string("train_path", "filelists/train.list", False)),
-            val_path=_under_dataset(dataset_path, section.string("val_path", "filelists/val.list", False)),
-            config_path=_under_dataset(dataset_path, section.string("config_path", "config.json", False)),
-            val_per_lang=section.integer("val_per_lang", 4, minimum=0),
-            max_val_total=section.integer("max_val_total", 12, minimum=0),
-            clean=section.boolean("clean", True),
-        )
-        section.reject_unknown()
-        return config
+    def _cleaned_beside_transcription(cls, path: str, info: ValidationInfo) -> str:
+        return path or info.data.get("transcription_path", "") + ".cleaned"  # as the reference's preprocessing
 
 
-@dataclass(frozen=True)
-class BertGenConfig:
-    config_path: str
-    num_processes: int
-    device: str
-    use_multi_device: bool
+class BertGenConfig(_YmlSection):
+    config_path: InDataset = Field("config.json", description="model config naming the lists")
+    num_processes: int = Field(2, ge=1, description="worker processes")
+    device: Device = Field("auto", description="device of the BERT models")
+    use_multi_device: bool = Field(False, description="spread the workers over every visible GPU")
 
+
+class TrainEnvConfig(_YmlSection):
+    """torch.distributed rendezvous defaults for a run started without torchrun; other keys are further
+    environment variables (``extra``, as strings)."""
+
+    MASTER_ADDR: NonEmpty = Field("localhost", description="rendezvous host")
+    MASTER_PORT: int = Field(10086, ge=1, le=65535, description="rendezvous port")
+    WORLD_SIZE: int = Field(1, ge=1, description="processes in the run")
+    LOCAL_RANK: int = Field(0, ge=0, description="this process's GPU on its machine")
+    RANK: int = Field(0, ge=0, description="this process's rank")
+    extra: dict[str, str] = Field({}, description="any further variables, as strings")
+
+    @model_validator(mode="before")
     @classmethod
-    def from_section(cls, section: _Section, dataset_path: str) -> BertGenConfig:
-        config = cls(
-            config_path=_under_dataset(dataset_path, section.string("config_path", "config.json", False)),
-            num_processes=section.integer("num_processes", 2, minimum=1),
-            device=section.device("device", "auto"),
-            use_multi_device=section.boolean("use_multi_device", False),
-        )
-        section.reject_unknown()
-        return config
+    def _collect_extra(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        typed = {name: value for name, value in data.items() if name in cls.model_fields and name != "extra"}
+        extra = {}
+        for name, value in data.items():
+            if name in typed:
+                continue
+            if not isinstance(name, str) or not _ENV_NAME.match(name):
+                raise _must(str(name), "named like an environment variable", name)
+            if isinstance(value, (dict, list)) or value is None:
+                raise _must(name, "a string or a number", value)
+            extra[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return {**typed, "extra": extra}
 
-
-@dataclass(frozen=True)
-class TrainEnvConfig:
-    """torch.distributed rendezvous defaults for a run started without torchrun."""
-
-    MASTER_ADDR: str
-    MASTER_PORT: int
-    WORLD_SIZE: int
-    LOCAL_RANK: int
-    RANK: int
-    # Any further variables the user listed, as strings.
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_section(cls, section: _Section) -> TrainEnvConfig:
-        env = cls(
-            MASTER_ADDR=section.string("MASTER_ADDR", "localhost", allow_empty=False),
-            MASTER_PORT=section.integer("MASTER_PORT", 10086, minimum=1, maximum=65535),
-            WORLD_SIZE=section.integer("WORLD_SIZE", 1, minimum=1),
-            LOCAL_RANK=section.integer("LOCAL_RANK", 0, minimum=0),
-            RANK=section.integer("RANK", 0, minimum=0),
-            extra=_extra_env(section),
-        )
-        if env.RANK >= env.WORLD_SIZE:
-            raise section.error("RANK", f"smaller than WORLD_SIZE ({env.WORLD_SIZE})", env.RANK)
-        return env
+    @model_validator(mode="after")
+    def _rank_in_world(self) -> TrainEnvConfig:
+        if self.RANK >= self.WORLD_SIZE:
+            raise _must("RANK", f"smaller than WORLD_SIZE ({self.WORLD_SIZE})", self.RANK)
+        return self
 
     def as_environ(self) -> dict[str, str]:
         """All variables as strings, ready for ``os.environ``."""
-        values = {
-            "MASTER_ADDR": self.MASTER_ADDR,
-            "MASTER_PORT": str(self.MASTER_PORT),
-            "WORLD_SIZE": str(self.WORLD_SIZE),
-            "LOCAL_RANK": str(self.LOCAL_RANK),
-            "RANK": str(self.RANK),
-        }
-        values.update(self.extra)
-        return values
+        typed = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "RANK")
+        return {**{name: str(getattr(self, name)) for name in typed}, **self.extra}
 
     def missing_from(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The variables ``environ`` lacks; values already set (e.g. by torchrun) take precedence."""
         return {name: value for name, value in self.as_environ().items() if name not in environ}
 
 
-_ENV_TYPED_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "RANK")
+class BaseModelConfig(_YmlSection):
+    use_base_model: bool = Field(False, description="start from the base checkpoints in model_dir")
+    model_dir: InDatasetOrEmpty = Field("base_model", description="local folder with G_0.pth, D_0.pth (DUR_, WD_)")
 
-
-def _extra_env(section: _Section) -> dict[str, str]:
-    extra: dict[str, str] = {}
-    for name in section.data:
-        if name in _ENV_TYPED_KEYS:
-            continue
-        value = section.raw(name, None)
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise ValueError(f"{section.source}: setting '{section.key(str(name))}' is not a valid variable name")
-        if isinstance(value, (dict, list)) or value is None:
-            raise section.error(name, "a string or a number", value)
-        extra[name] = str(value).lower() if isinstance(value, bool) else str(value)
-    return extra
-
-
-@dataclass(frozen=True)
-class BaseModelConfig:
-    use_base_model: bool
-    # Local folder with the base checkpoints (G_0.pth, D_0.pth, optionally DUR_0.pth / WD_0.pth).
-    model_dir: str
-
+    @model_validator(mode="before")
     @classmethod
-    def from_section(cls, section: _Section, dataset_path: str) -> BaseModelConfig:
-        use_base_model = section.boolean("use_base_model", False)
-        for hub_key in ("repo_id", "model_image"):
-            if hub_key in section.data:
-                section.raw(hub_key, None)
-                if use_base_model:
-                    raise ValueError(
-                        f"{section.source}: setting '{section.key(hub_key)}' is not supported: nothing is downloaded. "
-                        f"Put the base checkpoints (G_0.pth, D_0.pth, ...) in a local folder and set "
-                        f"'{section.key('model_dir')}' to it"
-                    )
-                logger.warning(
-                    "%s: ignoring '%s' (base models are read from model_dir)", section.source, section.key(hub_key)
-                )
-        model_dir = section.string("model_dir", "base_model", allow_empty=not use_base_model)
-        resolved = _under_dataset(dataset_path, model_dir) if model_dir else ""
-        return cls(use_base_model=use_base_model, model_dir=resolved)
+    def _no_hub(cls, data: Any, info: ValidationInfo) -> Any:
+        """The reference's hub keys: nothing is downloaded, so they are refused when used, else ignored."""
+        hub = [key for key in ("repo_id", "model_image") if key in data] if isinstance(data, Mapping) else []
+        if hub and data.get("use_base_model") is True:
+            raise _invalid(
+                hub[0],
+                "is not supported: nothing is downloaded. Put the base checkpoints (G_0.pth, D_0.pth, ...) in a "
+                "local folder and set 'train_ms.base.model_dir' to it",
+            )
+        for key in hub:
+            source = (info.context or {}).get("source")
+            logger.warning("%s: ignoring 'train_ms.base.%s' (base models are read from model_dir)", source, key)
+        return {key: value for key, value in data.items() if key not in hub} if hub else data
+
+    @model_validator(mode="after")
+    def _folder_when_used(self) -> BaseModelConfig:
+        if self.use_base_model and not self.model_dir:
+            raise _must("model_dir", "a non-empty string", self.model_dir)
+        return self
 
 
-@dataclass(frozen=True)
-class TrainMsConfig:
-    env: TrainEnvConfig
-    base: BaseModelConfig
-    # Resolved model folder (dataset_path/model): checkpoints, train.log, TensorBoard events.
-    model: str
-    config_path: str
-    num_workers: int
-    spec_cache: bool
-    # Checkpoints kept per net prefix; 0 keeps all (the reference only cleans when this is > 0).
-    keep_ckpts: int
-    all_in_mem: bool
+class TrainMsConfig(_YmlSection):
+    env: TrainEnvConfig = Field(default_factory=dict, description="torch.distributed variables")
+    base: BaseModelConfig = Field(default_factory=dict, description="the base model to start from")
+    model: InDataset = Field("models", description="folder of checkpoints, train.log and TensorBoard events")
+    config_path: InDataset = Field("config.json", description="the model config")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers")
+    spec_cache: bool = Field(True, description="cache linear spectrograms as .spec.pt beside the audio")
+    keep_ckpts: int = Field(8, ge=0, description="checkpoints kept per net prefix; 0 keeps all")
+    all_in_mem: bool = Field(False, description="keep every decoded training item in memory")
 
     @property
     def model_dir(self) -> str:
         return self.model
 
-    @classmethod
-    def from_section(cls, section: _Section, dataset_path: str) -> TrainMsConfig:
-        env_section = section.section("env")
-        base_section = section.section("base")
-        config = cls(
-            env=TrainEnvConfig.from_section(env_section),
-            base=BaseModelConfig.from_section(base_section, dataset_path),
-            model=_under_dataset(dataset_path, section.string("model", "models", allow_empty=False)),
-            config_path=_under_dataset(dataset_path, section.string("config_path", "config.json", False)),
-            num_workers=section.integer("num_workers", 2, minimum=0),
-            spec_cache=section.boolean("spec_cache", True),
-            keep_ckpts=section.integer("keep_ckpts", 8, minimum=0),
-            all_in_mem=section.boolean("all_in_mem", False),
-        )
-        base_section.reject_unknown()
-        section.reject_unknown()
-        return config
+
+class SpeakerPreset(_YmlSection):
+    speaker: NonEmpty = Field(description="speaker name the preset applies to")
+    sdp_ratio: float = Field(0.2, ge=0.0, le=1.0, description="share of the stochastic duration predictor")
+    noise_scale: float = Field(0.6, description="noise of the prior")
+    noise_scale_w: float = Field(0.8, description="noise of the duration predictor")
+    length_scale: float = Field(1.0, gt=0.0, description="speech duration factor (>1 slower)")
 
 
-@dataclass(frozen=True)
-class SpeakerPreset:
-    speaker: str
-    sdp_ratio: float = 0.2
-    noise_scale: float = 0.6
-    noise_scale_w: float = 0.8
-    length_scale: float = 1.0
+class ServerModelConfig(_YmlSection):
+    model: NonEmpty = Field(description="G_*.pth, export .safetensors or .onnx")
+    config: Text = Field("", description="its model config; empty for an export file (it carries its own)")
+    device: Device = Field("auto", description="default: the section's device")
+    language: Language = Field("ZH", description="default: the section's language")
+    speakers: tuple[SpeakerPreset, ...] = Field((), strict=False, description="per-speaker inference presets")
+    # `^$|\D`: empty or not all digits; a number would be read as a model index in requests.
+    name: Annotated[Text, Field(pattern=r"^$|\D"), Expect("a name that is not a number")] = Field(
+        "", description="how requests name the model besides its index; empty: the model file's name"
+    )
 
-    @classmethod
-    def from_section(cls, section: _Section) -> SpeakerPreset:
-        preset = cls(
-            speaker=section.string("speaker", "", allow_empty=False),
-            sdp_ratio=section.number("sdp_ratio", 0.2),
-            noise_scale=section.number("noise_scale", 0.6),
-            noise_scale_w=section.number("noise_scale_w", 0.8),
-            length_scale=section.number("length_scale", 1.0, positive=True),
-        )
-        if not 0.0 <= preset.sdp_ratio <= 1.0:
-            raise section.error("sdp_ratio", "a number in [0, 1]", preset.sdp_ratio)
-        section.reject_unknown()
-        return preset
-
-
-@dataclass(frozen=True)
-class ServerModelConfig:
-    model: str
-    # Empty for an export file (.safetensors, .onnx), which carries its own config.
-    config: str
-    device: str
-    language: str
-    speakers: tuple[SpeakerPreset, ...] = ()
-    # How requests name the model besides its index; empty: derived from the model file's name.
-    name: str = ""
-
-    @classmethod
-    def from_section(cls, section: _Section, default_device: str, default_language: str) -> ServerModelConfig:
-        speakers = _sections_of(section, "speakers", SpeakerPreset.from_section)
-        model = cls(
-            model=section.string("model", "", allow_empty=False),
-            config=section.string("config", ""),
-            device=section.device("device", default_device),
-            language=section.choice("language", default_language, SERVER_LANGUAGES),
-            speakers=tuple(speakers),
-            name=section.string("name", ""),
-        )
-        if model.name.isdigit():
-            # A number would be read as a model index in requests.
-            raise section.error("name", "a name that is not a number", model.name)
-        names = [preset.speaker for preset in model.speakers]
+    @model_validator(mode="after")
+    def _speakers_once(self) -> ServerModelConfig:
+        names = [preset.speaker for preset in self.speakers]
         if len(set(names)) != len(names):
-            raise section.error("speakers", "a list naming each speaker once", names)
-        section.reject_unknown()
-        return model
+            raise _must("speakers", "a list naming each speaker once", names)
+        return self
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    port: int
-    device: str
-    language: str
-    models: tuple[ServerModelConfig, ...] = ()
-    # Loopback unless told otherwise: the server has no authentication.
-    host: str = "127.0.0.1"
-    # Requests admitted at once (waiting + being synthesized); beyond it the server answers 503 + Retry-After.
-    queue_size: int = 8
-    max_text_length: int = 500
-    max_body_size: int = 65536
+class _Serving(_YmlSection):
+    """A section that serves models: its device and language are the defaults of its models."""
 
+    host: NonEmpty = Field("127.0.0.1", description="address to bind; loopback: there is no authentication")
+    device: Device = Field("auto", description="default device of the models")
+    language: Language = Field("ZH", description="default language of the models")
+    models: tuple[ServerModelConfig, ...] = Field((), strict=False, description="models served, in this order")
+
+    @model_validator(mode="before")
     @classmethod
-    def from_section(cls, section: _Section) -> ServerConfig:
-        port = section.integer("port", 5000, minimum=1, maximum=65535)
-        device = section.device("device", "auto")
-        language = section.choice("language", "ZH", SERVER_LANGUAGES)
-        models = _sections_of(section, "models", lambda item: ServerModelConfig.from_section(item, device, language))
-        names = [model.name for model in models if model.name]
+    def _model_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not isinstance(data.get("models"), list):
+            return data
+        defaults = {name: data.get(name, cls.model_fields[name].default) for name in ("device", "language")}
+        models = [{**defaults, **item} if isinstance(item, Mapping) else item for item in data["models"]]
+        return {**data, "models": models}
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> _Serving:
+        names = [model.name for model in self.models if model.name]
         if len(set(names)) != len(names):
-            raise section.error("models", "models with distinct names", names)
-        config = cls(
-            port=port,
-            device=device,
-            language=language,
-            models=tuple(models),
-            host=section.string("host", "127.0.0.1", allow_empty=False),
-            queue_size=section.integer("queue_size", 8, minimum=1),
-            max_text_length=section.integer("max_text_length", 500, minimum=1),
-            max_body_size=section.integer("max_body_size", 65536, minimum=1024),
-        )
-        section.reject_unknown()
-        return config
+            raise _must("models", "models with distinct names", names)
+        return self
 
 
-@dataclass(frozen=True)
-class WebuiConfig:
-    """The web UI (webui.py). ``models`` come from ``webui.models``, else the reference's single
-    ``webui.model``/``webui.config_path`` pair (dataset-relative, as the reference joins them)."""
+class ServerConfig(_Serving):
+    port: int = Field(5000, ge=1, le=65535, description="port to listen on")
+    queue_size: int = Field(8, ge=1, description="requests admitted at once; more get 503 + Retry-After")
+    max_text_length: int = Field(500, ge=1, description="longest text (characters) of a request")
+    max_body_size: int = Field(65536, ge=1024, description="largest request body (bytes)")
 
-    host: str
-    port: int
-    device: str
-    language: str
-    models: tuple[ServerModelConfig, ...] = ()
 
-    @classmethod
-    def from_section(cls, section: _Section, dataset_path: str) -> WebuiConfig:
-        host = section.string("host", "127.0.0.1", allow_empty=False)
-        port = section.integer("port", 7860, minimum=1, maximum=65535)
-        device = section.device("device", "auto")
-        language = section.choice("language", "ZH", SERVER_LANGUAGES)
-        models = _sections_of(section, "models", lambda item: ServerModelConfig.from_section(item, device, language))
-        names = [model.name for model in models if model.name]
-        if len(set(names)) != len(names):
-            raise section.error("models", "models with distinct names", names)
-        single_model = section.string("model", "")
-        if single_model:
-            single_config = section.string("config_path", "config.json", allow_empty=False)
-            models.append(
-                ServerModelConfig(
-                    model=_under_dataset(dataset_path, single_model),
-                    config=_under_dataset(dataset_path, single_config),
-                    device=device,
-                    language=language,
-                )
+class WebuiConfig(_Serving):
+    """``models`` come from ``webui.models``, and the reference's single ``model``/``config_path`` pair."""
+
+    port: int = Field(7860, ge=1, le=65535, description="port to bind")
+    model: InDatasetOrEmpty = Field("", description="the reference's single model (dataset-relative)")
+    config_path: InDataset = Field("config.json", description="its model config (dataset-relative)")
+    # A public share link would need the network (a tunnel); this UI only serves the address it binds.
+    share: Annotated[Literal[False], Expect("false (public share links are not supported; bind a host instead)")] = (
+        Field(False, description="the reference's Gradio share link: refused")
+    )
+    debug: bool = Field(False, description="the reference's key; accepted, not used")
+    language_identification_library: Text = Field("", description="the reference's key; accepted, not used")
+
+    @model_validator(mode="after")
+    def _single_model(self) -> WebuiConfig:
+        if self.model:
+            single = ServerModelConfig(
+                model=self.model, config=self.config_path, device=self.device, language=self.language
             )
-        else:
-            section.raw("config_path", None)
-        # A public share link would need the network (a tunnel); this UI only serves the address it binds.
-        if section.boolean("share", False):
-            raise section.error("share", "false (public share links are not supported; bind a host instead)", True)
-        section.boolean("debug", False)  # the reference's key; accepted, not used
-        section.string("language_identification_library", "")  # the reference's key; accepted, not used
-        section.reject_unknown()
-        return cls(host=host, port=port, device=device, language=language, models=tuple(models))
+            self.__dict__["models"] = (*self.models, single)  # frozen once validated; this is still validation
+        return self
 
 
-def _sections_of(section: _Section, key: str, build: Callable[[_Section], T]) -> list[T]:
-    return [
-        build(_Section(item, f"{section.key(key)}[{i}]", section.source)) for i, item in enumerate(section.list_of(key))
-    ]
-
-
-@dataclass(frozen=True)
-class Config:
+class Config(_YmlSection):
     """All global settings; ``source`` is the yml file they came from."""
 
-    source: str
-    dataset_path: str
-    resample: ResampleConfig
-    preprocess_text: PreprocessTextConfig
-    bert_gen: BertGenConfig
-    train_ms: TrainMsConfig
-    server: ServerConfig
-    webui: WebuiConfig
+    dataset_path: Text = Field("", description="folder of the dataset; the sections' paths are under it")
+    resample: ResampleConfig = Field(default_factory=dict, description="resample.py")
+    preprocess_text: PreprocessTextConfig = Field(default_factory=dict, description="preprocess_text.py")
+    bert_gen: BertGenConfig = Field(default_factory=dict, description="bert_gen.py")
+    train_ms: TrainMsConfig = Field(default_factory=dict, description="train_ms.py")
+    server: ServerConfig = Field(default_factory=dict, description="server.py")
+    webui: WebuiConfig = Field(default_factory=dict, description="webui.py")
 
     # The reference's attribute names, so reference-style call sites keep working.
-    @property
-    def resample_config(self) -> ResampleConfig:
-        return self.resample
-
-    @property
-    def preprocess_text_config(self) -> PreprocessTextConfig:
-        return self.preprocess_text
-
-    @property
-    def bert_gen_config(self) -> BertGenConfig:
-        return self.bert_gen
-
-    @property
-    def train_ms_config(self) -> TrainMsConfig:
-        return self.train_ms
-
-    @property
-    def server_config(self) -> ServerConfig:
-        return self.server
-
-    @property
-    def webui_config(self) -> WebuiConfig:
-        return self.webui
+    resample_config = property(lambda self: self.resample)
+    preprocess_text_config = property(lambda self: self.preprocess_text)
+    bert_gen_config = property(lambda self: self.bert_gen)
+    train_ms_config = property(lambda self: self.train_ms)
+    server_config = property(lambda self: self.server)
+    webui_config = property(lambda self: self.webui)
 
 
 def config_path_from_env(path: str | os.PathLike[str] | None = None) -> str:
@@ -532,33 +435,6 @@ def config_path_from_env(path: str | os.PathLike[str] | None = None) -> str:
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read and validate the global settings (see the module docstring for how the file is chosen)."""
     source = config_path_from_env(path)
-    data = _read_yaml(source)
-    return config_from_dict(data, source)
-
-
-def config_from_dict(data: Any, source: str = "<dict>") -> Config:
-    """Validate an already parsed yml mapping; ``source`` names it in error messages."""
-    root = _Section(data, "", source)
-    dataset_path = root.string("dataset_path", "")
-    config = Config(
-        source=source,
-        dataset_path=dataset_path,
-        resample=ResampleConfig.from_section(root.section("resample"), dataset_path),
-        preprocess_text=PreprocessTextConfig.from_section(root.section("preprocess_text"), dataset_path),
-        bert_gen=BertGenConfig.from_section(root.section("bert_gen"), dataset_path),
-        train_ms=TrainMsConfig.from_section(root.section("train_ms"), dataset_path),
-        server=ServerConfig.from_section(root.section("server")),
-        webui=WebuiConfig.from_section(root.section("webui"), dataset_path),
-    )
-    for name in IGNORED_REFERENCE_SECTIONS:
-        if name in root.data:
-            root.raw(name, None)
-            logger.warning("%s: ignoring section '%s' (not used by this package)", source, name)
-    root.reject_unknown()
-    return config
-
-
-def _read_yaml(source: str) -> Any:
     if not os.path.isfile(source):
         raise FileNotFoundError(
             f"config file not found: {source!r} (copy config.yml from the repository root, or point "
@@ -566,12 +442,24 @@ def _read_yaml(source: str) -> Any:
         )
     with open(source, encoding="utf-8") as handle:
         try:
-            return yaml.safe_load(handle)
+            data = yaml.safe_load(handle)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ValueError(f"{source}: invalid YAML{where}: {problem}") from exc
+            raise ValueError(f"{source}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
+    return config_from_dict(data, source)
+
+
+def config_from_dict(data: Any, source: str = "<dict>") -> Config:
+    """Validate an already parsed yml mapping; ``source`` names it in error messages."""
+    dataset_path = ""
+    if isinstance(data, Mapping):
+        for name in IGNORED_REFERENCE_SECTIONS:
+            if name in data:
+                logger.warning("%s: ignoring section '%s' (not used by this package)", source, name)
+        data = {key: value for key, value in data.items() if key not in IGNORED_REFERENCE_SECTIONS}
+        dataset_path = data.get("dataset_path")
+    return _validate(Config, data, source, dataset_path=dataset_path if isinstance(dataset_path, str) else "")
 
 
 def resolve_device(device: str, local_rank: int | None = None) -> str:
@@ -597,421 +485,181 @@ def resolve_device(device: str, local_rank: int | None = None) -> str:
 
 
 # ==============================================================================================================
-# The model config: Bert-VITS2's config.json (sections train / data / model, plus version)
-#
-# Every script reads it through `load_model_config` (or `as_model_config` for an already parsed mapping), so a
-# misspelled key is an error naming the key, its section, the file and the nearest valid key, instead of being
-# swallowed by `SynthesizerTrn(**kwargs)`. The sections are dataclasses that also behave as read-only-style
-# mappings (`cfg.train.learning_rate`, `cfg.train["learning_rate"]`, `cfg.model.get(...)`, `**cfg.model`), so
-# code written against the reference's HParams keeps working. It is the only config object: there is no
-# utils.HParams / utils.get_hparams_from_file (tests and benchmarks build theirs with model_config_from_dict).
-
-MODEL_CONFIG_VERSION = "2.3"
-# data.unused_bert: what the two BERT slots of a training item that its language does not use hold. "randn" is
-# the reference's fresh noise at every load; "zeros" makes items deterministic.
-UNUSED_BERT_CHOICES = ("randn", "zeros")
-_MODEL_CONFIG_REFERENCE = "configs/config.json"
+# The model config: Bert-VITS2's config.json (sections train / data / model, plus version). It is the only
+# config object: there is no utils.HParams (tests and benchmarks build theirs with model_config_from_dict).
 
 
-def _nearest_hint(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else "valid: " + ", ".join(valid)
-
-
-class _Settings(Mapping[str, Any]):
-    """Attribute and mapping access to one settings dataclass (``s.key``, ``s["key"]``, ``s.get``, ``**s``).
-
-    Assigning a name that is not a setting raises, naming the nearest setting: ``cfg.train.learnig_rate = 1``
-    must not silently do nothing.
-    """
-
-    # Dataclass fields that are bookkeeping, not settings: no mapping key, not written by to_dict.
-    _INTERNAL: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def setting_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name not in cls._INTERNAL)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.setting_names():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.setting_names())
-
-    def __len__(self) -> int:
-        return len(self.setting_names())
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        setattr(self, key, value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        names = self.setting_names()
-        if name not in names and name not in self._INTERNAL:
-            raise AttributeError(f"{type(self).__name__} has no setting '{name}' ({_nearest_hint(name, names)})")
-        object.__setattr__(self, name, value)
-
-    def setdefault(self, key: str, default: Any) -> Any:
-        """Give an unset (None) setting ``default``; returns the value the setting has afterwards."""
-        if self[key] is None:
-            self[key] = default
-        return self[key]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values; optional settings that are unset are left out."""
-        out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if f.name in self._INTERNAL or (value is None and f.metadata.get("omit_none")):
-                continue
-            out[f.name] = _to_plain(value)
-        return out
-
-
-def _to_plain(value: Any) -> Any:
-    """Nested dicts/lists of JSON values from settings objects, mappings, objects with ``to_dict`` or namespaces."""
-    if isinstance(value, _Settings):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        return {key: _to_plain(item) for key, item in value.items()}
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return _to_plain(value.to_dict())
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(item) for item in value]
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return _to_plain(vars(value))
-    return value
-
-
-_OMIT_NONE = {"omit_none": True}
-
-
-def _int_list(section: _Section, key: str, default: list[int] | None = None, minimum: int = 1) -> list[int]:
-    value = section.raw(key, default)
-    expected = f"a non-empty list of integers >= {minimum}"
-    if not isinstance(value, list) or not value:
-        raise section.error(key, expected, value)
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
-        raise section.error(key, expected, value)
-    return list(value)
-
-
-def _int_lists(section: _Section, key: str) -> list[list[int]]:
-    value = section.raw(key, None)
-    expected = "a non-empty list of non-empty lists of integers >= 1"
-    if not isinstance(value, list) or not value:
-        raise section.error(key, expected, value)
-    for item in value:
-        if not isinstance(item, list) or not item:
-            raise section.error(key, expected, value)
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in item):
-            raise section.error(key, expected, value)
-    return [list(item) for item in value]
-
-
-def _required(section: _Section, key: str) -> None:
-    if key not in section.data:
-        raise ValueError(f"{section.source}: setting '{section.key(key)}' is missing")
-
-
-def _number_in(
-    section: _Section, key: str, default: float, low: float, high: float | None = None, *, open_low: bool = False
-) -> float:
-    """A number in [low, high] ((low, high] with ``open_low``); the JSON value is kept (45 stays 45)."""
-    value = section.raw(key, default)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    below = is_number and (value <= low if open_low else value < low)
-    if not is_number or below or (high is not None and value > high):
-        bracket = "(" if open_low else "["
-        where = f"in {bracket}{low}, {high}]" if high is not None else (f"> {low}" if open_low else f">= {low}")
-        raise section.error(key, f"a number {where}", value)
-    return value
-
-
-@dataclass(eq=True)
 class TrainConfig(_Settings):
     """The ``train`` section; defaults are the official v2.3 values (configs/config.json)."""
 
-    log_interval: int = 200
-    eval_interval: int = 1000
-    seed: int = 42
-    epochs: int = 1000
-    learning_rate: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
-    eps: float = 1e-9
-    batch_size: int = 16
-    bf16_run: bool = False
-    fp16_run: bool = False
-    lr_decay: float = 0.99995
-    segment_size: int = 16384
-    init_lr_ratio: float = 1
-    warmup_epochs: int = 0
-    c_mel: float = 45
-    c_kl: float = 1.0
-    c_commit: float = 100
-    # The reference skips loading optimizer states when the key is absent.
-    skip_optimizer: bool = True
-    freeze_ZH_bert: bool = False
-    freeze_JP_bert: bool = False
-    freeze_EN_bert: bool = False
-    freeze_emo: bool = False
-    # Not in the reference's configs (unset = the reference's behaviour, and left out of saved configs):
-    # allow_tf32 false gives a strict-fp32 CUDA run (no TF32 in matmuls and convolutions); fused_adamw true uses
-    # torch's fused AdamW kernel (same update within rounding, fewer kernel launches).
-    allow_tf32: bool | None = field(default=None, metadata=_OMIT_NONE)
-    fused_adamw: bool | None = field(default=None, metadata=_OMIT_NONE)
+    log_interval: int = Field(200, ge=1, description="steps between logged losses")
+    eval_interval: int = Field(1000, ge=1, description="steps between evaluations and checkpoints")
+    seed: int = Field(42, description="random seed")
+    epochs: int = Field(1000, ge=1, description="epochs to train")
+    learning_rate: Number = Field(2e-4, gt=0.0, description="AdamW learning rate")
+    betas: Betas = Field([0.8, 0.99], description="AdamW betas")
+    eps: Number = Field(1e-9, gt=0.0, description="AdamW epsilon")
+    batch_size: int = Field(16, ge=1, description="items per batch and process")
+    bf16_run: bool = Field(False, description="bfloat16 autocast on CUDA")
+    fp16_run: bool = Field(False, description="float16 autocast with a GradScaler on CUDA")
+    lr_decay: Number = Field(0.99995, gt=0.0, le=1.0, description="learning rate factor per epoch")
+    segment_size: int = Field(16384, ge=1, description="audio samples of the decoded training slice")
+    init_lr_ratio: Number = Field(1, gt=0.0, description="the reference's key; not used")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning rate warm-up")
+    c_mel: Number = Field(45, ge=0.0, description="weight of the mel reconstruction loss")
+    c_kl: Number = Field(1.0, ge=0.0, description="weight of the KL loss")
+    c_commit: Number = Field(100, ge=0.0, description="the reference's key; not used in 2.3")
+    skip_optimizer: bool = Field(True, description="resuming reference checkpoints: skip their optimizer states")
+    freeze_ZH_bert: bool = Field(False, description="keep the ZH BERT projection fixed")
+    freeze_JP_bert: bool = Field(False, description="keep the JP BERT projection fixed")
+    freeze_EN_bert: bool = Field(False, description="keep the EN BERT projection fixed")
+    freeze_emo: bool = Field(False, description="the reference's key; not used in 2.3")
+    allow_tf32: bool | None = _unset("false: strict-fp32 CUDA matmuls and convolutions; unset: TF32 allowed")
+    fused_adamw: bool | None = _unset("true: torch's fused AdamW kernel (same update within rounding)")
 
-    @classmethod
-    def from_section(cls, s: _Section) -> TrainConfig:
-        d = cls()
-        betas = s.raw("betas", d.betas)
-        if (
-            not isinstance(betas, list)
-            or len(betas) != 2
-            or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1 for b in betas)
-        ):
-            raise s.error("betas", "a list of two numbers in [0, 1)", betas)
-        config = cls(
-            log_interval=s.integer("log_interval", d.log_interval, minimum=1),
-            eval_interval=s.integer("eval_interval", d.eval_interval, minimum=1),
-            seed=s.integer("seed", d.seed),
-            epochs=s.integer("epochs", d.epochs, minimum=1),
-            learning_rate=_number_in(s, "learning_rate", d.learning_rate, 0.0, open_low=True),
-            betas=list(betas),
-            eps=_number_in(s, "eps", d.eps, 0.0, open_low=True),
-            batch_size=s.integer("batch_size", d.batch_size, minimum=1),
-            bf16_run=s.boolean("bf16_run", d.bf16_run),
-            fp16_run=s.boolean("fp16_run", d.fp16_run),
-            lr_decay=_number_in(s, "lr_decay", d.lr_decay, 0.0, 1.0, open_low=True),
-            segment_size=s.integer("segment_size", d.segment_size, minimum=1),
-            init_lr_ratio=_number_in(s, "init_lr_ratio", d.init_lr_ratio, 0.0, open_low=True),
-            warmup_epochs=s.integer("warmup_epochs", d.warmup_epochs, minimum=0),
-            c_mel=_number_in(s, "c_mel", d.c_mel, 0.0),
-            c_kl=_number_in(s, "c_kl", d.c_kl, 0.0),
-            c_commit=_number_in(s, "c_commit", d.c_commit, 0.0),
-            skip_optimizer=s.boolean("skip_optimizer", d.skip_optimizer),
-            freeze_ZH_bert=s.boolean("freeze_ZH_bert", False),
-            freeze_JP_bert=s.boolean("freeze_JP_bert", False),
-            freeze_EN_bert=s.boolean("freeze_EN_bert", False),
-            freeze_emo=s.boolean("freeze_emo", False),
-            allow_tf32=_optional_bool(s, "allow_tf32"),
-            fused_adamw=_optional_bool(s, "fused_adamw"),
-        )
-        if config.bf16_run and config.fp16_run:
-            raise ValueError(f"{s.source}: train.bf16_run and train.fp16_run are both true; set at most one of them")
-        s.reject_unknown(_MODEL_CONFIG_REFERENCE)
-        return config
+    @model_validator(mode="after")
+    def _one_precision(self) -> TrainConfig:
+        if self.bf16_run and self.fp16_run:
+            raise _invalid("", "train.bf16_run and train.fp16_run are both true; set at most one of them")
+        return self
 
 
-@dataclass(eq=True)
 class DataConfig(_Settings):
     """The ``data`` section: filelists, audio and spectrogram settings, the speaker table."""
 
-    sampling_rate: int
-    filter_length: int
-    hop_length: int
-    win_length: int
-    training_files: str = ""
-    validation_files: str = ""
-    max_wav_value: float = 32768.0
-    n_mel_channels: int = 80
-    mel_fmin: float = 0.0
-    mel_fmax: float | None = None  # None: half the sampling rate
-    add_blank: bool = True
-    # 0 means no speaker table (the generator's reference encoder); default: the size of spk2id.
-    n_speakers: int = 0
-    cleaned_text: bool = True
-    spk2id: dict[str, int] = field(default_factory=dict)
-    min_text_len: int = 1
-    max_text_len: int = 384
-    unused_bert: str = "randn"
-    # The reference's training script copies model.use_mel_posterior_encoder here for the data loader.
-    use_mel_posterior_encoder: bool = False
-    # Set from config.yml (train_ms.spec_cache / all_in_mem) at run time; unset in a config file.
-    spec_cache: bool | None = field(default=None, metadata=_OMIT_NONE)
-    all_in_mem: bool | None = field(default=None, metadata=_OMIT_NONE)
+    sampling_rate: int = Field(ge=1, description="sample rate of the training audio (Hz)")
+    filter_length: int = Field(ge=1, description="STFT size")
+    hop_length: int = Field(ge=1, description="STFT hop; samples per spectrogram frame")
+    win_length: int = Field(ge=1, description="STFT window, at most filter_length")
+    training_files: Text = Field("", description="training filelist (written by preprocess_text.py)")
+    validation_files: Text = Field("", description="validation filelist")
+    max_wav_value: Number = Field(32768.0, gt=0.0, description="16-bit samples are divided by it")
+    n_mel_channels: int = Field(80, ge=1, description="mel bands")
+    mel_fmin: Number = Field(0.0, ge=0.0, description="lowest mel frequency (Hz)")
+    mel_fmax: Annotated[Number | None, Expect("null or a number > data.mel_fmin")] = Field(
+        None, description="highest mel frequency (Hz); null: half the sampling rate"
+    )
+    add_blank: bool = Field(True, description="interleave blank tokens between phones")
+    n_speakers: int = Field(0, ge=0, description="speaker table size; 0: none (reference encoder); default: spk2id")
+    cleaned_text: bool = Field(True, description="filelists hold cleaned phones")
+    spk2id: SpeakerIds = Field({}, description="speaker name -> id")
+    min_text_len: int = Field(1, ge=0, description="training items with fewer phones are skipped")
+    max_text_len: int = Field(384, ge=1, description="training items with more phones are skipped")
+    unused_bert: Literal[UNUSED_BERT_CHOICES] = Field("randn", description="the BERT slots a language does not use")
+    use_mel_posterior_encoder: bool = Field(False, description="mel input (copied from model.*, as the reference)")
+    spec_cache: bool | None = _unset("train_ms.spec_cache of config.yml, set at run time")
+    all_in_mem: bool | None = _unset("train_ms.all_in_mem of config.yml, set at run time")
 
+    @model_validator(mode="before")
     @classmethod
-    def from_section(cls, s: _Section) -> DataConfig:
-        for key in ("sampling_rate", "filter_length", "hop_length", "win_length"):
-            _required(s, key)
-        spk2id = s.raw("spk2id", {}) or {}
-        if not isinstance(spk2id, Mapping) or any(
-            not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or v < 0 for k, v in spk2id.items()
-        ):
-            raise s.error("spk2id", "a mapping of speaker names to ids >= 0", spk2id)
-        mel_fmax = s.raw("mel_fmax", None)
-        mel_fmin = _number_in(s, "mel_fmin", 0.0, 0.0)
-        if mel_fmax is not None and (
-            isinstance(mel_fmax, bool) or not isinstance(mel_fmax, (int, float)) or mel_fmax <= mel_fmin
-        ):
-            raise s.error("mel_fmax", f"null or a number > data.mel_fmin ({mel_fmin})", mel_fmax)
-        config = cls(
-            sampling_rate=s.integer("sampling_rate", 0, minimum=1),
-            filter_length=s.integer("filter_length", 0, minimum=1),
-            hop_length=s.integer("hop_length", 0, minimum=1),
-            win_length=s.integer("win_length", 0, minimum=1),
-            training_files=s.string("training_files", ""),
-            validation_files=s.string("validation_files", ""),
-            max_wav_value=_number_in(s, "max_wav_value", 32768.0, 0.0, open_low=True),
-            n_mel_channels=s.integer("n_mel_channels", 80, minimum=1),
-            mel_fmin=mel_fmin,
-            mel_fmax=mel_fmax,
-            add_blank=s.boolean("add_blank", True),
-            n_speakers=s.integer("n_speakers", len(spk2id), minimum=0),
-            cleaned_text=s.boolean("cleaned_text", True),
-            spk2id={str(k): int(v) for k, v in spk2id.items()},
-            min_text_len=s.integer("min_text_len", 1, minimum=0),
-            max_text_len=s.integer("max_text_len", 384, minimum=1),
-            unused_bert=s.choice("unused_bert", "randn", UNUSED_BERT_CHOICES),
-            use_mel_posterior_encoder=s.boolean("use_mel_posterior_encoder", False),
-            spec_cache=_optional_bool(s, "spec_cache"),
-            all_in_mem=_optional_bool(s, "all_in_mem"),
-        )
-        if config.win_length > config.filter_length:
-            raise s.error("win_length", f"at most data.filter_length ({config.filter_length})", config.win_length)
-        if config.max_text_len < config.min_text_len:
-            raise s.error("max_text_len", f"at least data.min_text_len ({config.min_text_len})", config.max_text_len)
-        if config.n_speakers > 0:
-            outside = sorted(name for name, sid in config.spk2id.items() if sid >= config.n_speakers)
-            if outside:
-                raise ValueError(
-                    f"{s.source}: setting 'data.spk2id' gives {', '.join(map(repr, outside[:3]))} an id >= "
-                    f"data.n_speakers ({config.n_speakers})"
-                )
-        s.reject_unknown(_MODEL_CONFIG_REFERENCE)
-        return config
+    def _speakers_from_table(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "n_speakers" not in data and isinstance(data.get("spk2id"), Mapping):
+            return {**data, "n_speakers": len(data["spk2id"])}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        if self.mel_fmax is not None and self.mel_fmax <= self.mel_fmin:
+            raise _must("mel_fmax", f"null or a number > data.mel_fmin ({self.mel_fmin})", self.mel_fmax)
+        if self.win_length > self.filter_length:
+            raise _must("win_length", f"at most data.filter_length ({self.filter_length})", self.win_length)
+        if self.max_text_len < self.min_text_len:
+            raise _must("max_text_len", f"at least data.min_text_len ({self.min_text_len})", self.max_text_len)
+        outside = sorted(name for name, sid in self.spk2id.items() if self.n_speakers and sid >= self.n_speakers)
+        if outside:
+            names = ", ".join(map(repr, outside[:3]))
+            raise _invalid("spk2id", f"gives {names} an id >= data.n_speakers ({self.n_speakers})")
+        return self
 
 
-def _optional_bool(section: _Section, key: str) -> bool | None:
-    value = section.raw(key, None)
-    if value is not None and not isinstance(value, bool):
-        raise section.error(key, "true, false or null", value)
-    return value
-
-
-@dataclass(eq=True)
 class SlmConfig(_Settings):
     """``model.slm``: the WavLM of the training losses and the WavLM discriminator's shape."""
 
-    model: str
-    sr: int = 16000
-    hidden: int = 768
-    nlayers: int = 13
-    initial_channel: int = 64
-
-    @classmethod
-    def from_section(cls, s: _Section) -> SlmConfig:
-        config = cls(
-            model=s.string("model", "", allow_empty=False),
-            sr=s.integer("sr", 16000, minimum=1),
-            hidden=s.integer("hidden", 768, minimum=1),
-            nlayers=s.integer("nlayers", 13, minimum=1),
-            initial_channel=s.integer("initial_channel", 64, minimum=1),
-        )
-        s.reject_unknown(_MODEL_CONFIG_REFERENCE)
-        return config
+    model: NonEmpty = Field(description="local folder of the WavLM model")
+    sr: int = Field(16000, ge=1, description="its sample rate (Hz)")
+    hidden: int = Field(768, ge=1, description="its hidden size")
+    nlayers: int = Field(13, ge=1, description="its hidden states (layers + embeddings)")
+    initial_channel: int = Field(64, ge=1, description="the WavLM discriminator's first channels")
 
 
-@dataclass(eq=True)
 class NetConfig(_Settings):
     """The ``model`` section: the generator's and discriminators' shapes (SynthesizerTrn's keyword names)."""
 
-    inter_channels: int
-    hidden_channels: int
-    filter_channels: int
-    n_heads: int
-    n_layers: int
-    kernel_size: int
-    p_dropout: float
-    resblock: str
-    resblock_kernel_sizes: list[int]
-    resblock_dilation_sizes: list[list[int]]
-    upsample_rates: list[int]
-    upsample_initial_channel: int
-    upsample_kernel_sizes: list[int]
-    use_spk_conditioned_encoder: bool = True
-    use_noise_scaled_mas: bool = False
-    use_mel_posterior_encoder: bool = False
-    use_duration_discriminator: bool = False
-    n_layers_q: int = 3
-    use_spectral_norm: bool = False
-    gin_channels: int = 256
-    # SynthesizerTrn keywords the official config leaves at their defaults.
-    use_sdp: bool = True
-    n_flow_layer: int = 4
-    n_layers_trans_flow: int = 4
-    flow_share_parameter: bool = False
-    use_transformer_flow: bool = True
-    # Required for training (the WavLM losses); an inference-only config may leave it out.
-    slm: SlmConfig | None = field(default=None, metadata=_OMIT_NONE)
+    inter_channels: int = Field(ge=1, description="latent channels")
+    hidden_channels: int = Field(ge=1, description="text encoder and flow channels")
+    filter_channels: int = Field(ge=1, description="transformer feed-forward channels")
+    n_heads: int = Field(ge=1, description="attention heads; divides hidden_channels")
+    n_layers: int = Field(ge=1, description="text encoder layers")
+    kernel_size: int = Field(ge=1, description="feed-forward convolution kernel")
+    p_dropout: Number = Field(0.1, ge=0.0, le=1.0, description="dropout")
+    # A string as in the reference, which compares with "1": an integer 1 would pick ResBlock2 there.
+    resblock: Literal["1", "2"] = Field("1", description="HiFi-GAN residual block type")
+    resblock_kernel_sizes: Sizes = Field(description="kernels of the residual blocks")
+    resblock_dilation_sizes: SizeLists = Field(description="dilations, one list per residual block kernel")
+    upsample_rates: Sizes = Field(description="decoder upsampling factors; multiply to data.hop_length")
+    upsample_initial_channel: int = Field(ge=1, description="decoder input channels")
+    upsample_kernel_sizes: Sizes = Field(description="decoder upsampling kernels, one per rate")
+    use_spk_conditioned_encoder: bool = Field(True, description="speaker embedding into the text encoder")
+    use_noise_scaled_mas: bool = Field(False, description="noise in monotonic alignment search, decaying")
+    use_mel_posterior_encoder: bool = Field(False, description="posterior encoder on mel instead of linear")
+    use_duration_discriminator: bool = Field(False, description="train the duration discriminator")
+    n_layers_q: int = Field(3, ge=1, description="the reference's key (posterior encoder layers); not used")
+    use_spectral_norm: bool = Field(False, description="spectral norm in the period discriminators")
+    gin_channels: int = Field(256, ge=0, description="speaker embedding channels")
+    use_sdp: bool = Field(True, description="stochastic duration predictor")
+    n_flow_layer: int = Field(4, ge=1, description="flow layers")
+    n_layers_trans_flow: int = Field(4, ge=1, description="transformer layers per flow")
+    flow_share_parameter: bool = Field(False, description="flows share parameters")
+    use_transformer_flow: bool = Field(True, description="transformer coupling flows")
+    slm: SlmConfig | None = _unset("the WavLM settings; required to train, not to infer")
 
-    @classmethod
-    def from_section(cls, s: _Section) -> NetConfig:
-        for key in (f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING):
-            _required(s, key)
-        slm = s.raw("slm", None)
-        config = cls(
-            inter_channels=s.integer("inter_channels", 0, minimum=1),
-            hidden_channels=s.integer("hidden_channels", 0, minimum=1),
-            filter_channels=s.integer("filter_channels", 0, minimum=1),
-            n_heads=s.integer("n_heads", 0, minimum=1),
-            n_layers=s.integer("n_layers", 0, minimum=1),
-            kernel_size=s.integer("kernel_size", 0, minimum=1),
-            p_dropout=_number_in(s, "p_dropout", 0.1, 0.0, 1.0),
-            # A string as in the reference, which compares with "1": an integer 1 would pick ResBlock2 there.
-            resblock=s.choice("resblock", "1", ("1", "2")),
-            resblock_kernel_sizes=_int_list(s, "resblock_kernel_sizes"),
-            resblock_dilation_sizes=_int_lists(s, "resblock_dilation_sizes"),
-            upsample_rates=_int_list(s, "upsample_rates"),
-            upsample_initial_channel=s.integer("upsample_initial_channel", 0, minimum=1),
-            upsample_kernel_sizes=_int_list(s, "upsample_kernel_sizes"),
-            use_spk_conditioned_encoder=s.boolean("use_spk_conditioned_encoder", True),
-            use_noise_scaled_mas=s.boolean("use_noise_scaled_mas", False),
-            use_mel_posterior_encoder=s.boolean("use_mel_posterior_encoder", False),
-            use_duration_discriminator=s.boolean("use_duration_discriminator", False),
-            n_layers_q=s.integer("n_layers_q", 3, minimum=1),
-            use_spectral_norm=s.boolean("use_spectral_norm", False),
-            gin_channels=s.integer("gin_channels", 256, minimum=0),
-            use_sdp=s.boolean("use_sdp", True),
-            n_flow_layer=s.integer("n_flow_layer", 4, minimum=1),
-            n_layers_trans_flow=s.integer("n_layers_trans_flow", 4, minimum=1),
-            flow_share_parameter=s.boolean("flow_share_parameter", False),
-            use_transformer_flow=s.boolean("use_transformer_flow", True),
-            slm=SlmConfig.from_section(s.section("slm")) if slm is not None else None,
-        )
-        if config.hidden_channels % config.n_heads:
-            raise s.error("n_heads", f"a divisor of model.hidden_channels ({config.hidden_channels})", config.n_heads)
-        if len(config.resblock_dilation_sizes) != len(config.resblock_kernel_sizes):
-            raise s.error(
-                "resblock_dilation_sizes",
-                f"one list per model.resblock_kernel_sizes entry ({len(config.resblock_kernel_sizes)})",
-                config.resblock_dilation_sizes,
-            )
-        if len(config.upsample_kernel_sizes) != len(config.upsample_rates):
-            raise s.error(
-                "upsample_kernel_sizes",
-                f"as long as model.upsample_rates ({len(config.upsample_rates)} entries)",
-                config.upsample_kernel_sizes,
-            )
-        s.reject_unknown(_MODEL_CONFIG_REFERENCE)
-        return config
+    @model_validator(mode="after")
+    def _consistent(self) -> NetConfig:
+        if self.hidden_channels % self.n_heads:
+            raise _must("n_heads", f"a divisor of model.hidden_channels ({self.hidden_channels})", self.n_heads)
+        if len(self.resblock_dilation_sizes) != len(self.resblock_kernel_sizes):
+            expected = f"one list per model.resblock_kernel_sizes entry ({len(self.resblock_kernel_sizes)})"
+            raise _must("resblock_dilation_sizes", expected, self.resblock_dilation_sizes)
+        if len(self.upsample_kernel_sizes) != len(self.upsample_rates):
+            expected = f"as long as model.upsample_rates ({len(self.upsample_rates)} entries)"
+            raise _must("upsample_kernel_sizes", expected, self.upsample_kernel_sizes)
+        return self
 
 
-@dataclass(eq=True)
 class ModelConfig(_Settings):
     """A whole model config file, validated. ``source`` names the file in messages; it is not a setting."""
 
-    train: TrainConfig
-    data: DataConfig
-    model: NetConfig
-    version: str = MODEL_CONFIG_VERSION
-    # The run's model folder: set by train_ms at run time (and found in configs saved beside checkpoints).
-    model_dir: str | None = field(default=None, metadata=_OMIT_NONE)
-    source: str = field(default="<dict>", compare=False)
+    train: TrainConfig = Field(description="training schedule and losses")
+    data: DataConfig = Field(description="audio, spectrograms, lists and speakers")
+    model: NetConfig = Field(description="the nets' shapes")
+    version: Annotated[str, BeforeValidator(_number_as_text), Expect("a string such as '2.3'")] = Field(
+        MODEL_CONFIG_VERSION, description="Bert-VITS2 version of the config"
+    )
+    model_dir: str | None = _unset(
+        "the run's model folder, set by train_ms (found in configs saved beside checkpoints)"
+    )
 
-    _INTERNAL: ClassVar[tuple[str, ...]] = ("source",)
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        train, data, model = self.train, self.data, self.model
+        if train.segment_size % data.hop_length:
+            raise _invalid(
+                "",
+                f"setting train.segment_size ({train.segment_size}) must be a multiple of data.hop_length "
+                f"({data.hop_length})",
+            )
+        upsampling = 1
+        for rate in model.upsample_rates:
+            upsampling *= rate
+        if upsampling != data.hop_length:
+            raise _invalid(
+                "",
+                f"setting model.upsample_rates {model.upsample_rates} multiplies to {upsampling}, but the decoder "
+                f"must upsample by data.hop_length ({data.hop_length})",
+            )
+        # As the reference's training script does: the loader makes mel spectrograms for a mel posterior encoder.
+        data.use_mel_posterior_encoder = data.use_mel_posterior_encoder or model.use_mel_posterior_encoder
+        return self
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -1023,50 +671,7 @@ class ModelConfig(_Settings):
 
 def model_config_from_dict(data: Any, source: str = "<dict>") -> ModelConfig:
     """Validate an already parsed model config; ``source`` names it in error messages."""
-    root = _Section(data, "", source)
-    for key in ("train", "data", "model"):
-        _required(root, key)
-    version = root.raw("version", MODEL_CONFIG_VERSION)
-    if isinstance(version, (int, float)) and not isinstance(version, bool):
-        version = str(version)  # "version": 2.3 written as a number
-    if not isinstance(version, str):
-        raise root.error("version", "a string such as '2.3'", version)
-    model_dir = root.raw("model_dir", None)
-    if model_dir is not None and not isinstance(model_dir, str):
-        raise root.error("model_dir", "a string", model_dir)
-    config = ModelConfig(
-        train=TrainConfig.from_section(root.section("train")),
-        data=DataConfig.from_section(root.section("data")),
-        model=NetConfig.from_section(root.section("model")),
-        version=version,
-        model_dir=model_dir,
-        source=source,
-    )
-    root.reject_unknown(_MODEL_CONFIG_REFERENCE)
-    _check_consistency(config)
-    # As the reference's training script does: the data loader makes mel spectrograms for a mel posterior encoder.
-    config.data.use_mel_posterior_encoder = (
-        config.data.use_mel_posterior_encoder or config.model.use_mel_posterior_encoder
-    )
-    return config
-
-
-def _check_consistency(config: ModelConfig) -> None:
-    """Checks across sections; each names both settings."""
-    train, data, model, source = config.train, config.data, config.model, config.source
-    if train.segment_size % data.hop_length:
-        raise ValueError(
-            f"{source}: setting train.segment_size ({train.segment_size}) must be a multiple of "
-            f"data.hop_length ({data.hop_length})"
-        )
-    upsampling = 1
-    for rate in model.upsample_rates:
-        upsampling *= rate
-    if upsampling != data.hop_length:
-        raise ValueError(
-            f"{source}: setting model.upsample_rates {model.upsample_rates} multiplies to {upsampling}, but the "
-            f"decoder must upsample by data.hop_length ({data.hop_length})"
-        )
+    return _validate(ModelConfig, data, source)
 
 
 def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
@@ -1075,8 +680,7 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     if not os.path.isfile(source):
         raise FileNotFoundError(f"model config not found: {source} (the config.json the model is trained with)")
     with open(source, encoding="utf-8") as handle:
-        text = handle.read()
-    return model_config_from_json(text, source)
+        return model_config_from_json(handle.read(), source)
 
 
 def model_config_from_json(text: str, source: str = "<json>") -> ModelConfig:
@@ -1104,7 +708,7 @@ def as_data_config(config: Any, source: str = "<data settings>") -> DataConfig:
     plain = _to_plain(config)
     if isinstance(plain, Mapping) and isinstance(plain.get("data"), Mapping):
         plain = plain["data"]
-    return DataConfig.from_section(_Section(plain, "data", source))
+    return _validate(DataConfig, plain, source, prefix="data")
 
 
 def check_trainable(config: ModelConfig) -> None:
@@ -1147,3 +751,132 @@ def changed_settings(old: ModelConfig | Mapping[str, Any], new: ModelConfig) -> 
         for name in names
         if name != "model_dir" and before.get(name) != after.get(name)
     ]
+
+
+def _to_plain(value: Any) -> Any:
+    """Nested dicts/lists of JSON values from settings objects, mappings, objects with ``to_dict`` or namespaces."""
+    if isinstance(value, _Settings):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {key: _to_plain(item) for key, item in value.items()}
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return _to_plain(value.to_dict())
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(item) for item in value]
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return _to_plain(vars(value))
+    return value
+
+
+# ==============================================================================================================
+# Validation and its messages
+
+
+def _validate(model: type[S], data: Any, source: str, prefix: str = "", **context: Any) -> S:
+    """``model`` from parsed ``data``; every problem becomes one line ``<source>: ...`` of one ValueError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        what = f"setting '{prefix}'" if prefix else "the file"
+        raise ValueError(f"{source}: {what} must be a mapping of settings, got {_describe(data)}")
+    try:
+        settings = model.model_validate(dict(data), context={"source": source, **context})
+    except ValidationError as error:
+        raise ValueError(_report(error, model, data, source, prefix)) from None
+    settings._source = source
+    return settings
+
+
+def _report(error: ValidationError, model: type[_Settings], data: Any, source: str, prefix: str) -> str:
+    """pydantic's errors as our lines: unknown keys per section with their nearest valid key, then each setting
+    that is missing or must be something else. All of them at once, so a misspelling that leaves a required key
+    missing is reported together with that key."""
+    unknown: dict[str, tuple[type[_Settings], list[str]]] = {}
+    problems = []
+    for item in error.errors():
+        section, path, field, value = _locate(model, data, item["loc"])
+        names = [prefix, *path] if prefix else path
+        kind, ctx = item["type"], item.get("ctx") or {}
+        if kind == "extra_forbidden":
+            unknown.setdefault(".".join(names[:-1]), (section, []))[1].append(names[-1])
+        elif kind == "setting":
+            problem = ctx["problem"]
+            problems.append(f"setting '{'.'.join([*names, ctx['key']])}' {problem}" if ctx["key"] else problem)
+        elif kind == "missing":
+            problems.append(f"setting '{'.'.join(names)}' is missing")
+        else:
+            got = item["input"] if value is _ABSENT else value
+            problems.append(f"setting '{'.'.join(names)}' must be {_expected(field)}, got {_describe(got)}")
+    lines = [_unknown_line(name, section, keys) for name, (section, keys) in unknown.items()]
+    return "\n".join(f"{source}: {line}" for line in dict.fromkeys(lines + problems))
+
+
+def _locate(model: type[_Settings], data: Any, loc: tuple[str | int, ...]) -> tuple[type[_Settings], list, Any, Any]:
+    """Follow an error's location through the sections: (the section reached, the dotted name's parts, the setting's
+    field or None for a key the section lacks, the setting's raw value or _ABSENT). Inside a plain setting's value
+    (a list item, a union member) the setting itself is what is reported."""
+    section, path, field, value = model, [], None, data
+    for part in loc:
+        if field is not None:
+            inner = _section_type(field.annotation)
+            if inner is None:
+                break
+            if isinstance(part, int):
+                path[-1] += f"[{part}]"
+                value = value[part] if isinstance(value, list) and 0 <= part < len(value) else _ABSENT
+                continue
+            section = inner
+        path.append(str(part))
+        value = value.get(part, _ABSENT) if isinstance(value, Mapping) else _ABSENT
+        field = section.model_fields.get(str(part))
+        if field is None:
+            break
+    return section, path, field, value
+
+
+def _section_type(annotation: Any) -> type[_Settings] | None:
+    """The settings class a field holds (itself, optional, or as the items of a tuple), else None."""
+    for kind in (annotation, *get_args(annotation)):
+        if isinstance(kind, type) and issubclass(kind, _Settings):
+            return kind
+    return None
+
+
+def _expected(field: FieldInfo | None) -> str:
+    """What a setting must be, in words: its Expect, else from its type and range."""
+    metadata = field.metadata if field is not None else []
+    texts = [item.text for item in metadata if isinstance(item, Expect)]
+    if texts or field is None:
+        return texts[0] if texts else "valid"
+    rules = {name: getattr(item, name) for item in metadata for name in ("gt", "ge", "lt", "le") if hasattr(item, name)}
+    kind, nullable = field.annotation, type(None) in get_args(field.annotation)
+    if nullable and len(get_args(kind)) == 2:
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    if kind is bool:
+        return "true, false or null" if nullable else "true or false"
+    if get_origin(kind) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(kind)))
+    if kind is str:
+        return "a non-empty string" if any(getattr(item, "min_length", 0) for item in metadata) else "a string"
+    if get_origin(kind) is tuple:
+        return "a list of mappings of settings"
+    if _section_type(kind) is not None:
+        return "a mapping of settings"
+    return _range_text("an integer" if kind is int else "a number", rules)
+
+
+def _range_text(noun: str, rules: dict[str, Any]) -> str:
+    low = f"({rules['gt']}" if "gt" in rules else f"[{rules['ge']}" if "ge" in rules else ""
+    high = f"{rules['lt']})" if "lt" in rules else f"{rules['le']}]" if "le" in rules else ""
+    if low and high:
+        return f"{noun} in {low}, {high}"
+    if low:
+        return f"{noun} {'>' if low[0] == '(' else '>='} {low[1:]}"
+    return f"{noun} {'<' if high[-1] == ')' else '<='} {high[:-1]}" if high else noun
+
+
+def _unknown_line(name: str, section: type[_Settings], keys: list[str]) -> str:
+    valid = list(section.model_fields)
+    hints = "; ".join(f"'{name + '.' if name else ''}{key}' ({_nearest_hint(key, valid)})" for key in keys)
+    where = f"in section '{name}'" if name else "at the top level"
+    return f"unknown setting(s) {hints} {where}; check the spelling against {section._REFERENCE}"

@@ -952,7 +952,7 @@ def resume(
     saved_config = g_ckpt.get("config") or previous_config
     changes = config_changes(saved_config, hps.to_dict()) if saved_config else []
     schedule_changed = any(name[len("train.") :] in SCHEDULE_KEYS for name, _, _ in changes)
-    skip_optimizer = not exact and bool(hps.train.get("skip_optimizer", False))
+    skip_optimizer = not exact and hps.train.skip_optimizer
     try:
         report = build_registry(trainer, hps, rt).load(
             g_ckpt, g_path, optimizers=not skip_optimizer, schedulers=exact and not schedule_changed

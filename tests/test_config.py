@@ -129,7 +129,9 @@ def test_server_models_take_defaults_from_the_server_section(tmp_path):
         (),
     )
     assert (second.device, second.language) == ("cuda:1", "JP")
-    assert second.speakers[0] == config.SpeakerPreset("spk0", 0.5, 0.6, 0.8, 1.2)
+    assert second.speakers[0] == config.SpeakerPreset(
+        speaker="spk0", sdp_ratio=0.5, noise_scale=0.6, noise_scale_w=0.8, length_scale=1.2
+    )
 
 
 def _set(data: dict, dotted: str, value) -> None:
@@ -377,6 +379,10 @@ def test_attribute_and_mapping_access_like_hparams():
     assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
     with pytest.raises(AttributeError, match="no setting 'learnig_rate'.*did you mean 'learning_rate'"):
         cfg.train.learnig_rate = 1e-3
+    # A default is declared once: a caller's default that contradicts it is an error, not a silent second one.
+    assert config.TrainConfig().get("skip_optimizer") is True and cfg.train.get("bf16_run", False) is False
+    with pytest.raises(TypeError, match=r"get\('skip_optimizer', False\): declared default is True"):
+        cfg.train.get("skip_optimizer", False)
 
 
 @pytest.mark.parametrize(
@@ -404,6 +410,18 @@ def test_misspelled_key_names_key_section_file_and_nearest(tmp_path, section, ke
     where = f"in section '{section}'" if section else "at the top level"
     assert str(path) in message and f"'{dotted}'" in message and where in message
     assert f"did you mean '{nearest}'?" in message
+
+
+def test_a_misspelling_that_leaves_a_required_key_missing_reports_both(tmp_path):
+    data = _demo()
+    data["model"]["hiden_channels"] = data["model"].pop("hidden_channels")
+    path = _write_json(tmp_path, data)
+    with pytest.raises(ValueError) as info:
+        config.load_model_config(path)
+    unknown, missing = str(info.value).splitlines()
+    assert unknown.startswith(f"{path}: ") and missing.startswith(f"{path}: ")
+    assert "'model.hiden_channels' (did you mean 'hidden_channels'?) in section 'model'" in unknown
+    assert missing.endswith("setting 'model.hidden_channels' is missing")
 
 
 @pytest.mark.parametrize(
