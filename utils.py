@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import logging
+import math
 import os
 import pickle
 import random
 import re
 import subprocess
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -351,11 +353,13 @@ def latest_checkpoint_path(dir_path: str | os.PathLike[str], regex: str = "G_*.p
     return None
 
 
-def clean_checkpoints(path_to_models: str | os.PathLike[str] = "logs/44k/", n_ckpts_to_keep: int = 2) -> list[str]:
+def clean_checkpoints(
+    path_to_models: str | os.PathLike[str] = "logs/44k/", n_ckpts_to_keep: int = 2, protected: Collection[int] = ()
+) -> list[str]:
     """Delete all but the newest ``n_ckpts_to_keep`` checkpoints of each net (G, D, DUR, WD) separately.
 
-    Steps come from the file names; ``*_0.pth`` (the base model) is never deleted; 0 keeps everything.
-    Returns the deleted paths.
+    Steps come from the file names; ``*_0.pth`` (the base model) and the ``protected`` steps (the best
+    checkpoints, :class:`BestCheckpoints`) are never deleted; 0 keeps everything. Returns the deleted paths.
     """
     if n_ckpts_to_keep < 0:
         raise ValueError(f"n_ckpts_to_keep must be >= 0, got {n_ckpts_to_keep}")
@@ -368,7 +372,9 @@ def clean_checkpoints(path_to_models: str | os.PathLike[str] = "logs/44k/", n_ck
         # An exact "<prefix>_<digits>.pth" match: "D" must not pick up "DUR_100.pth".
         pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)\.pth$")
         steps = sorted((int(m.group(1)), name) for name in names if (m := pattern.match(name)) and int(m.group(1)) != 0)
-        for _, name in steps[:-n_ckpts_to_keep]:
+        for step, name in steps[:-n_ckpts_to_keep]:
+            if step in protected:
+                continue
             path = os.path.join(folder, name)
             os.remove(path)
             deleted.append(path)
@@ -448,12 +454,21 @@ class CheckpointRegistry:
         self.states[key] = obj
 
     def save(
-        self, model_dir: str, step: int, epoch: int, learning_rate: float, *, write: bool = True, keep: int = 0
+        self,
+        model_dir: str,
+        step: int,
+        epoch: int,
+        learning_rate: float,
+        *,
+        write: bool = True,
+        keep: int = 0,
+        best: BestCheckpoints | None = None,
     ) -> list[str]:
         """Write every net's file for ``step`` (atomically, the lead file last); returns the paths written.
 
         Every rank must call it (a state such as the per-rank RNG gathers from all ranks); only callers with
-        ``write`` write. ``keep`` > 0 then deletes all but the newest ``keep`` checkpoints of each net.
+        ``write`` write. ``keep`` > 0 then deletes all but the newest ``keep`` checkpoints of each net, except
+        the ``best`` ones.
         """
         states = {key: obj.state_dict() for key, obj in self.states.items()}
         if not write:
@@ -468,8 +483,12 @@ class CheckpointRegistry:
             # The reference stores the configured learning rate and, under "iteration", the epoch.
             save_checkpoint(entry.net, entry.optimizer, learning_rate, epoch, path, extra=extra)
             paths.append(path)
+        if best is not None:
+            best.write()  # the new step is complete now: rank it before retention deletes anything
         if keep > 0:
-            clean_checkpoints(model_dir, keep)
+            clean_checkpoints(model_dir, keep, best.protected_steps() if best is not None else ())
+            if best is not None:
+                best.write()
         return paths
 
     def load(
@@ -521,6 +540,86 @@ class CheckpointRegistry:
             load_state_dict_checked(entry.net, read_checkpoint(path)["model"], strict=False, source=path)
             logger.info("loaded weights from %s", path)
         return missing
+
+
+class BestCheckpoints:
+    """The ``keep`` best checkpoints by one validation metric, kept in ``<model_dir>/best.json``.
+
+    ``record`` stores a step's metrics *before* that step's checkpoint is written; a step counts only once its
+    ``G_<step>.pth`` is complete (the registry writes it last), and :meth:`CheckpointRegistry.save` rewrites
+    the file after the save and before retention deletes anything, so after a kill at any moment the file
+    lists as best only complete checkpoints that retention keeps. Written atomically; it lists the best (best
+    first) with every metric, and every scored step whose checkpoint exists, so a resumed run, or a changed
+    ``best_metric``, ranks them again.
+    """
+
+    FILE = "best.json"
+
+    def __init__(self, model_dir: str | os.PathLike[str], metric: str, keep: int) -> None:
+        import metrics  # deferred: metrics imports numpy only, but utils stays light for scripts
+
+        metrics.metric_badness(metric, 0.0)  # an unknown metric name is an error here, naming the known ones
+        self.model_dir, self.metric, self.keep = os.fspath(model_dir), metric, keep
+        self.path = os.path.join(self.model_dir, self.FILE)
+        self.scored: dict[int, dict[str, float]] = self._read()
+        if self.scored:
+            self.write()  # a resumed run: forget steps whose save a kill cut short, rank by today's metric
+
+    def _read(self) -> dict[int, dict[str, float]]:
+        if not os.path.isfile(self.path):
+            return {}
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            return {
+                int(entry["step"]): {tag: float(value) for tag, value in entry["metrics"].items() if value is not None}
+                for entry in data["scored"]
+            }
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{self.path}: not a best-checkpoints file ({err}); move it away to start it anew"
+            ) from err
+
+    def _complete(self, step: int) -> bool:
+        return is_complete_checkpoint(checkpoint_file(self.model_dir, "G", step))
+
+    def ranked(self) -> list[int]:
+        """Steps with a complete checkpoint and a value of the metric, best first (ties: the earlier step)."""
+        import metrics
+
+        candidates = [step for step, scores in self.scored.items() if self.metric in scores and self._complete(step)]
+        return sorted(
+            candidates, key=lambda step: (metrics.metric_badness(self.metric, self.scored[step][self.metric]), step)
+        )
+
+    def protected_steps(self) -> set[int]:
+        """The steps whose checkpoints retention must keep."""
+        return set(self.ranked()[: self.keep]) if self.keep > 0 else set()
+
+    def record(self, step: int, scores: Mapping[str, float]) -> None:
+        """Store ``step``'s metrics (call before saving its checkpoint) and rewrite best.json."""
+        self.scored[step] = {tag: float(value) for tag, value in scores.items()}
+        self.write(pending=step)
+
+    def write(self, pending: int | None = None) -> None:
+        """Rewrite best.json atomically: the best (best first) and every scored step whose ``G_`` file exists
+        (or is ``pending``, about to be saved); steps whose files are gone are forgotten."""
+        self.scored = {
+            step: scores
+            for step, scores in self.scored.items()
+            if step == pending or os.path.isfile(checkpoint_file(self.model_dir, "G", step))
+        }
+        document = {
+            "metric": self.metric,
+            "keep": self.keep,
+            "best": [self._entry(step) for step in self.ranked()[: self.keep]],
+            "scored": [self._entry(step) for step in sorted(self.scored)],
+        }
+        atomic_io.atomic_write_text(self.path, json.dumps(document, indent=2) + "\n")
+
+    def _entry(self, step: int) -> dict[str, Any]:
+        values = {tag: (value if math.isfinite(value) else None) for tag, value in self.scored[step].items()}
+        return {"step": step, "checkpoint": f"G_{step}.pth", "metrics": values}
 
 
 def checkpoint_file(model_dir: str | os.PathLike[str], prefix: str, step: int) -> str:
