@@ -45,6 +45,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 import atomic_io
+from metrics import METRICS
 from text.symbols import LANGUAGES
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ InDataset = Annotated[str, Field(min_length=1), AfterValidator(_under_dataset)]
 InDatasetOrEmpty = Annotated[Text, AfterValidator(_under_dataset)]
 Device = Annotated[str, Field(pattern=DEVICE_PATTERN.pattern), Expect("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")]
 Language = Literal[SERVER_LANGUAGES]
+# The validation metrics that can pick the best checkpoints (metrics.py knows which way each is better).
+BEST_METRICS = tuple(METRICS)
 Sizes = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1), Expect("a non-empty list of integers >= 1")]
 SizeLists = Annotated[
     list[Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]],
@@ -316,6 +319,10 @@ class TrainMsConfig(_YmlSection):
     num_workers: int = Field(2, ge=0, description="DataLoader workers")
     spec_cache: bool = Field(True, description="cache linear spectrograms as .spec.pt beside the audio")
     keep_ckpts: int = Field(8, ge=0, description="checkpoints kept per net prefix; 0 keeps all")
+    keep_best: int = Field(3, ge=0, description="best checkpoints (by best_metric) keep_ckpts never deletes; 0: none")
+    best_metric: Literal[BEST_METRICS] = Field(
+        "val/dnsmos_ovrl", description="validation metric that picks the best checkpoints (metrics.py)"
+    )
     all_in_mem: bool = Field(False, description="keep every decoded training item in memory")
 
     @property

@@ -152,3 +152,18 @@ def test_registry_save_without_best_still_cleans(tmp_path: Path) -> None:
     for step in (10, 20, 30):
         registry.save(str(tmp_path), step, 1, 2e-4, keep=1)
     assert steps_on_disk(tmp_path, "G") == {30}
+
+
+def test_config_declares_keep_best_and_best_metric(tmp_path: Path) -> None:
+    import yaml
+
+    import config
+
+    settings = config.load_config(REPO_ROOT / "config.yml").train_ms
+    assert (settings.keep_best, settings.best_metric) == (3, "val/dnsmos_ovrl")
+    document = yaml.safe_load((REPO_ROOT / "config.yml").read_text(encoding="utf-8"))
+    document["train_ms"]["best_metric"] = "val/mos"
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"'train_ms.best_metric' must be one of 'val/mel_l1'.*got 'val/mos'"):
+        config.load_config(path)
