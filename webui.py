@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="requests that may wait; beyond: 'queue full'"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--dataset", help="review this path|speaker|LANG|text list instead (dataset_review.py)")
     return parser
 
 
@@ -307,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before Gradio is imported: it reads these at import time. Nothing may phone home.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if args.dataset:
+        import dataset_review
+
+        return dataset_review.run(args.dataset, args.host, args.port, args.yml)
     try:
         settings = global_config.load_config(args.yml)
         webui = settings.webui
