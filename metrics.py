@@ -573,3 +573,113 @@ def score_validation(
 ) -> dict[str, float]:
     """Every ``val/...`` metric of ``net_g`` on ``dataset`` (see the table above)."""
     return scorer.score(generate_utterances(net_g, dataset, data, device, seed))
+
+
+# ------------------------------------------------------------------------------------ throughput and memory
+
+
+class PerfMeter:
+    """Throughput and memory of the training loop, averaged over each logging interval (host clock only).
+
+    The loop calls :meth:`batch_arrived` with each batch as the loader hands it over (still on the CPU) and
+    :meth:`step_finished` after the step; :meth:`read` returns the interval's ``perf/...`` scalars and starts
+    the next interval. Nothing here reads a device tensor, so the step gains no host synchronisation; on CUDA
+    the interval's wall time is still exact because the log step reads the losses anyway.
+
+    * ``perf/step_seconds``: wall seconds per iteration, data wait included;
+    * ``perf/data_wait_seconds``: seconds per iteration spent waiting for the loader;
+    * ``perf/samples_per_second``, ``perf/audio_seconds_per_second``: clips and seconds of training audio per
+      wall second, all ranks (this rank's count times the world size: counting exactly would need a collective);
+    * ``perf/peak_memory_gb`` (and ``perf/peak_reserved_gb`` on CUDA): the device's peak allocated (reserved)
+      memory in the interval; on the CPU the process's peak resident set (reset per interval where Linux allows).
+    """
+
+    def __init__(self, device: Any, world_size: int, sampling_rate: int, clock: Any = None) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.world_size, self.sampling_rate = world_size, sampling_rate
+        self.clock = clock or _perf_counter
+        self._reset(self.clock())
+
+    def _reset(self, now: float) -> None:
+        self.interval_start = self.last_end = now
+        self.steps = self.samples = self.audio_samples = 0
+        self.data_wait = 0.0
+        self._reset_peak_memory()
+
+    def batch_arrived(self, batch: Any) -> None:
+        """Count the wait since the last step and this rank's clips and audio (``batch.wav_lengths``, CPU)."""
+        self.data_wait += self.clock() - self.last_end
+        self.samples += len(batch.wav_lengths)
+        self.audio_samples += int(batch.wav_lengths.sum())
+
+    def step_finished(self) -> None:
+        self.steps += 1
+        self.last_end = self.clock()
+
+    def read(self) -> dict[str, float]:
+        """The interval's scalars (empty before any step), then a new interval begins."""
+        now = self.clock()
+        elapsed = max(now - self.interval_start, 1e-9)
+        scalars: dict[str, float] = {}
+        if self.steps:
+            scalars = {
+                "perf/step_seconds": elapsed / self.steps,
+                "perf/data_wait_seconds": self.data_wait / self.steps,
+                "perf/samples_per_second": self.samples * self.world_size / elapsed,
+                "perf/audio_seconds_per_second": self.audio_samples * self.world_size / self.sampling_rate / elapsed,
+            }
+            scalars.update(self._peak_memory())
+        self._reset(now)
+        return scalars
+
+    def _peak_memory(self) -> dict[str, float]:
+        import torch
+
+        gib = float(1 << 30)
+        if self.device.type == "cuda":
+            return {
+                "perf/peak_memory_gb": torch.cuda.max_memory_allocated(self.device) / gib,
+                "perf/peak_reserved_gb": torch.cuda.max_memory_reserved(self.device) / gib,
+            }
+        return {"perf/peak_memory_gb": peak_rss_bytes() / gib}
+
+    def _reset_peak_memory(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak_rss()
+
+
+def _perf_counter() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size: VmHWM of /proc/self/status, else getrusage's maximum."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: "5" to /proc/self/clear_refs); elsewhere the peak is since start."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        pass

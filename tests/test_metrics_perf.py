@@ -1,0 +1,53 @@
+"""The training loop's throughput and memory scalars (metrics.PerfMeter) on a scripted clock."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import metrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def batch(*lengths: int) -> SimpleNamespace:
+    return SimpleNamespace(wav_lengths=torch.tensor(lengths))
+
+
+def test_interval_averages_and_reset() -> None:
+    clock = Clock()
+    meter = metrics.PerfMeter("cpu", world_size=2, sampling_rate=1000, clock=clock)
+    for wait, work in ((0.5, 1.5), (0.1, 1.9)):  # two steps of 2 s, 0.6 s of them waiting for data
+        clock.now += wait
+        meter.batch_arrived(batch(1000, 3000))
+        clock.now += work
+        meter.step_finished()
+    scalars = meter.read()
+    assert scalars["perf/step_seconds"] == pytest.approx(2.0)
+    assert scalars["perf/data_wait_seconds"] == pytest.approx(0.3)
+    assert scalars["perf/samples_per_second"] == pytest.approx(4 * 2 / 4.0)  # two ranks' clips per second
+    assert scalars["perf/audio_seconds_per_second"] == pytest.approx(8.0 * 2 / 4.0)
+    assert scalars["perf/peak_memory_gb"] > 0.0
+    assert meter.read() == {}  # a new interval without steps
+
+
+def test_cpu_peak_memory_is_per_interval() -> None:
+    meter = metrics.PerfMeter("cpu", world_size=1, sampling_rate=1000)
+    meter.batch_arrived(batch(10))
+    block = np.ones(40_000_000)  # 305 MiB, freed before the interval ends: only its peak remains
+    del block
+    meter.step_finished()
+    high = meter.read()["perf/peak_memory_gb"]
+    meter.batch_arrived(batch(10))
+    meter.step_finished()
+    low = meter.read()["perf/peak_memory_gb"]
+    assert high - low > 0.25
