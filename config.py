@@ -1,21 +1,13 @@
-"""Settings as typed, validated pydantic models: the global pipeline settings (``config.yml``) and the model config
-(Bert-VITS2's ``config.json``), plus the one device rule of every script (``resolve_device``).
+"""Settings as typed, validated pydantic models: the global pipeline settings (``config.yml``, ``load_config``)
+and the model config (Bert-VITS2's ``config.json``, ``load_model_config``), plus the one device rule of every
+script (``resolve_device``). Each setting is declared once: type, default, range and a one-line doc.
 
-Each setting is declared once: type, default, range and a one-line doc. pydantic (v2, strict types, unknown keys
-forbidden) checks them; ``_report`` turns its errors into messages naming the file, the dotted setting, what it
-must be and what it got, and for an unknown key the nearest valid one, so the message says what to change where.
-
-``load_config()`` reads the file named by its argument, else by ``$BV2_CONFIG``, else ``config.yml`` in the
-working directory. Paths of the resample, preprocess_text, bert_gen and train_ms sections (and the web UI's single
-model) are joined onto ``dataset_path`` as the reference joins them (an absolute path stays as it is); server
-paths are left relative to the working directory.
-
-``load_model_config(path)`` (or ``model_config_from_dict`` / ``model_config_from_json`` / ``as_model_config``)
-returns the ``ModelConfig`` every script reads, so a misspelled key is an error instead of being swallowed by
-``SynthesizerTrn(**kwargs)``. Its sections also behave as the reference's HParams mappings
-(``cfg.train.learning_rate``, ``cfg["train"]["learning_rate"]``, ``cfg.model.get(...)``, ``**cfg.model``).
-
-Nothing happens at import: no argv parsing, no file access, no environment writes.
+pydantic (strict types, unknown keys forbidden) checks them; ``_report`` rewrites its errors, all at once, into
+lines naming the file, the dotted setting, what it must be and what it got, and for an unknown key the nearest
+valid one. The yml is ``load_config``'s argument, else ``$BV2_CONFIG``, else ``./config.yml``; the paths of its
+resample, preprocess_text, bert_gen and train_ms sections (and the web UI's single model) are joined onto
+``dataset_path`` as the reference joins them. Model config sections also read as the reference's HParams
+(``cfg.train.learning_rate``, ``cfg["train"]``, ``cfg.model.get(...)``, ``**cfg.model``). Nothing happens at import.
 """
 
 from __future__ import annotations
@@ -23,25 +15,15 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
+import pydantic
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic.fields import FieldInfo
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 import atomic_io
@@ -62,59 +44,48 @@ MODEL_CONFIG_VERSION = "2.3"
 # data.unused_bert: what the two BERT slots of a training item that its language does not use hold. "randn" is
 # the reference's fresh noise at every load; "zeros" makes items deterministic.
 UNUSED_BERT_CHOICES = ("randn", "zeros")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ABSENT = object()
 
-S = TypeVar("S", bound="_Settings")
 
-
-class Expect:
+class Expect(str):
     """Field metadata: what a setting must be, where its type and range do not say it plainly."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
 
-
-def _under_dataset(path: str, info: ValidationInfo) -> str:
-    """The reference joins dataset-relative paths with os.path.join, so an absolute path wins; empty stays empty."""
+def _under_dataset(path: str, info: pydantic.ValidationInfo) -> str:
+    """As the reference joins dataset-relative paths: os.path.join, so an absolute path wins; empty stays empty."""
     return os.path.join((info.context or {}).get("dataset_path", ""), path) if path else path
 
 
-def _number_as_text(value: Any) -> Any:
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value  # 2.3 → "2.3"
+def _when_null(empty: Any) -> pydantic.BeforeValidator:
+    return pydantic.BeforeValidator(lambda value: empty if value is None else value)
 
 
-# A JSON number kept as written (c_mel 45 stays 45 in a saved config); bool is neither in strict mode.
-Number = int | float
-# yml: a key left empty (null) is an empty string.
-Text = Annotated[str, BeforeValidator(lambda value: "" if value is None else value)]
+Number = int | float  # a JSON number kept as written (c_mel 45 stays 45 in a saved config)
+Text = Annotated[str, _when_null("")]  # yml: a key left empty (null) is an empty string
 NonEmpty = Annotated[str, Field(min_length=1)]
-InDataset = Annotated[str, Field(min_length=1), AfterValidator(_under_dataset)]
-InDatasetOrEmpty = Annotated[Text, AfterValidator(_under_dataset)]
+InDataset = Annotated[str, Field(min_length=1), pydantic.AfterValidator(_under_dataset)]
+InDatasetOrEmpty = Annotated[Text, pydantic.AfterValidator(_under_dataset)]
 Device = Annotated[str, Field(pattern=DEVICE_PATTERN.pattern), Expect("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")]
 Language = Literal[SERVER_LANGUAGES]
 # The validation metrics that can pick the best checkpoints (metrics.py knows which way each is better).
 BEST_METRICS = tuple(METRICS)
-Sizes = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1), Expect("a non-empty list of integers >= 1")]
+Positives = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
+Sizes = Annotated[Positives, Expect("a non-empty list of integers >= 1")]
 SizeLists = Annotated[
-    list[Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]],
-    Field(min_length=1),
-    Expect("a non-empty list of non-empty lists of integers >= 1"),
+    list[Positives], Field(min_length=1), Expect("a non-empty list of non-empty lists of integers >= 1")
 ]
-Betas = Annotated[
-    list[Annotated[Number, Field(ge=0, lt=1)]],
-    Field(min_length=2, max_length=2),
-    Expect("a list of two numbers in [0, 1)"),
-]
+Beta = Annotated[Number, Field(ge=0, lt=1)]
+Betas = Annotated[list[Beta], Field(min_length=2, max_length=2), Expect("a list of two numbers in [0, 1)")]
+# "version": 2.3 written as a number reads as the string "2.3".
+_as_text = pydantic.BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+Version = Annotated[str, _as_text, Expect("a string such as '2.3'")]
 SpeakerIds = Annotated[
-    dict[str, Annotated[int, Field(ge=0)]],
-    BeforeValidator(lambda value: {} if value is None else value),
-    Expect("a mapping of speaker names to ids >= 0"),
+    dict[str, Annotated[int, Field(ge=0)]], _when_null({}), Expect("a mapping of speaker names to ids >= 0")
 ]
 
 
 def _unset(doc: str) -> Any:
-    """An optional setting that is unset by default and then left out of saved configs (the reference lacks it)."""
+    """An optional setting, unset by default and then left out of saved configs (the reference lacks it)."""
     return Field(None, description=doc, exclude_if=lambda value: value is None)
 
 
@@ -128,8 +99,7 @@ def _nearest_hint(key: str, valid: list[str]) -> str:
 
 
 def _invalid(key: str, problem: str) -> PydanticCustomError:
-    """A failed check of setting ``key`` of the section being validated (``""``: ``problem`` names everything);
-    ``_report`` puts the setting's dotted name and the file in front."""
+    """A failed check of setting ``key`` (``_report`` adds its section and the file); no key: ``problem`` says all."""
     return PydanticCustomError("setting", "{problem}", {"key": key, "problem": problem})
 
 
@@ -138,30 +108,26 @@ def _must(key: str, expected: str, value: Any) -> PydanticCustomError:
 
 
 class _Settings(BaseModel, Mapping):
-    """One section of settings, also readable as the reference's HParams: ``s.key``, ``s["key"]``, ``s.get``,
-    ``**s``. Assigning a name that is not a setting raises, naming the nearest setting (``cfg.train.learnig_rate
-    = 1`` must not silently do nothing)."""
+    """A section of settings that also reads as the reference's HParams (``s.key``, ``s["key"]``, ``s.get``,
+    ``**s``). Assigning a name that is not a setting raises, naming the nearest one: it must not do nothing."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    _REFERENCE: ClassVar[str] = "configs/config.json"  # the file to check spellings against
-    _source: str = PrivateAttr("<dict>")
+    _REFERENCE: ClassVar[str] = "configs/config.json"  # what messages say to check spellings against
+    _source: str = pydantic.PrivateAttr("<dict>")
+    source = property(lambda self: self._source, doc="The file the settings came from; not a setting.")
+    to_dict = BaseModel.model_dump  # plain JSON-ready values; unset optional settings are left out
 
     @model_validator(mode="before")
     @classmethod
     def _empty_section(cls, data: Any) -> Any:
         return {} if data is None else data  # `server:` with nothing under it
 
-    @property
-    def source(self) -> str:
-        """The file the settings came from (for messages); not a setting."""
-        return self._source
-
     def __getitem__(self, key: str) -> Any:
         if key not in type(self).model_fields:
             raise KeyError(key)
         return getattr(self, key)
 
-    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # keys, as a mapping's
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # a mapping's keys
         return iter(type(self).model_fields)
 
     def __len__(self) -> int:
@@ -170,45 +136,36 @@ class _Settings(BaseModel, Mapping):
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and self.__dict__ == other.__dict__  # the settings, not the source
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The setting's value; ``default`` only for a key that is not a setting. A default that contradicts the
-        declared one is an error: it would be a second declaration, silently ignored."""
-        field = type(self).model_fields.get(key)
-        if field is None:
-            return default
-        declared = field.get_default(call_default_factory=True)
-        if default is not None and default != declared:
-            raise TypeError(f"{type(self).__name__}.get({key!r}, {default!r}): declared default is {declared!r}")
-        return getattr(self, key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        setattr(self, key, value)
-
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in type(self).model_fields and not name.startswith("_"):
             raise AttributeError(f"{type(self).__name__} has no setting '{name}' ({_nearest_hint(name, list(self))})")
         super().__setattr__(name, value)
 
+    __setitem__ = __setattr__
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The setting's value; ``default`` is for a key that is not a setting. One that contradicts the declared
+        default would be a second declaration, silently ignored: an error."""
+        field = type(self).model_fields.get(key)
+        if field is not None and default is not None and default != field.get_default(call_default_factory=True):
+            raise TypeError(f"{type(self).__name__}.get({key!r}, {default!r}): declared default is {field.default!r}")
+        return default if field is None else getattr(self, key)
+
     def setdefault(self, key: str, default: Any) -> Any:
-        """Give an unset (None) setting ``default``; returns the value the setting has afterwards."""
+        """Give an unset (None) setting ``default``; returns the value it has afterwards."""
         if self[key] is None:
             self[key] = default
         return self[key]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values; optional settings that are unset are left out."""
-        return self.model_dump()
-
 
 class _YmlSection(_Settings):
-    """A section of config.yml: read-only once loaded; defaults are validated too (dataset paths get joined)."""
+    """A section of config.yml: read-only once loaded; defaults are validated too (so dataset paths get joined)."""
 
     model_config = ConfigDict(frozen=True, validate_default=True)
     _REFERENCE: ClassVar[str] = "config.yml"
 
 
-# ==============================================================================================================
-# config.yml
+# config.yml ===================================================================================================
 
 
 class ResampleConfig(_YmlSection):
@@ -227,9 +184,9 @@ class PreprocessTextConfig(_YmlSection):
     max_val_total: int = Field(12, ge=0, description="upper bound on the validation set")
     clean: bool = Field(True, description="run the text cleaner; false re-uses the cleaned list")
 
-    @field_validator("cleaned_path")
+    @pydantic.field_validator("cleaned_path")
     @classmethod
-    def _cleaned_beside_transcription(cls, path: str, info: ValidationInfo) -> str:
+    def _cleaned_beside_transcription(cls, path: str, info: pydantic.ValidationInfo) -> str:
         return path or info.data.get("transcription_path", "") + ".cleaned"  # as the reference's preprocessing
 
 
@@ -241,8 +198,8 @@ class BertGenConfig(_YmlSection):
 
 
 class TrainEnvConfig(_YmlSection):
-    """torch.distributed rendezvous defaults for a run started without torchrun; other keys are further
-    environment variables (``extra``, as strings)."""
+    """torch.distributed rendezvous defaults for a run started without torchrun; any other key is one more
+    environment variable (``extra``, as strings). Variables already set (e.g. by torchrun) win."""
 
     MASTER_ADDR: NonEmpty = Field("localhost", description="rendezvous host")
     MASTER_PORT: int = Field(10086, ge=1, le=65535, description="rendezvous port")
@@ -256,17 +213,14 @@ class TrainEnvConfig(_YmlSection):
     def _collect_extra(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        typed = {name: value for name, value in data.items() if name in cls.model_fields and name != "extra"}
-        extra = {}
-        for name, value in data.items():
-            if name in typed:
-                continue
-            if not isinstance(name, str) or not _ENV_NAME.match(name):
-                raise _must(str(name), "named like an environment variable", name)
-            if isinstance(value, (dict, list)) or value is None:
+        extra = {name: value for name, value in data.items() if name not in cls.model_fields or name == "extra"}
+        for name, value in extra.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(name)):
+                raise _invalid(str(name), "is not a valid variable name")
+            if isinstance(value, (dict, list, type(None))):
                 raise _must(name, "a string or a number", value)
-            extra[name] = str(value).lower() if isinstance(value, bool) else str(value)
-        return {**typed, "extra": extra}
+        as_text = {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in extra.items()}
+        return {**{name: value for name, value in data.items() if name not in extra}, "extra": as_text}
 
     @model_validator(mode="after")
     def _rank_in_world(self) -> TrainEnvConfig:
@@ -276,11 +230,10 @@ class TrainEnvConfig(_YmlSection):
 
     def as_environ(self) -> dict[str, str]:
         """All variables as strings, ready for ``os.environ``."""
-        typed = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "RANK")
-        return {**{name: str(getattr(self, name)) for name in typed}, **self.extra}
+        return {**{name: str(self[name]) for name in self if name != "extra"}, **self.extra}
 
     def missing_from(self, environ: Mapping[str, str]) -> dict[str, str]:
-        """The variables ``environ`` lacks; values already set (e.g. by torchrun) take precedence."""
+        """The variables ``environ`` lacks."""
         return {name: value for name, value in self.as_environ().items() if name not in environ}
 
 
@@ -290,25 +243,26 @@ class BaseModelConfig(_YmlSection):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_hub(cls, data: Any, info: ValidationInfo) -> Any:
-        """The reference's hub keys: nothing is downloaded, so they are refused when used, else ignored."""
-        hub = [key for key in ("repo_id", "model_image") if key in data] if isinstance(data, Mapping) else []
-        if hub and data.get("use_base_model") is True:
-            raise _invalid(
-                hub[0],
-                "is not supported: nothing is downloaded. Put the base checkpoints (G_0.pth, D_0.pth, ...) in a "
-                "local folder and set 'train_ms.base.model_dir' to it",
-            )
+    def _local_only(cls, data: Any, info: pydantic.ValidationInfo) -> Any:
+        """Nothing is downloaded: the reference's hub keys are refused for a base model in use, else ignored."""
+        if not isinstance(data, Mapping):
+            return data
+        if data.get("use_base_model") is True and not data.get("model_dir", "base_model"):
+            raise _must("model_dir", "a non-empty string", data["model_dir"])
+        hub = [key for key in ("repo_id", "model_image") if key in data]
         for key in hub:
-            source = (info.context or {}).get("source")
-            logger.warning("%s: ignoring 'train_ms.base.%s' (base models are read from model_dir)", source, key)
-        return {key: value for key, value in data.items() if key not in hub} if hub else data
-
-    @model_validator(mode="after")
-    def _folder_when_used(self) -> BaseModelConfig:
-        if self.use_base_model and not self.model_dir:
-            raise _must("model_dir", "a non-empty string", self.model_dir)
-        return self
+            if data.get("use_base_model") is True:
+                raise _invalid(
+                    key,
+                    "is not supported: nothing is downloaded. Put the base checkpoints (G_0.pth, "
+                    "D_0.pth, ...) in a local folder and set 'train_ms.base.model_dir' to it",
+                )
+            logger.warning(
+                "%s: ignoring 'train_ms.base.%s' (base models are read from model_dir)",
+                (info.context or {}).get("source"),
+                key,
+            )
+        return {key: value for key, value in data.items() if key not in hub}
 
 
 class TrainMsConfig(_YmlSection):
@@ -324,10 +278,7 @@ class TrainMsConfig(_YmlSection):
         "val/dnsmos_ovrl", description="validation metric that picks the best checkpoints (metrics.py)"
     )
     all_in_mem: bool = Field(False, description="keep every decoded training item in memory")
-
-    @property
-    def model_dir(self) -> str:
-        return self.model
+    model_dir = property(lambda self: self.model)
 
 
 class SpeakerPreset(_YmlSection):
@@ -338,22 +289,25 @@ class SpeakerPreset(_YmlSection):
     length_scale: float = Field(1.0, gt=0.0, description="speech duration factor (>1 slower)")
 
 
+def _unique(key: str, names: list[str], expected: str) -> None:
+    if len(set(names)) != len(names):
+        raise _must(key, expected, names)
+
+
 class ServerModelConfig(_YmlSection):
     model: NonEmpty = Field(description="G_*.pth, export .safetensors or .onnx")
     config: Text = Field("", description="its model config; empty for an export file (it carries its own)")
     device: Device = Field("auto", description="default: the section's device")
     language: Language = Field("ZH", description="default: the section's language")
     speakers: tuple[SpeakerPreset, ...] = Field((), strict=False, description="per-speaker inference presets")
-    # `^$|\D`: empty or not all digits; a number would be read as a model index in requests.
+    # Empty or not all digits (`^$|\D`): a number would be read as a model index in requests.
     name: Annotated[Text, Field(pattern=r"^$|\D"), Expect("a name that is not a number")] = Field(
         "", description="how requests name the model besides its index; empty: the model file's name"
     )
 
     @model_validator(mode="after")
     def _speakers_once(self) -> ServerModelConfig:
-        names = [preset.speaker for preset in self.speakers]
-        if len(set(names)) != len(names):
-            raise _must("speakers", "a list naming each speaker once", names)
+        _unique("speakers", [preset.speaker for preset in self.speakers], "a list naming each speaker once")
         return self
 
 
@@ -371,14 +325,14 @@ class _Serving(_YmlSection):
         if not isinstance(data, Mapping) or not isinstance(data.get("models"), list):
             return data
         defaults = {name: data.get(name, cls.model_fields[name].default) for name in ("device", "language")}
-        models = [{**defaults, **item} if isinstance(item, Mapping) else item for item in data["models"]]
-        return {**data, "models": models}
+        return {
+            **data,
+            "models": [{**defaults, **item} if isinstance(item, Mapping) else item for item in data["models"]],
+        }
 
     @model_validator(mode="after")
     def _distinct_names(self) -> _Serving:
-        names = [model.name for model in self.models if model.name]
-        if len(set(names)) != len(names):
-            raise _must("models", "models with distinct names", names)
+        _unique("models", [model.name for model in self.models if model.name], "models with distinct names")
         return self
 
 
@@ -405,10 +359,8 @@ class WebuiConfig(_Serving):
     @model_validator(mode="after")
     def _single_model(self) -> WebuiConfig:
         if self.model:
-            single = ServerModelConfig(
-                model=self.model, config=self.config_path, device=self.device, language=self.language
-            )
-            self.__dict__["models"] = (*self.models, single)  # frozen once validated; this is still validation
+            single = {"model": self.model, "config": self.config_path, "device": self.device, "language": self.language}
+            self.__dict__["models"] = (*self.models, ServerModelConfig(**single))  # frozen only once validated
         return self
 
 
@@ -422,7 +374,6 @@ class Config(_YmlSection):
     train_ms: TrainMsConfig = Field(default_factory=dict, description="train_ms.py")
     server: ServerConfig = Field(default_factory=dict, description="server.py")
     webui: WebuiConfig = Field(default_factory=dict, description="webui.py")
-
     # The reference's attribute names, so reference-style call sites keep working.
     resample_config = property(lambda self: self.resample)
     preprocess_text_config = property(lambda self: self.preprocess_text)
@@ -434,9 +385,7 @@ class Config(_YmlSection):
 
 def config_path_from_env(path: str | os.PathLike[str] | None = None) -> str:
     """The yml to read: ``path`` if given, else ``$BV2_CONFIG``, else ``config.yml``."""
-    if path is not None:
-        return os.fspath(path)
-    return os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+    return os.fspath(path) if path is not None else os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -459,23 +408,19 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     """Validate an already parsed yml mapping; ``source`` names it in error messages."""
-    dataset_path = ""
     if isinstance(data, Mapping):
         for name in IGNORED_REFERENCE_SECTIONS:
             if name in data:
                 logger.warning("%s: ignoring section '%s' (not used by this package)", source, name)
         data = {key: value for key, value in data.items() if key not in IGNORED_REFERENCE_SECTIONS}
-        dataset_path = data.get("dataset_path")
+    dataset_path = data.get("dataset_path") if isinstance(data, Mapping) else ""
     return _validate(Config, data, source, dataset_path=dataset_path if isinstance(dataset_path, str) else "")
 
 
 def resolve_device(device: str, local_rank: int | None = None) -> str:
-    """The one device rule of every script: a configured device ("auto", "cpu", "cuda", "cuda:N", "mps") as a
-    concrete torch device string.
-
-    "auto" is CUDA when available, else the CPU. With ``local_rank`` (a torchrun process) "auto" and "cuda" mean
-    that rank's GPU. Asking for a GPU that is not there is an error naming the setting, not a late CUDA crash.
-    """
+    """The one device rule of every script: a configured device as a concrete torch device string. "auto" is CUDA
+    when available, else the CPU; with ``local_rank`` (a torchrun process) "auto" and "cuda" mean that rank's GPU.
+    A GPU that is not there is an error naming the setting, not a late CUDA crash."""
     if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
         raise ValueError(f"device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if device in ("cpu", "mps"):
@@ -491,9 +436,8 @@ def resolve_device(device: str, local_rank: int | None = None) -> str:
     return device
 
 
-# ==============================================================================================================
-# The model config: Bert-VITS2's config.json (sections train / data / model, plus version). It is the only
-# config object: there is no utils.HParams (tests and benchmarks build theirs with model_config_from_dict).
+# The model config: Bert-VITS2's config.json (train / data / model, version) ====================================
+# It is the only config object: no utils.HParams (tests and benchmarks build theirs with model_config_from_dict).
 
 
 class TrainConfig(_Settings):
@@ -639,31 +583,19 @@ class ModelConfig(_Settings):
     train: TrainConfig = Field(description="training schedule and losses")
     data: DataConfig = Field(description="audio, spectrograms, lists and speakers")
     model: NetConfig = Field(description="the nets' shapes")
-    version: Annotated[str, BeforeValidator(_number_as_text), Expect("a string such as '2.3'")] = Field(
-        MODEL_CONFIG_VERSION, description="Bert-VITS2 version of the config"
-    )
-    model_dir: str | None = _unset(
-        "the run's model folder, set by train_ms (found in configs saved beside checkpoints)"
-    )
+    version: Version = Field(MODEL_CONFIG_VERSION, description="Bert-VITS2 version of the config")
+    model_dir: str | None = _unset("the run's model folder, set by train_ms (in configs saved beside checkpoints)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        train, data, model = self.train, self.data, self.model
-        if train.segment_size % data.hop_length:
+        train, data, model, hop = self.train, self.data, self.model, self.data.hop_length
+        if train.segment_size % hop:
             raise _invalid(
-                "",
-                f"setting train.segment_size ({train.segment_size}) must be a multiple of data.hop_length "
-                f"({data.hop_length})",
+                "", f"setting train.segment_size ({train.segment_size}) must be a multiple of data.hop_length ({hop})"
             )
-        upsampling = 1
-        for rate in model.upsample_rates:
-            upsampling *= rate
-        if upsampling != data.hop_length:
-            raise _invalid(
-                "",
-                f"setting model.upsample_rates {model.upsample_rates} multiplies to {upsampling}, but the decoder "
-                f"must upsample by data.hop_length ({data.hop_length})",
-            )
+        if (upsampling := math.prod(model.upsample_rates)) != hop:
+            rates = f"setting model.upsample_rates {model.upsample_rates} multiplies to {upsampling}"
+            raise _invalid("", f"{rates}, but the decoder must upsample by data.hop_length ({hop})")
         # As the reference's training script does: the loader makes mel spectrograms for a mel posterior encoder.
         data.use_mel_posterior_encoder = data.use_mel_posterior_encoder or model.use_mel_posterior_encoder
         return self
@@ -735,98 +667,83 @@ def check_trainable(config: ModelConfig) -> None:
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and key != "spk2id":  # the speaker table is one setting
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
+        nested = isinstance(value, Mapping) and key != "spk2id"  # the speaker table is one setting
+        flat.update(_flatten(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
     return flat
 
 
 def changed_settings(old: ModelConfig | Mapping[str, Any], new: ModelConfig) -> list[tuple[str, Any, Any]]:
-    """``(dotted setting, old value, new value)`` for every setting that differs, in file order.
-
-    ``old`` may be the plain dict a checkpoint stored; it is validated first, so defaults compare as defaults
-    (an old config without ``data.unused_bert`` equals one that spells out "randn"). ``model_dir`` is left out:
-    it says where a run lives, not how it trains.
-    """
-    before = _flatten(as_model_config(old, "the stored config").to_dict())
-    after = _flatten(new.to_dict())
+    """``(dotted setting, old value, new value)`` for every setting that differs, in file order. ``old`` may be the
+    plain dict a checkpoint stored: validated first, defaults compare as defaults (no ``data.unused_bert`` equals
+    "randn"). ``model_dir`` is left out: it says where a run lives, not how it trains."""
+    before = _flatten(as_model_config(old, "the stored config").to_dict(exclude={"model_dir"}))
+    after = _flatten(new.to_dict(exclude={"model_dir"}))
     names = list(after) + [name for name in before if name not in after]
-    return [
-        (name, before.get(name), after.get(name))
-        for name in names
-        if name != "model_dir" and before.get(name) != after.get(name)
-    ]
+    return [(name, before.get(name), after.get(name)) for name in names if before.get(name) != after.get(name)]
 
 
 def _to_plain(value: Any) -> Any:
     """Nested dicts/lists of JSON values from settings objects, mappings, objects with ``to_dict`` or namespaces."""
-    if isinstance(value, _Settings):
-        return value.to_dict()
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and not isinstance(value, _Settings):
         return {key: _to_plain(item) for key, item in value.items()}
     if hasattr(value, "to_dict") and callable(value.to_dict):
         return _to_plain(value.to_dict())
     if isinstance(value, (list, tuple)):
         return [_to_plain(item) for item in value]
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        return _to_plain(vars(value))
-    return value
+    return _to_plain(vars(value)) if hasattr(value, "__dict__") and not isinstance(value, type) else value
 
 
-# ==============================================================================================================
-# Validation and its messages
+# Validation and its messages ==================================================================================
 
 
-def _validate(model: type[S], data: Any, source: str, prefix: str = "", **context: Any) -> S:
+def _validate(model: type[_Settings], data: Any, source: str, prefix: str = "", **context: Any) -> Any:
     """``model`` from parsed ``data``; every problem becomes one line ``<source>: ...`` of one ValueError."""
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
         what = f"setting '{prefix}'" if prefix else "the file"
         raise ValueError(f"{source}: {what} must be a mapping of settings, got {_describe(data)}")
     try:
         settings = model.model_validate(dict(data), context={"source": source, **context})
-    except ValidationError as error:
+    except pydantic.ValidationError as error:
         raise ValueError(_report(error, model, data, source, prefix)) from None
     settings._source = source
     return settings
 
 
-def _report(error: ValidationError, model: type[_Settings], data: Any, source: str, prefix: str) -> str:
-    """pydantic's errors as our lines: unknown keys per section with their nearest valid key, then each setting
-    that is missing or must be something else. All of them at once, so a misspelling that leaves a required key
-    missing is reported together with that key."""
+def _report(error: pydantic.ValidationError, model: type[_Settings], data: Any, source: str, prefix: str) -> str:
+    """pydantic's errors as our lines: unknown keys per section with the nearest valid key, then each setting that
+    is missing or must be something else; all at once, so a misspelled required key is reported with the typo."""
     unknown: dict[str, tuple[type[_Settings], list[str]]] = {}
     problems = []
     for item in error.errors():
         section, path, field, value = _locate(model, data, item["loc"])
-        names = [prefix, *path] if prefix else path
-        kind, ctx = item["type"], item.get("ctx") or {}
+        name, kind, ctx = ".".join([prefix, *path] if prefix else path), item["type"], item.get("ctx") or {}
         if kind == "extra_forbidden":
-            unknown.setdefault(".".join(names[:-1]), (section, []))[1].append(names[-1])
+            unknown.setdefault(name.rpartition(".")[0], (section, []))[1].append(path[-1])
         elif kind == "setting":
-            problem = ctx["problem"]
-            problems.append(f"setting '{'.'.join([*names, ctx['key']])}' {problem}" if ctx["key"] else problem)
+            key = ".".join(filter(None, [name, ctx["key"]]))
+            problems.append(f"setting '{key}' {ctx['problem']}" if ctx["key"] else ctx["problem"])
         elif kind == "missing":
-            problems.append(f"setting '{'.'.join(names)}' is missing")
+            problems.append(f"setting '{name}' is missing")
         else:
             got = item["input"] if value is _ABSENT else value
-            problems.append(f"setting '{'.'.join(names)}' must be {_expected(field)}, got {_describe(got)}")
-    lines = [_unknown_line(name, section, keys) for name, (section, keys) in unknown.items()]
-    return "\n".join(f"{source}: {line}" for line in dict.fromkeys(lines + problems))
+            problems.append(f"setting '{name}' must be {_expected(field)}, got {_describe(got)}")
+    for name, (section, keys) in reversed(unknown.items()):
+        valid = list(section.model_fields)
+        hints = "; ".join(f"'{name + '.' if name else ''}{key}' ({_nearest_hint(key, valid)})" for key in keys)
+        where = f"in section '{name}'" if name else "at the top level"
+        problems.insert(0, f"unknown setting(s) {hints} {where}; check the spelling against {section._REFERENCE}")
+    return "\n".join(f"{source}: {line}" for line in dict.fromkeys(problems))
 
 
 def _locate(model: type[_Settings], data: Any, loc: tuple[str | int, ...]) -> tuple[type[_Settings], list, Any, Any]:
-    """Follow an error's location through the sections: (the section reached, the dotted name's parts, the setting's
-    field or None for a key the section lacks, the setting's raw value or _ABSENT). Inside a plain setting's value
-    (a list item, a union member) the setting itself is what is reported."""
+    """Follow an error's location through the sections: (the section reached, the parts of the setting's dotted
+    name, its field or None for a key the section lacks, its raw value or _ABSENT). Inside a plain setting's
+    value (a list item, a union member) the setting itself is what is reported."""
     section, path, field, value = model, [], None, data
     for part in loc:
         if field is not None:
-            inner = _section_type(field.annotation)
-            if inner is None:
+            if (inner := _section_type(field.annotation)) is None:
                 break
             if isinstance(part, int):
                 path[-1] += f"[{part}]"
@@ -835,55 +752,41 @@ def _locate(model: type[_Settings], data: Any, loc: tuple[str | int, ...]) -> tu
             section = inner
         path.append(str(part))
         value = value.get(part, _ABSENT) if isinstance(value, Mapping) else _ABSENT
-        field = section.model_fields.get(str(part))
-        if field is None:
+        if (field := section.model_fields.get(str(part))) is None:
             break
     return section, path, field, value
 
 
 def _section_type(annotation: Any) -> type[_Settings] | None:
     """The settings class a field holds (itself, optional, or as the items of a tuple), else None."""
-    for kind in (annotation, *get_args(annotation)):
-        if isinstance(kind, type) and issubclass(kind, _Settings):
-            return kind
-    return None
+    return next(
+        (t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, _Settings)), None
+    )
 
 
-def _expected(field: FieldInfo | None) -> str:
-    """What a setting must be, in words: its Expect, else from its type and range."""
+def _expected(field: Any) -> str:
+    """What a setting must be, in words: its Expect, else said by its type and range."""
     metadata = field.metadata if field is not None else []
-    texts = [item.text for item in metadata if isinstance(item, Expect)]
-    if texts or field is None:
-        return texts[0] if texts else "valid"
-    rules = {name: getattr(item, name) for item in metadata for name in ("gt", "ge", "lt", "le") if hasattr(item, name)}
+    if texts := [item for item in metadata if isinstance(item, Expect)] or field is None:
+        return texts[0] if texts is not True else "valid"
     kind, nullable = field.annotation, type(None) in get_args(field.annotation)
-    if nullable and len(get_args(kind)) == 2:
-        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    kind = (
+        next(arg for arg in get_args(kind) if arg is not type(None)) if nullable and len(get_args(kind)) == 2 else kind
+    )
     if kind is bool:
         return "true, false or null" if nullable else "true or false"
     if get_origin(kind) is Literal:
         return "one of " + ", ".join(map(repr, get_args(kind)))
     if kind is str:
         return "a non-empty string" if any(getattr(item, "min_length", 0) for item in metadata) else "a string"
-    if get_origin(kind) is tuple:
-        return "a list of mappings of settings"
     if _section_type(kind) is not None:
-        return "a mapping of settings"
-    return _range_text("an integer" if kind is int else "a number", rules)
-
-
-def _range_text(noun: str, rules: dict[str, Any]) -> str:
-    low = f"({rules['gt']}" if "gt" in rules else f"[{rules['ge']}" if "ge" in rules else ""
-    high = f"{rules['lt']})" if "lt" in rules else f"{rules['le']}]" if "le" in rules else ""
+        return "a list of mappings of settings" if get_origin(kind) is tuple else "a mapping of settings"
+    bounds = {
+        rule: getattr(item, rule) for item in metadata for rule in ("gt", "ge", "lt", "le") if hasattr(item, rule)
+    }
+    low = f"({bounds['gt']}" if "gt" in bounds else f"[{bounds['ge']}" if "ge" in bounds else ""
+    high = f"{bounds['lt']})" if "lt" in bounds else f"{bounds['le']}]" if "le" in bounds else ""
+    noun = "an integer" if kind is int else "a number"
     if low and high:
         return f"{noun} in {low}, {high}"
-    if low:
-        return f"{noun} {'>' if low[0] == '(' else '>='} {low[1:]}"
-    return f"{noun} {'<' if high[-1] == ')' else '<='} {high[:-1]}" if high else noun
-
-
-def _unknown_line(name: str, section: type[_Settings], keys: list[str]) -> str:
-    valid = list(section.model_fields)
-    hints = "; ".join(f"'{name + '.' if name else ''}{key}' ({_nearest_hint(key, valid)})" for key in keys)
-    where = f"in section '{name}'" if name else "at the top level"
-    return f"unknown setting(s) {hints} {where}; check the spelling against {section._REFERENCE}"
+    return f"{noun} {'>' if low[0] == '(' else '>='} {low[1:]}" if low else noun  # no setting has only a maximum
