@@ -67,6 +67,16 @@ InDataset = Annotated[str, Field(min_length=1), pydantic.AfterValidator(_under_d
 InDatasetOrEmpty = Annotated[Text, pydantic.AfterValidator(_under_dataset)]
 Device = Annotated[str, Field(pattern=DEVICE_PATTERN.pattern), Expect("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")]
 Language = Literal[SERVER_LANGUAGES]
+# train.freeze: generator parts that can be kept fixed while fine-tuning (models.freezable_parts maps them).
+FREEZE_PARTS = (
+    "text_encoder",
+    "duration_predictors",
+    "flow",
+    "decoder",
+    "posterior_encoder",
+    "speaker_embedding",
+    "bert_projections",
+)
 # The validation metrics that can pick the best checkpoints (metrics.py knows which way each is better).
 BEST_METRICS = tuple(METRICS)
 Positives = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
@@ -84,9 +94,13 @@ SpeakerIds = Annotated[
 ]
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 def _unset(doc: str) -> Any:
     """An optional setting, unset by default and then left out of saved configs (the reference lacks it)."""
-    return Field(None, description=doc, exclude_if=lambda value: value is None)
+    return Field(None, description=doc, exclude_if=_is_none)
 
 
 def _describe(value: Any) -> str:
@@ -467,6 +481,19 @@ class TrainConfig(_Settings):
     freeze_emo: bool = Field(False, description="the reference's key; not used in 2.3")
     allow_tf32: bool | None = _unset("false: strict-fp32 CUDA matmuls and convolutions; unset: TF32 allowed")
     fused_adamw: bool | None = _unset("true: torch's fused AdamW kernel (same update within rounding)")
+    # Fine-tuning on a small GPU (unset = the reference's behaviour; left out of saved configs then).
+    grad_accum_steps: int | None = Field(
+        None, ge=1, description="micro-batches of batch_size per optimizer update (unset: 1)", exclude_if=_is_none
+    )
+    activation_checkpointing: bool | None = _unset("true: recompute decoder/flow/discriminator activations")
+    freeze: Annotated[
+        list[Literal[FREEZE_PARTS]] | None, Expect("null or a list of part names from " + ", ".join(FREEZE_PARTS))
+    ] = Field(None, description="generator parts kept fixed (no gradient, no optimizer state)", exclude_if=_is_none)
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches per optimizer update (``grad_accum_steps``, 1 when unset)."""
+        return self.grad_accum_steps or 1
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainConfig:

@@ -1138,3 +1138,36 @@ def build_generator(cfg: Any, *, for_training: bool, n_vocab: int | None = None)
         noise_scale_delta=MAS_NOISE_SCALE_DELTA if noise_scaled else 0.0,
     )
     return net.train(for_training)
+
+
+def freezable_parts(net: SynthesizerTrn) -> dict[str, list[nn.Module]]:
+    """The generator's parts ``train.freeze`` can name (config.FREEZE_PARTS), each with its modules."""
+    speaker = net.emb_g if hasattr(net, "emb_g") else net.ref_enc
+    return {
+        "text_encoder": [net.enc_p],
+        "duration_predictors": [net.sdp, net.dp],
+        "flow": [net.flow],
+        "decoder": [net.dec],
+        "posterior_encoder": [net.enc_q],
+        "speaker_embedding": [speaker],
+        "bert_projections": [net.enc_p.bert_proj, net.enc_p.ja_bert_proj, net.enc_p.en_bert_proj],
+    }
+
+
+def freeze_parts(net: SynthesizerTrn, names: list[str] | tuple[str, ...]) -> int:
+    """Keep the named parts fixed: their parameters take no gradient, so the optimizer (which skips parameters
+    without one) neither moves them nor creates state for them. Returns how many parameter tensors it froze.
+
+    They stay in the optimizer's parameter list, so a checkpoint trained with a freeze resumes without it (and
+    the other way round): only the frozen parameters' (absent) moments differ, and AdamW creates them lazily."""
+    parts = freezable_parts(net)
+    unknown = [name for name in names if name not in parts]
+    if unknown:
+        raise ValueError(f"unknown part(s) to freeze: {', '.join(unknown)}; valid: {', '.join(parts)}")
+    frozen = 0
+    for name in names:
+        for module in parts[name]:
+            for parameter in module.parameters():
+                frozen += int(parameter.requires_grad)
+                parameter.requires_grad_(False)
+    return frozen
