@@ -105,3 +105,74 @@ def test_tiny_bert_is_seeded(tmp_path: Path) -> None:
 def test_tiny_bert_rejects_unknown_language(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'KO'"):
         build_tiny_bert(tmp_path, "KO")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --bert-dir: one syntax, one meaning, in every command line (moved here from test_config.py)
+
+
+def _bert_dir_values(cli: str, items: list[str]) -> list[str]:
+    """Parse ``--bert-dir`` items with the named script's own argument parser."""
+    flags = [arg for item in items for arg in ("--bert-dir", item)]
+    if cli == "bert_gen":
+        import bert_gen
+
+        return bert_gen._parse_args(flags).bert_dir
+    if cli == "preprocess_text":
+        import preprocess_text
+
+        return preprocess_text._parse_args(flags).bert_dir
+    if cli == "infer":
+        import infer
+
+        return infer.build_parser().parse_args(["-m", "G.pth", "-t", "x", "-s", "s", "-o", "o.wav", *flags]).bert_dir
+    if cli == "webui":
+        import webui
+
+        return webui.build_parser().parse_args(flags).bert_dir
+    import server
+
+    return server.build_parser().parse_args(flags).bert_dir
+
+
+CLIS = ["bert_gen", "preprocess_text", "infer", "server", "webui"]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_every_cli_parses_bert_dir_the_same_way(tmp_path, cli):
+    from text.bert_features import BERT_MODEL_FOLDERS, parse_bert_dirs
+
+    root = tmp_path / "bert"
+    root.mkdir()
+    zh = tmp_path / "my-zh"
+    values = _bert_dir_values(cli, [f"zh={zh}", str(root)])
+    # A ROOT gives every language its usual folder name under it; LANG=DIR wins whatever the order.
+    assert parse_bert_dirs(values) == {
+        "ZH": str(zh),
+        "JP": str(root / BERT_MODEL_FOLDERS["JP"]),
+        "EN": str(root / BERT_MODEL_FOLDERS["EN"]),
+    }
+    assert parse_bert_dirs(_bert_dir_values(cli, [])) == {}
+    assert parse_bert_dirs(_bert_dir_values(cli, [f"EN={zh}"])) == {"EN": str(zh)}
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_every_cli_rejects_a_bad_bert_dir_item_up_front(cli, capsys):
+    with pytest.raises(SystemExit) as info:
+        _bert_dir_values(cli, ["KO=bert/korean"])
+    assert info.value.code == 2
+    assert "unknown language 'KO'" in capsys.readouterr().err
+
+
+def test_a_model_folder_given_as_root_is_an_error_with_the_fix(tmp_path):
+    from text.bert_features import parse_bert_dirs
+
+    model = tmp_path / "tiny-zh"
+    model.mkdir()
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"is a model folder.*write LANG="):
+        parse_bert_dirs([str(model)])
+    with pytest.raises(ValueError, match="no such folder"):
+        parse_bert_dirs([str(tmp_path / "absent")])
+    with pytest.raises(ValueError, match="at most one ROOT"):
+        parse_bert_dirs([str(tmp_path), str(tmp_path)])

@@ -66,23 +66,19 @@ def test_shipped_config_loads_with_paths_under_dataset_path():
     assert cfg.train_ms_config is cfg.train_ms and cfg.preprocess_text_config is cfg.preprocess_text
 
 
-def test_env_var_selects_the_yml_and_an_explicit_path_wins(tmp_path, monkeypatch):
-    data = shipped_settings()
-    data["dataset_path"] = "Elsewhere"
-    other = write_yml(tmp_path, data)
-    monkeypatch.setenv("BV2_CONFIG", str(other))
-    assert load_config().dataset_path == "Elsewhere"
-    assert load_config().train_ms.model == os.path.join("Elsewhere", "models")
-    assert load_config(SHIPPED_YML).dataset_path == "Data/"
-
-
-def test_default_path_is_config_yml_in_the_working_directory(tmp_path, monkeypatch):
+def test_the_yml_is_the_argument_else_the_env_var_else_config_yml_here(tmp_path, monkeypatch):
     monkeypatch.delenv("BV2_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.yml"):
         load_config()
     write_yml(tmp_path, shipped_settings(), name="config.yml")
     assert load_config().source == "config.yml"
+    data = shipped_settings()
+    data["dataset_path"] = "Elsewhere"
+    monkeypatch.setenv("BV2_CONFIG", str(write_yml(tmp_path, data)))
+    assert load_config().dataset_path == "Elsewhere"
+    assert load_config().train_ms.model == os.path.join("Elsewhere", "models")
+    assert load_config(SHIPPED_YML).dataset_path == "Data/"
 
 
 def test_absolute_paths_and_empty_dataset_path(tmp_path):
@@ -104,6 +100,9 @@ def test_env_extra_variables_and_precedence_of_existing_environment(tmp_path):
     assert env.extra == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "2"}
     missing = env.missing_from({"MASTER_PORT": "29500", "RANK": "1", "WORLD_SIZE": "2"})
     assert missing == {"MASTER_ADDR": "localhost", "LOCAL_RANK": "0", "NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "2"}
+    data["train_ms"]["env"]["NCCL-DEBUG"] = "INFO"
+    with pytest.raises(ValueError, match=r"setting 'train_ms\.env\.NCCL-DEBUG' is not a valid variable name"):
+        load_config(write_yml(tmp_path, data))
 
 
 def test_server_models_take_defaults_from_the_server_section(tmp_path):
@@ -161,6 +160,9 @@ def _set(data: dict, dotted: str, value) -> None:
         ("server.port", 0, "integer in [1, 65535]"),
         ("server.language", "FR", "one of"),
         ("dataset_path", 5, "a string"),
+        ("bert_gen", ["cpu"], "must be a mapping of settings"),
+        ("train_ms.env.NCCL_DEBUG", None, "a string or a number"),
+        ("webui.share", True, "must be false"),
     ],
 )
 def test_bad_values_name_the_setting_and_the_file(tmp_path, setting, value, message):
@@ -204,14 +206,6 @@ def test_unknown_settings_are_errors(tmp_path, mutate, setting):
     with pytest.raises(ValueError, match="unknown setting") as info:
         load_config(path)
     assert f"'{setting}'" in str(info.value) and str(path) in str(info.value)
-
-
-def test_a_section_that_is_not_a_mapping_is_an_error(tmp_path):
-    data = shipped_settings()
-    data["bert_gen"] = ["cpu"]
-    path = write_yml(tmp_path, data)
-    with pytest.raises(ValueError, match=r"setting 'bert_gen' must be a mapping"):
-        load_config(path)
 
 
 def test_reference_only_sections_are_ignored_with_a_warning(tmp_path, caplog):
@@ -514,77 +508,6 @@ def test_one_language_list():
     assert synthesis_plan.LANGUAGES is symbols.LANGUAGES
     assert config.SERVER_LANGUAGES[:3] == symbols.LANGUAGES
     assert tuple(bert_features.BERT_MODEL_FOLDERS) == symbols.LANGUAGES
-
-
-# --------------------------------------------------------------------------------------------------------------
-# --bert-dir: one syntax, one meaning, in every command line
-
-
-def _bert_dir_values(cli: str, items: list[str]) -> list[str]:
-    """Parse ``--bert-dir`` items with the named script's own argument parser."""
-    flags = [arg for item in items for arg in ("--bert-dir", item)]
-    if cli == "bert_gen":
-        import bert_gen
-
-        return bert_gen._parse_args(flags).bert_dir
-    if cli == "preprocess_text":
-        import preprocess_text
-
-        return preprocess_text._parse_args(flags).bert_dir
-    if cli == "infer":
-        import infer
-
-        return infer.build_parser().parse_args(["-m", "G.pth", "-t", "x", "-s", "s", "-o", "o.wav", *flags]).bert_dir
-    if cli == "webui":
-        import webui
-
-        return webui.build_parser().parse_args(flags).bert_dir
-    import server
-
-    return server.build_parser().parse_args(flags).bert_dir
-
-
-CLIS = ["bert_gen", "preprocess_text", "infer", "server", "webui"]
-
-
-@pytest.mark.parametrize("cli", CLIS)
-def test_every_cli_parses_bert_dir_the_same_way(tmp_path, cli):
-    from text.bert_features import BERT_MODEL_FOLDERS, parse_bert_dirs
-
-    root = tmp_path / "bert"
-    root.mkdir()
-    zh = tmp_path / "my-zh"
-    values = _bert_dir_values(cli, [f"zh={zh}", str(root)])
-    # A ROOT gives every language its usual folder name under it; LANG=DIR wins whatever the order.
-    assert parse_bert_dirs(values) == {
-        "ZH": str(zh),
-        "JP": str(root / BERT_MODEL_FOLDERS["JP"]),
-        "EN": str(root / BERT_MODEL_FOLDERS["EN"]),
-    }
-    assert parse_bert_dirs(_bert_dir_values(cli, [])) == {}
-    assert parse_bert_dirs(_bert_dir_values(cli, [f"EN={zh}"])) == {"EN": str(zh)}
-
-
-@pytest.mark.parametrize("cli", CLIS)
-def test_every_cli_rejects_a_bad_bert_dir_item_up_front(cli, capsys):
-    with pytest.raises(SystemExit) as info:
-        _bert_dir_values(cli, ["KO=bert/korean"])
-    assert info.value.code == 2
-    assert "unknown language 'KO'" in capsys.readouterr().err
-
-
-def test_a_model_folder_given_as_root_is_an_error_with_the_fix(tmp_path):
-    from text.bert_features import parse_bert_dirs
-
-    model = tmp_path / "tiny-zh"
-    model.mkdir()
-    (model / "config.json").write_text("{}", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"is a model folder.*write LANG="):
-        parse_bert_dirs([str(model)])
-    with pytest.raises(ValueError, match="no such folder"):
-        parse_bert_dirs([str(tmp_path / "absent")])
-    with pytest.raises(ValueError, match="at most one ROOT"):
-        parse_bert_dirs([str(tmp_path), str(tmp_path)])
 
 
 def test_changed_settings_names_what_differs_from_a_stored_config():
