@@ -47,6 +47,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import config as global_config
 import reference_api
 from synthesis_plan import REQUEST_LANGUAGES
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
@@ -86,11 +87,13 @@ AUDIO_FORMATS = {
     "ogg": AudioFormat("OGG", "VORBIS", "audio/ogg", compression_level=0.2),
     "mp3": AudioFormat("MP3", "MPEG_LAYER_III", "audio/mpeg", MPEG_SAMPLING_RATES, compression_level=0.0),
 }
-DEFAULT_MAX_TEXT_LENGTH = 500
-DEFAULT_MAX_BODY_SIZE = 65536
-DEFAULT_QUEUE_SIZE = 8
-DEFAULT_HOST = "127.0.0.1"  # no authentication: loopback unless the operator opens it
-DEFAULT_PORT = 5000
+# Without a yml: the server section's defaults, declared once in config.py (host: loopback, no authentication).
+_YML_DEFAULTS = global_config.ServerConfig()
+DEFAULT_MAX_TEXT_LENGTH = _YML_DEFAULTS.max_text_length
+DEFAULT_MAX_BODY_SIZE = _YML_DEFAULTS.max_body_size
+DEFAULT_QUEUE_SIZE = _YML_DEFAULTS.queue_size
+DEFAULT_HOST = _YML_DEFAULTS.host
+DEFAULT_PORT = _YML_DEFAULTS.port
 DEFAULT_PARAMS = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8, "length_scale": 1.0}
 
 
@@ -498,8 +501,6 @@ class ServeSettings:
 
 def resolve_settings(args: argparse.Namespace) -> ServeSettings:
     """Merge the command line with config.yml's server section (the command line wins)."""
-    import config as global_config
-
     yml = global_config.config_path_from_env(args.yml)
     # With models on the command line the yml is optional, unless named explicitly.
     server = (
