@@ -287,6 +287,7 @@ class TrainMsConfig(_YmlSection):
     num_workers: int = Field(2, ge=0, description="DataLoader workers")
     spec_cache: bool = Field(True, description="cache linear spectrograms as .spec.pt beside the audio")
     keep_ckpts: int = Field(8, ge=0, description="checkpoints kept per net prefix; 0 keeps all")
+    eval_metrics: bool = Field(True, description="voice-quality metrics (metrics.py) at every eval_interval")
     keep_best: int = Field(3, ge=0, description="best checkpoints (by best_metric) keep_ckpts never deletes; 0: none")
     best_metric: Literal[BEST_METRICS] = Field(
         "val/dnsmos_ovrl", description="validation metric that picks the best checkpoints (metrics.py)"

@@ -29,12 +29,13 @@ DNSMOS runs the ONNX models that the ``speechmos`` package ships through onnxrun
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -618,6 +619,17 @@ class PerfMeter:
         self.steps += 1
         self.last_end = self.clock()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time spent inside (an evaluation) out of the interval and of the next data wait."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            spent = self.clock() - start
+            self.interval_start += spent
+            self.last_end += spent
+
     def read(self) -> dict[str, float]:
         """The interval's scalars (empty before any step), then a new interval begins."""
         now = self.clock()
@@ -683,3 +695,46 @@ def reset_peak_rss() -> None:
             handle.write("5")
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------------- the training loop's hooks
+
+
+class TrainingMonitor:
+    """What the training loop measures besides its losses: the ``perf/...`` scalars of each logging interval
+    (:class:`PerfMeter`, every rank) and, on rank 0, the validation metrics with the best checkpoints.
+
+    The loop calls ``perf.batch_arrived(batch)`` / ``perf.step_finished()`` around each step, adds
+    ``perf.read()`` to its log scalars, calls :meth:`validate` at each evaluation (before saving that step)
+    and passes ``best`` to the checkpoint save, whose retention then keeps the best checkpoints.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        device: Any,
+        world_size: int,
+        sampling_rate: int,
+        is_main: bool,
+        keep_best: int = 0,
+        best_metric: str = "val/dnsmos_ovrl",
+    ) -> None:
+        import utils
+
+        self.perf = PerfMeter(device, world_size, sampling_rate)
+        self.device, self.sampling_rate = device, sampling_rate
+        self.best = utils.BestCheckpoints(model_dir, best_metric, keep_best) if is_main and keep_best > 0 else None
+        self._scorer: Scorer | None = None
+
+    def validate(self, net_g: Any, dataset: Any, data: Any, step: int) -> dict[str, float]:
+        """Every ``val/...`` metric of ``net_g`` on ``dataset`` plus ``perf/eval_seconds``, recorded for the best
+        checkpoints; the evaluation's time is left out of the training throughput."""
+        with self.perf.paused():
+            start = _perf_counter()
+            if self._scorer is None:
+                self._scorer = Scorer(self.sampling_rate)
+            scores = score_validation(net_g, dataset, data, self.device, self._scorer)
+            if self.best is not None:
+                self.best.record(step, scores)
+            scores["perf/eval_seconds"] = _perf_counter() - start
+        return scores

@@ -102,9 +102,25 @@ class TrainLogger:
             step,
             *(scalars.get(tag, float("nan")) for tag in _LOGGED_TERMS),
         )
+        if "perf/step_seconds" in scalars:
+            logger.info(
+                "Perf step %d: %.3f s/step (data wait %.3f s), %.2f clips/s, %.2f audio s/s, peak memory %.2f GB",
+                step,
+                *(scalars.get(tag, float("nan")) for tag in _PERF_TERMS),
+            )
         images = {tag: plot_spectrogram_to_numpy(mel) for tag, mel in mels.items()}
         images.update({tag: plot_alignment_to_numpy(alignment) for tag, alignment in alignments.items()})
         summarize(self._writer("train"), step, scalars=scalars, images=images)
+
+    def log_metrics(self, step: int, scalars: Mapping[str, float]) -> None:
+        """The validation metrics (metrics.py): one ``Validation`` line in train.log and TensorBoard scalars."""
+        if not self.enabled or not scalars:
+            return
+        values = ", ".join(f"{tag.split('/', 1)[-1]} {value:.4g}" for tag, value in scalars.items())
+        logger.info("Validation step %d: %s", step, values)
+        writer = self._writer("train")
+        summarize(writer, step, scalars=scalars)
+        writer.flush()
 
     def log_eval(self, step: int, mels: Mapping[str, Any], audios: Mapping[str, Any], sampling_rate: int) -> None:
         """Evaluation mel images ([c, t] arrays) and audio clips ([1, t] or [t], in [-1, 1])."""
@@ -122,6 +138,13 @@ class TrainLogger:
 
 
 # The terms of the reference's console line, in its order.
+_PERF_TERMS = (
+    "perf/step_seconds",
+    "perf/data_wait_seconds",
+    "perf/samples_per_second",
+    "perf/audio_seconds_per_second",
+    "perf/peak_memory_gb",
+)
 _LOGGED_TERMS = ("loss/g/total", "loss/d/total", "loss/g/fm", "loss/g/mel", "loss/g/dur", "loss/g/kl", "learning_rate")
 
 
