@@ -261,7 +261,7 @@ class BaseModelConfig(_YmlSection):
         """Nothing is downloaded: the reference's hub keys are refused for a base model in use, else ignored."""
         if not isinstance(data, Mapping):
             return data
-        if data.get("use_base_model") is True and not data.get("model_dir", "base_model"):
+        if data.get("use_base_model") is True and not data.get("model_dir", cls.model_fields["model_dir"].default):
             raise _must("model_dir", "a non-empty string", data["model_dir"])
         hub = [key for key in ("repo_id", "model_image") if key in data]
         for key in hub:
@@ -726,12 +726,12 @@ def _to_plain(value: Any) -> Any:
 
 def _validate(model: type[_Settings], data: Any, source: str, prefix: str = "", **context: Any) -> Any:
     """``model`` from parsed ``data``; every problem becomes one line ``<source>: ...`` of one ValueError."""
-    data = {} if data is None else data
+    data = {} if data is None else _to_plain(data)  # plain values: a settings object inside is validated anew
     if not isinstance(data, Mapping):
         what = f"setting '{prefix}'" if prefix else "the file"
         raise ValueError(f"{source}: {what} must be a mapping of settings, got {_describe(data)}")
     try:
-        settings = model.model_validate(dict(data), context={"source": source, **context})
+        settings = model.model_validate(data, context={"source": source, **context})
     except pydantic.ValidationError as error:
         raise ValueError(_report(error, model, data, source, prefix)) from None
     settings._source = source
