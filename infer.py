@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 
 import config as settings
+import synthesis_params
+from synthesis_params import DEFAULT_PARAMS, SynthesisParams
 from synthesis_plan import REQUEST_LANGUAGES, Plan, check_language, plan_given_parts, plan_text
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 
@@ -62,9 +64,6 @@ INFERENCE_UNUSED_PREFIXES = (
     "sdp.post_flows.",
     "sdp.flows.1.",
 )
-
-DEFAULT_SENTENCE_PAUSE = 0.2  # seconds of silence between sentences of a long text (the reference webui's default)
-DEFAULT_PARAGRAPH_PAUSE = 1.0  # seconds between paragraphs (lines) of a long text (the reference webui's default)
 
 
 class PreparedText(NamedTuple):
@@ -227,10 +226,10 @@ def infer_waveform(
     ja_bert: Tensor,
     en_bert: Tensor,
     *,
-    sdp_ratio: float = 0.2,
-    noise_scale: float = 0.6,
-    noise_scale_w: float = 0.8,
-    length_scale: float = 1.0,
+    sdp_ratio: float = DEFAULT_PARAMS.sdp_ratio,
+    noise_scale: float = DEFAULT_PARAMS.noise_scale,
+    noise_scale_w: float = DEFAULT_PARAMS.noise_scale_w,
+    length_scale: float = DEFAULT_PARAMS.length_scale,
 ) -> tuple[Tensor, Tensor]:
     """Batched generator inference on prepared tensors: waveform [b, 1, t] and frame lengths [b]."""
     with torch.no_grad():
@@ -332,22 +331,6 @@ def join_prepared(parts: Sequence[PreparedText]) -> PreparedText:
     return PreparedText(*(torch.cat(tensors, dim=-1) for tensors in zip(*trimmed)))
 
 
-def check_inference_params(sdp_ratio: float, noise_scale: float, noise_scale_w: float, length_scale: float) -> None:
-    if not 0.0 <= sdp_ratio <= 1.0:
-        raise ValueError(f"sdp_ratio must be within [0, 1], got {sdp_ratio}")
-    for name, value in (("noise_scale", noise_scale), ("noise_scale_w", noise_scale_w)):
-        if not (np.isfinite(value) and value >= 0.0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if not (np.isfinite(length_scale) and length_scale > 0.0):
-        raise ValueError(f"length_scale must be a finite number > 0, got {length_scale}")
-
-
-def check_pauses(sentence_pause: float, paragraph_pause: float) -> None:
-    for name, value in (("sentence_pause", sentence_pause), ("paragraph_pause", paragraph_pause)):
-        if not (np.isfinite(value) and value >= 0.0):
-            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value}")
-
-
 @contextlib.contextmanager
 def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
     """Within the block torch's global RNG (the generator's noise) starts from `seed`; None leaves it alone."""
@@ -439,13 +422,9 @@ class Synthesizer:
         self,
         prepared: PreparedText,
         speaker_id: int,
-        *,
-        sdp_ratio: float,
-        noise_scale: float,
-        noise_scale_w: float,
-        length_scale: float,
+        params: SynthesisParams = DEFAULT_PARAMS,
     ) -> np.ndarray:
-        """The float32 waveform for one prepared utterance."""
+        """The float32 waveform for one prepared utterance (`params`' sdp, noise and length scales)."""
         o, _ = infer_waveform(
             self.net_g,
             prepared.phones.unsqueeze(0),
@@ -456,30 +435,17 @@ class Synthesizer:
             prepared.bert.unsqueeze(0),
             prepared.ja_bert.unsqueeze(0),
             prepared.en_bert.unsqueeze(0),
-            sdp_ratio=sdp_ratio,
-            noise_scale=noise_scale,
-            noise_scale_w=noise_scale_w,
-            length_scale=length_scale,
+            sdp_ratio=params.sdp_ratio,
+            noise_scale=params.noise_scale,
+            noise_scale_w=params.noise_scale_w,
+            length_scale=params.length_scale,
         )
         audio = o[0, 0].float().cpu().numpy()
         if not np.isfinite(audio).all():
             raise RuntimeError("the generator produced non-finite samples (damaged or incomplete weights?)")
         return audio
 
-    def render(
-        self,
-        plan: Plan,
-        *,
-        sdp_ratio: float,
-        noise_scale: float,
-        noise_scale_w: float,
-        length_scale: float,
-        style_text: str | None,
-        style_weight: float,
-        sentence_pause: float,
-        paragraph_pause: float,
-        seed: int | None,
-    ) -> tuple[int, np.ndarray]:
+    def render(self, plan: Plan, params: SynthesisParams = DEFAULT_PARAMS) -> tuple[int, np.ndarray]:
         """Speak a plan: utterances joined by sentence pauses, paragraphs by paragraph pauses.
 
         The waveform is not normalised: every utterance keeps the generator's own level, so loudness does not
@@ -487,37 +453,28 @@ class Synthesizer:
         """
         if not plan:
             raise ValueError("the text has nothing to pronounce")
-        check_inference_params(sdp_ratio, noise_scale, noise_scale_w, length_scale)
-        check_pauses(sentence_pause, paragraph_pause)
-        from text.bert_features import check_style_weight
-
-        check_style_weight(style_weight)
         speaker_ids = {u.speaker: self.speaker_id(u.speaker) for paragraph in plan for u in paragraph}
         # The unused-BERT noise comes from its own generator: seeded, one request is reproducible.
         generator = torch.Generator()
-        if seed is None:
+        if params.seed is None:
             generator.seed()
         else:
-            generator.manual_seed(seed)
+            generator.manual_seed(params.seed)
         pieces: list[np.ndarray] = []
-        with seeded_rng(seed, self.device):
+        with seeded_rng(params.seed, self.device):
             for paragraph_index, paragraph in enumerate(plan):
                 for index, utterance in enumerate(paragraph):
                     if pieces:
-                        pause = paragraph_pause if index == 0 else sentence_pause
+                        pause = params.paragraph_pause if index == 0 else params.sentence_pause
                         pieces.append(np.zeros(int(round(pause * self.sampling_rate)), dtype=np.float32))
                     start = time.perf_counter()
                     prepared = self.prepare_parts(
-                        utterance.parts, style_text=style_text, style_weight=style_weight, generator=generator
+                        utterance.parts,
+                        style_text=params.style_text,
+                        style_weight=params.style_weight,
+                        generator=generator,
                     )
-                    audio = self.infer_prepared(
-                        prepared,
-                        speaker_ids[utterance.speaker],
-                        sdp_ratio=sdp_ratio,
-                        noise_scale=noise_scale,
-                        noise_scale_w=noise_scale_w,
-                        length_scale=length_scale,
-                    )
+                    audio = self.infer_prepared(prepared, speaker_ids[utterance.speaker], params)
                     logger.debug(
                         "paragraph %d, utterance %d (%s): %d samples in %.3f s",
                         paragraph_index,
@@ -530,79 +487,29 @@ class Synthesizer:
         return self.sampling_rate, np.concatenate(pieces).astype(np.float32, copy=False)
 
     def synthesize(
-        self,
-        text: str,
-        speaker: str,
-        language: str,
-        sdp_ratio: float = 0.5,
-        noise_scale: float = 0.6,
-        noise_scale_w: float = 0.9,
-        length_scale: float = 1.0,
-        *,
-        style_text: str | None = None,
-        style_weight: float = 0.7,
-        split: bool = True,
-        sentence_pause: float = DEFAULT_SENTENCE_PAUSE,
-        paragraph_pause: float = DEFAULT_PARAGRAPH_PAUSE,
-        seed: int | None = None,
+        self, text: str, speaker: str, language: str, params: SynthesisParams | None = None, **changes: Any
     ) -> tuple[int, np.ndarray]:
         """Speak `text`: (sampling rate, float32 waveform).
 
-        `language`: "ZH", "JP", "EN", "mix" (tagged parts, see `synthesis_plan.parse_mix`; `speaker` is the voice until the
-        first [speaker] tag) or "auto" (parts identified by `text.language_id`). With `split`, paragraph by
-        paragraph and sentence by sentence with pauses. A non-empty `style_text` pulls the BERT features towards
-        its mean by `style_weight`. `seed` makes the result reproducible.
+        `language`: "ZH", "JP", "EN", "mix" (tagged parts, see `synthesis_plan.parse_mix`; `speaker` is the voice
+        until the first [speaker] tag) or "auto" (parts identified by `text.language_id`). `params` (default: the
+        defaults) with `changes` (`SynthesisParams` fields by name, e.g. `sdp_ratio=0.2, seed=1`) say how.
         """
+        params = SynthesisParams.checked(changes, base=params)
         self.speaker_id(speaker)
-        plan = plan_text(text, speaker, language, split)
-        return self.render(
-            plan,
-            sdp_ratio=sdp_ratio,
-            noise_scale=noise_scale,
-            noise_scale_w=noise_scale_w,
-            length_scale=length_scale,
-            style_text=style_text,
-            style_weight=style_weight,
-            sentence_pause=sentence_pause,
-            paragraph_pause=paragraph_pause,
-            seed=seed,
-        )
+        return self.render(plan_text(text, speaker, language, params.split), params)
 
     def synthesize_parts(
-        self,
-        parts: Sequence[tuple[str, str]],
-        speaker: str,
-        sdp_ratio: float = 0.5,
-        noise_scale: float = 0.6,
-        noise_scale_w: float = 0.9,
-        length_scale: float = 1.0,
-        *,
-        style_text: str | None = None,
-        style_weight: float = 0.7,
-        split: bool = True,
-        sentence_pause: float = DEFAULT_SENTENCE_PAUSE,
-        paragraph_pause: float = DEFAULT_PARAGRAPH_PAUSE,
-        seed: int | None = None,
+        self, parts: Sequence[tuple[str, str]], speaker: str, params: SynthesisParams | None = None, **changes: Any
     ) -> tuple[int, np.ndarray]:
         """Speak an explicit list of (text, language) parts, language "ZH", "JP", "EN" or "auto" per part.
 
         Consecutive parts are joined at feature level into one generator pass; with `split`, sentence ends and
         line breaks inside the parts still start new utterances and paragraphs.
         """
+        params = SynthesisParams.checked(changes, base=params)
         self.speaker_id(speaker)
-        plan = plan_given_parts(parts, speaker, split)
-        return self.render(
-            plan,
-            sdp_ratio=sdp_ratio,
-            noise_scale=noise_scale,
-            noise_scale_w=noise_scale_w,
-            length_scale=length_scale,
-            style_text=style_text,
-            style_weight=style_weight,
-            sentence_pause=sentence_pause,
-            paragraph_pause=paragraph_pause,
-            seed=seed,
-        )
+        return self.render(plan_given_parts(parts, speaker, params.split), params)
 
 
 def load_synthesizer(
@@ -642,26 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="ZH",
         help="ZH, JP, EN, mix ([speaker]<zh>…<en>…|… tagged text) or auto (each part's language identified)",
     )
-    parser.add_argument("--sdp-ratio", type=float, default=0.5)
-    parser.add_argument("--noise-scale", type=float, default=0.6)
-    parser.add_argument("--noise-scale-w", type=float, default=0.9)
-    parser.add_argument("--length-scale", type=float, default=1.0)
-    parser.add_argument("--style-text", default=None, help="text whose mean BERT feature colours the speech")
-    parser.add_argument("--style-weight", type=float, default=0.7, help="weight of the style text, within [0, 1]")
     add_bert_dir_argument(parser)
-    parser.add_argument("--no-split", action="store_true", help="do not split long text into sentences")
-    parser.add_argument(
-        "--sentence-pause",
-        "--pause",
-        type=float,
-        default=DEFAULT_SENTENCE_PAUSE,
-        help="seconds of silence between sentences",
-    )
-    parser.add_argument(
-        "--paragraph-pause", type=float, default=DEFAULT_PARAGRAPH_PAUSE, help="seconds of silence between paragraphs"
-    )
+    synthesis_params.add_arguments(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (CUDA when available)")
-    parser.add_argument("--seed", type=int, default=None, help="seed the noise for a reproducible result")
     parser.add_argument("--subtype", default=None, help="soundfile subtype, e.g. PCM_16 (default) or FLOAT")
     parser.add_argument("-o", "--output", required=True, help="output audio file (.wav, .flac, .ogg)")
     return parser
@@ -671,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        params = synthesis_params.from_arguments(args)
         synthesizer = load_synthesizer(
             args.model,
             args.config,
@@ -678,21 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bert_dirs=parse_bert_dirs(args.bert_dir),
         )
         start = time.perf_counter()
-        sampling_rate, audio = synthesizer.synthesize(
-            args.text,
-            args.speaker,
-            args.language,
-            sdp_ratio=args.sdp_ratio,
-            noise_scale=args.noise_scale,
-            noise_scale_w=args.noise_scale_w,
-            length_scale=args.length_scale,
-            style_text=args.style_text,
-            style_weight=args.style_weight,
-            split=not args.no_split,
-            sentence_pause=args.sentence_pause,
-            paragraph_pause=args.paragraph_pause,
-            seed=args.seed,
-        )
+        sampling_rate, audio = synthesizer.synthesize(args.text, args.speaker, args.language, params)
         elapsed = time.perf_counter() - start
         write_audio(args.output, audio, sampling_rate, args.subtype)
     except (ValueError, FileNotFoundError) as error:

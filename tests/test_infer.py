@@ -15,6 +15,7 @@ import soundfile
 import torch
 
 import infer
+import synthesis_params
 import synthesis_plan
 from config import model_config_from_dict
 from models import build_generator
@@ -272,3 +273,13 @@ def test_command_line(model_files: tuple[Path, Path], zh_bert_dir: Path, tmp_pat
     assert failed.returncode == 2
     assert "known speakers: spk0, spk1, spk2, spk3" in failed.stderr
     assert not (tmp_path / "bad.wav").exists()
+
+
+def test_the_command_line_takes_the_one_set_of_defaults() -> None:
+    required = ["-m", "G.pth", "-t", "x", "-s", "s", "-o", "o.wav"]
+    parse = infer.build_parser().parse_args
+    assert synthesis_params.from_arguments(parse(required)) == synthesis_params.DEFAULT_PARAMS
+    changed = synthesis_params.from_arguments(parse([*required, "--no-split", "--pause", "0.5", "--seed", "3"]))
+    assert changed == synthesis_params.SynthesisParams(split=False, sentence_pause=0.5, seed=3)
+    with pytest.raises(ValueError, match=r"--noise-scale-w must be a number within \[0, 2\], got 9.0"):
+        synthesis_params.from_arguments(parse([*required, "--noise-scale-w", "9"]))

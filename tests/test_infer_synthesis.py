@@ -16,6 +16,7 @@ import torch
 from train_tiny import make_dataset, start_training, tiny_config, write_run_files
 
 import infer
+import synthesis_params
 from text.tiny_bert import build_tiny_bert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_mix_equals_the_explicit_parts(zeros_synth: infer.Synthesizer) -> None:
     _, two = zeros_synth.synthesize("[spk1]<zh>你好，世界。<en>nice to meet you.", "spk0", "mix", **QUIET)
     _, zh = zeros_synth.synthesize("你好，世界。", "spk1", "ZH", **QUIET)
     _, en = zeros_synth.synthesize("nice to meet you.", "spk1", "EN", **QUIET)
-    gap = int(round(infer.DEFAULT_SENTENCE_PAUSE * rate))
+    gap = int(round(synthesis_params.DEFAULT_PARAMS.sentence_pause * rate))
     assert two.size == zh.size + gap + en.size
     np.testing.assert_array_equal(two[: zh.size], zh)
     np.testing.assert_array_equal(two[zh.size + gap :], en)
