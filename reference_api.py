@@ -36,6 +36,7 @@ from starlette.routing import Match
 from starlette.types import Message, Scope
 
 import infer
+from synthesis_params import SynthesisParams
 from synthesis_plan import Utterance, split_sentences
 from voice_registry import LoadedModel, ModelRegistry, ModelSpec
 
@@ -376,21 +377,20 @@ def speak(entry: TableEntry, pieces: Sequence[Piece], query: VoiceQuery) -> byte
     import soundfile
 
     plan = [[Utterance(piece.speaker, ((piece.text, piece.language),)) for piece in pieces]]
-    style_text = query.style_text if query.style_text and query.style_text.strip() else None
+    given = {
+        "sdp_ratio": query.sdp_ratio,
+        "noise_scale": query.noise,
+        "noise_scale_w": query.noisew,
+        "length_scale": query.length,
+        "style_text": query.style_text,
+        "style_weight": query.style_weight,
+        "sentence_pause": 0.0,
+        "paragraph_pause": 0.0,
+    }
     try:
+        params = SynthesisParams.checked(given)
         with entry.lock:
-            sampling_rate, audio = entry.synthesizer.render(
-                plan,
-                sdp_ratio=query.sdp_ratio,
-                noise_scale=query.noise,
-                noise_scale_w=query.noisew,
-                length_scale=query.length,
-                style_text=style_text,
-                style_weight=query.style_weight,
-                sentence_pause=0.0,
-                paragraph_pause=0.0,
-                seed=None,
-            )
+            sampling_rate, audio = entry.synthesizer.render(plan, params)
     except FileNotFoundError as error:  # a BERT folder this server lacks
         raise Refusal(503, str(error)) from error
     except ValueError as error:  # out-of-range parameters, text with nothing to pronounce, ...

@@ -49,6 +49,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import config as global_config
 import reference_api
+import synthesis_params
+from synthesis_params import DEFAULT_PARAMS, SynthesisParams
 from synthesis_plan import REQUEST_LANGUAGES
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 from voice_registry import (
@@ -94,7 +96,6 @@ DEFAULT_MAX_BODY_SIZE = _YML_DEFAULTS.max_body_size
 DEFAULT_QUEUE_SIZE = _YML_DEFAULTS.queue_size
 DEFAULT_HOST = _YML_DEFAULTS.host
 DEFAULT_PORT = _YML_DEFAULTS.port
-DEFAULT_PARAMS = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8, "length_scale": 1.0}
 
 
 def available_formats(sampling_rate: int) -> list[str]:
@@ -124,7 +125,7 @@ def describe_model(model: LoadedModel) -> dict[str, Any]:
         "default_language": model.spec.language,
         "sampling_rate": model.synthesizer.sampling_rate,
         "formats": available_formats(model.synthesizer.sampling_rate),
-        "presets": {speaker: dict(values) for speaker, values in model.spec.presets.items()},
+        "presets": {speaker: params.model_dump() for speaker, params in model.spec.presets.items()},
     }
 
 
@@ -133,30 +134,21 @@ def describe_model(model: LoadedModel) -> dict[str, Any]:
 
 
 class VoiceRequest(BaseModel):
-    """Query parameters of GET /voice, or the JSON body of POST /voice. Ranges are the reference webui's."""
+    """What GET /voice (query) or POST /voice (JSON body) asks for besides the synthesis parameters."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     text: str
     speaker: str = Field(validation_alias=AliasChoices("speaker", "speaker_name"))
     model: str | int | None = Field(None, validation_alias=AliasChoices("model", "model_id"))
     language: str | None = None
-    sdp_ratio: float | None = Field(None, ge=0.0, le=1.0)
-    noise: float | None = Field(None, ge=0.0, le=2.0, validation_alias=AliasChoices("noise", "noise_scale"))
-    noisew: float | None = Field(None, ge=0.0, le=2.0, validation_alias=AliasChoices("noisew", "noise_scale_w"))
-    length: float | None = Field(None, ge=0.1, le=3.0, validation_alias=AliasChoices("length", "length_scale"))
-    style_text: str | None = None
-    style_weight: float | None = Field(None, ge=0.0, le=1.0)
-    split: bool | None = Field(None, validation_alias=AliasChoices("split", "auto_split"))
-    sentence_pause: float | None = Field(None, ge=0.0, le=10.0)
-    paragraph_pause: float | None = Field(None, ge=0.0, le=10.0)
-    seed: int | None = Field(None, ge=0, lt=2**63)
     format: str = "wav"
+    # The `SynthesisParams` fields the client gave (validated, unset ones absent), over the speaker's preset.
+    params: SynthesisParams = Field(default_factory=SynthesisParams)
 
 
-# Request fields passed to `Synthesizer.synthesize` by keyword only when the client gave them, so the
-# synthesizer's own defaults apply otherwise.
-PASSED_THROUGH = ("style_text", "style_weight", "split", "sentence_pause", "paragraph_pause", "seed")
+# The reference server's names of synthesis parameters, accepted besides the fields' own names.
+PARAMETER_ALIASES = {"noise": "noise_scale", "noisew": "noise_scale_w", "length": "length_scale", "auto_split": "split"}
 
 
 class ClientError(Exception):
@@ -171,10 +163,13 @@ class ClientError(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    """A checked request: which model, the keyword arguments of `synthesize`, the output format."""
+    """A checked request: which model says what, how, and the output format."""
 
     model: LoadedModel
-    arguments: dict[str, Any]
+    text: str
+    speaker: str
+    language: str
+    params: SynthesisParams
     audio_format: str
 
 
@@ -189,11 +184,34 @@ def _describe_validation_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _given_params(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The synthesis parameters in a request, by field name, and how the client spelled each."""
+    given: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in data.items():
+        name = PARAMETER_ALIASES.get(key, key)
+        if name in synthesis_params.FIELDS:
+            given[name] = value
+            spelled[name] = key
+    return given, spelled
+
+
 def parse_voice_request(data: Mapping[str, Any]) -> VoiceRequest:
+    """The request's fields, each checked; every problem is named in one 422 answer."""
+    given, spelled = _given_params(data)
+    problems = []
     try:
-        return VoiceRequest.model_validate(dict(data))
+        params = SynthesisParams.checked(given, spelled=spelled)
+    except ValueError as error:
+        params, problems = SynthesisParams(), [str(error)]
+    rest = {key: value for key, value in data.items() if key not in spelled.values()}
+    try:
+        request = VoiceRequest.model_validate(rest)
     except ValidationError as error:
-        raise ClientError(422, _describe_validation_error(error)) from error
+        problems.insert(0, _describe_validation_error(error))
+    if problems:
+        raise ClientError(422, "; ".join(problems))
+    return request.model_copy(update={"params": params})
 
 
 def _find_model(registry: ModelRegistry, key: str | int | None) -> LoadedModel:
@@ -210,7 +228,7 @@ def resolve_job(registry: ModelRegistry, request: VoiceRequest, max_text_length:
     text = request.text.strip()
     if not text:
         raise ClientError(422, "parameter 'text' is empty")
-    for name, value in (("text", text), ("style_text", request.style_text or "")):
+    for name, value in (("text", text), ("style_text", request.params.style_text or "")):
         if len(value) > max_text_length:
             raise ClientError(422, f"{name} is {len(value)} characters long; the limit is {max_text_length}")
     if request.speaker not in synthesizer.speaker_ids:
@@ -231,18 +249,10 @@ def resolve_job(registry: ModelRegistry, request: VoiceRequest, max_text_length:
             else "unknown"
         )
         raise ClientError(400, f"format {request.format!r} is {why}; use one of {', '.join(formats)}")
-    params = {**DEFAULT_PARAMS, **model.spec.presets.get(request.speaker, {})}
-    given = {
-        "sdp_ratio": request.sdp_ratio,
-        "noise_scale": request.noise,
-        "noise_scale_w": request.noisew,
-        "length_scale": request.length,
-        **{name: getattr(request, name) for name in PASSED_THROUGH},
-    }
-    if request.style_text is not None and not request.style_text.strip():
-        given["style_text"] = None  # an empty style text means none
-    params.update({name: value for name, value in given.items() if value is not None})
-    return Job(model, {"text": text, "speaker": request.speaker, "language": language, **params}, audio_format)
+    preset = model.spec.presets.get(request.speaker, DEFAULT_PARAMS)
+    given = request.params
+    params = preset.model_copy(update={name: getattr(given, name) for name in given.model_fields_set})
+    return Job(model, text, request.speaker, language, params, audio_format)
 
 
 def encode_audio(audio: Any, sampling_rate: int, audio_format: str) -> tuple[bytes, str]:
@@ -271,7 +281,7 @@ def run_job(job: Job) -> tuple[bytes, str]:
     start = time.perf_counter()
     try:
         with job.model.lock:
-            sampling_rate, audio = job.model.synthesizer.synthesize(**job.arguments)
+            sampling_rate, audio = job.model.synthesizer.synthesize(job.text, job.speaker, job.language, job.params)
     except FileNotFoundError as error:  # a BERT folder (or another resource) this server lacks
         raise ClientError(503, str(error)) from error
     except ValueError as error:  # text the front end cannot read, nothing to pronounce, ...
@@ -279,9 +289,9 @@ def run_job(job: Job) -> tuple[bytes, str]:
     logger.info(
         "%s/%s/%s: %d chars -> %.2f s of audio in %.2f s",
         job.model.name,
-        job.arguments["speaker"],
-        job.arguments["language"],
-        len(job.arguments["text"]),
+        job.speaker,
+        job.language,
+        len(job.text),
         audio.size / sampling_rate,
         time.perf_counter() - start,
     )

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import infer
+from synthesis_params import SynthesisParams
 from synthesis_plan import REQUEST_LANGUAGES
 
 logger = logging.getLogger(__name__)
 
 # `NAME=PATH` in `-m`: a plain name before the first "=", nothing path-like.
 _NAMED_MODEL = re.compile(r"^([A-Za-z_][\w.-]*)=(.+)$")
+# What a config.yml speaker preset sets (the reference's four); the rest keep their defaults.
 PRESET_FIELDS = ("sdp_ratio", "noise_scale", "noise_scale_w", "length_scale")
 
 
@@ -34,7 +36,8 @@ class ModelSpec:
     config: str | None
     device: str
     language: str
-    presets: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Per speaker: the synthesis parameters a request starts from (the defaults for speakers not listed).
+    presets: Mapping[str, SynthesisParams] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,13 +124,16 @@ def specs_from_section(section: Any) -> list[ModelSpec]:
                 config=entry.config or None,
                 device=entry.device,
                 language=normalize_language(entry.language),
-                presets={
-                    preset.speaker: {key: getattr(preset, key) for key in PRESET_FIELDS} for preset in entry.speakers
-                },
+                presets={preset.speaker: preset_params(preset) for preset in entry.speakers},
             )
             for entry in section.models
         ]
     )
+
+
+def preset_params(preset: Any) -> SynthesisParams:
+    """The synthesis parameters of one config.yml speaker preset."""
+    return SynthesisParams.checked({key: getattr(preset, key) for key in PRESET_FIELDS})
 
 
 def command_line_specs(models: Sequence[str], configs: Sequence[str], device: str, language: str) -> list[ModelSpec]:

@@ -4,9 +4,10 @@
     python3 webui.py -m Data/models/G_8000.pth -c Data/config.json --bert-dir ZH=bert/chinese-roberta-wwm-ext-large
 
 The page has the reference web UI's controls: text, model, speaker, language (ZH, JP, EN, mix, auto), the
-sdp ratio / noise / noise_w / length sliders with the reference's ranges and defaults, style text and its
-weight, splitting long text into sentences with pauses, and the audio player. The same call is an API endpoint
-(`/tts`) for `gradio_client`.
+sdp ratio / noise / noise_w / length sliders, style text and its weight, splitting long text into sentences
+with pauses, and the audio player; ranges and defaults are `synthesis_params.SynthesisParams`'. Choosing a
+speaker sets the four sliders to its preset from config.yml (`speakers:` of its model entry), else to the
+defaults. The same calls are API endpoints for `gradio_client`: `/tts` and `/preset`.
 
 Nothing is fetched from the network: analytics and the version check are off, no share link is made, and the
 theme uses the system's fonts instead of web fonts.
@@ -26,9 +27,11 @@ from typing import Any
 import numpy as np
 
 import config as global_config
+from synthesis_params import DEFAULT_PARAMS, FIELDS, SynthesisParams, value_range
 from synthesis_plan import REQUEST_LANGUAGES
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 from voice_registry import (
+    PRESET_FIELDS,
     LoadedModel,
     ModelRegistry,
     ModelSpec,
@@ -40,14 +43,17 @@ from voice_registry import (
 
 logger = logging.getLogger(__name__)
 
-# (minimum, maximum, step, default) of each slider: the reference web UI's.
-SDP_RATIO = (0.0, 1.0, 0.1, 0.5)
-NOISE_SCALE = (0.1, 2.0, 0.1, 0.6)
-NOISE_SCALE_W = (0.1, 2.0, 0.1, 0.9)
-LENGTH_SCALE = (0.1, 2.0, 0.1, 1.0)
-STYLE_WEIGHT = (0.0, 1.0, 0.1, 0.7)
-SENTENCE_PAUSE = (0.0, 5.0, 0.1, 0.2)
-PARAGRAPH_PAUSE = (0.0, 10.0, 0.1, 1.0)
+# The sliders: a label for each numeric synthesis parameter; range and default come from SynthesisParams.
+SLIDER_LABELS = {
+    "sdp_ratio": "SDP ratio",
+    "noise_scale": "Noise",
+    "noise_scale_w": "Noise_W",
+    "length_scale": "Length",
+    "style_weight": "Style weight",
+    "sentence_pause": "Pause between sentences (s)",
+    "paragraph_pause": "Pause between paragraphs (s)",
+}
+SLIDER_STEP = 0.1  # the reference web UI's
 DEFAULT_MAX_TEXT_LENGTH = 2000
 # Requests waiting for the model at most; more are refused ("queue full") instead of piling up without bound.
 DEFAULT_QUEUE_SIZE = 16
@@ -73,22 +79,12 @@ class VoiceService:
         except KeyError as error:
             raise ValueError(error.args[0]) from error
 
+    def preset(self, model: str, speaker: str) -> SynthesisParams:
+        """The parameters `speaker` of `model` starts from: its config.yml preset, else the defaults."""
+        return self.model(model).spec.presets.get(speaker, DEFAULT_PARAMS)
+
     def synthesize(
-        self,
-        text: str,
-        model: str,
-        speaker: str,
-        language: str,
-        sdp_ratio: float,
-        noise_scale: float,
-        noise_scale_w: float,
-        length_scale: float,
-        style_text: str,
-        style_weight: float,
-        split: bool,
-        sentence_pause: float,
-        paragraph_pause: float,
-        seed: int | None = None,
+        self, text: str, model: str, speaker: str, language: str, params: SynthesisParams
     ) -> tuple[int, np.ndarray]:
         """Check the request and speak it: (sampling rate, int16 samples). Bad input raises ValueError."""
         text = (text or "").strip()
@@ -96,24 +92,10 @@ class VoiceService:
             raise ValueError("the text is empty: type something to say")
         if len(text) > self.max_text_length:
             raise ValueError(f"the text is {len(text)} characters long; the limit is {self.max_text_length}")
-        # Everything else (speaker, language, ranges, pauses) is checked by the synthesizer itself.
+        # Everything else (speaker, language) is checked by the synthesizer itself.
         loaded = self.model(model)
         with loaded.lock:
-            sampling_rate, audio = loaded.synthesizer.synthesize(
-                text,
-                speaker,
-                language,
-                sdp_ratio=float(sdp_ratio),
-                noise_scale=float(noise_scale),
-                noise_scale_w=float(noise_scale_w),
-                length_scale=float(length_scale),
-                style_text=(style_text or "").strip() or None,
-                style_weight=float(style_weight),
-                split=bool(split),
-                sentence_pause=float(sentence_pause),
-                paragraph_pause=float(paragraph_pause),
-                seed=seed,
-            )
+            sampling_rate, audio = loaded.synthesizer.synthesize(text, speaker, language, params)
         # 16-bit PCM is what the browser gets anyway; converting here keeps Gradio from warning about floats.
         return sampling_rate, to_int16(audio)
 
@@ -158,9 +140,18 @@ def model_specs(args: argparse.Namespace, settings: global_config.Config) -> lis
 # The page
 
 
-def _slider(gr: Any, label: str, spec: tuple[float, float, float, float], elem_id: str) -> Any:
-    minimum, maximum, step, default = spec
-    return gr.Slider(minimum=minimum, maximum=maximum, step=step, value=default, label=label, elem_id=elem_id)
+def _slider(gr: Any, name: str, value: float) -> Any:
+    minimum, maximum = value_range(name)
+    label = SLIDER_LABELS[name]
+    return gr.Slider(minimum=minimum, maximum=maximum, step=SLIDER_STEP, value=value, label=label, elem_id=name)
+
+
+def _params_from_controls(values: Sequence[Any]) -> SynthesisParams:
+    """The parameters from the page's controls, in `SynthesisParams` field order (seed -1 or empty: random)."""
+    given = dict(zip(FIELDS, values, strict=True))
+    seed = given["seed"]
+    given["seed"] = None if seed is None or seed < 0 else int(seed)
+    return SynthesisParams.checked(given)
 
 
 def build_app(service: VoiceService, default_language: str | None = None) -> Any:
@@ -172,44 +163,23 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
     if language.lower() not in {choice.lower() for choice in REQUEST_LANGUAGES}:
         raise ValueError(f"unknown default language {language!r}; use one of {', '.join(REQUEST_LANGUAGES)}")
     language = next(choice for choice in REQUEST_LANGUAGES if choice.lower() == language.lower())
+    speakers = first.synthesizer.speakers
+    start = service.preset(first.name, speakers[0]) if speakers else DEFAULT_PARAMS  # what the page opens with
 
-    def generate(
-        text: str,
-        model: str,
-        speaker: str,
-        language: str,
-        sdp_ratio: float,
-        noise_scale: float,
-        noise_scale_w: float,
-        length_scale: float,
-        style_text: str,
-        style_weight: float,
-        split: bool,
-        sentence_pause: float,
-        paragraph_pause: float,
-        seed: float,
-    ) -> tuple[tuple[int, np.ndarray], str]:
+    def generate(text: str, model: str, speaker: str, language: str, *values: Any) -> tuple[Any, str]:
+        """The audio for the API and the player for the page; `values` are the parameter controls'."""
         try:
-            sampling_rate, samples = service.synthesize(
-                text,
-                model,
-                speaker,
-                language,
-                sdp_ratio,
-                noise_scale,
-                noise_scale_w,
-                length_scale,
-                style_text,
-                style_weight,
-                split,
-                sentence_pause,
-                paragraph_pause,
-                seed=None if seed is None or seed < 0 else int(seed),
-            )
+            params = _params_from_controls(values)
+            sampling_rate, samples = service.synthesize(text, model, speaker, language, params)
         except (ValueError, FileNotFoundError) as error:
             # gr.Error shows the message on the page and hands it to API clients; other errors stay generic.
             raise gr.Error(str(error)) from error
         return (sampling_rate, samples), audio_player_html(sampling_rate, samples)
+
+    def speaker_chosen(model: str, speaker: str) -> list[float]:
+        """The speaker's preset (config.yml), else the defaults, for the preset sliders."""
+        preset = service.preset(model, speaker) if speaker else DEFAULT_PARAMS
+        return [getattr(preset, name) for name in PRESET_FIELDS]
 
     def model_chosen(model: str) -> tuple[Any, Any]:
         """The chosen model's speakers, and its default language."""
@@ -228,8 +198,8 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
                     choices=service.model_names, value=service.model_names[0], label="Model", elem_id="model"
                 )
                 speaker = gr.Dropdown(
-                    choices=first.synthesizer.speakers,
-                    value=first.synthesizer.speakers[0] if first.synthesizer.speakers else None,
+                    choices=speakers,
+                    value=speakers[0] if speakers else None,
                     label="Speaker",
                     elem_id="speaker",
                     # The choices follow the model on the page; an API call names any model's speaker, and
@@ -243,21 +213,18 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
                     info="mix: tagged text, [speaker]<zh>你好<en>hello|<jp>こんにちは; auto: identified per piece",
                     elem_id="language",
                 )
-                sdp_ratio = _slider(gr, "SDP ratio", SDP_RATIO, "sdp_ratio")
-                noise_scale = _slider(gr, "Noise", NOISE_SCALE, "noise_scale")
-                noise_scale_w = _slider(gr, "Noise_W", NOISE_SCALE_W, "noise_scale_w")
-                length_scale = _slider(gr, "Length", LENGTH_SCALE, "length_scale")
+                controls = {name: _slider(gr, name, getattr(start, name)) for name in PRESET_FIELDS}
             with gr.Column():
-                style_text = gr.Textbox(
+                controls["style_text"] = gr.Textbox(
                     label="Style text",
                     placeholder="Optional: text whose style (BERT features) is mixed into the voice",
                     elem_id="style_text",
                 )
-                style_weight = _slider(gr, "Style weight", STYLE_WEIGHT, "style_weight")
-                split = gr.Checkbox(value=True, label="Split by sentence", elem_id="split")
-                sentence_pause = _slider(gr, "Pause between sentences (s)", SENTENCE_PAUSE, "sentence_pause")
-                paragraph_pause = _slider(gr, "Pause between paragraphs (s)", PARAGRAPH_PAUSE, "paragraph_pause")
-                seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
+                controls["style_weight"] = _slider(gr, "style_weight", start.style_weight)
+                controls["split"] = gr.Checkbox(value=start.split, label="Split by sentence", elem_id="split")
+                for name in ("sentence_pause", "paragraph_pause"):
+                    controls[name] = _slider(gr, name, getattr(start, name))
+                controls["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 # The page plays the result in the browser's own <audio> element (Gradio 6's audio component
                 # leaves that element without a source unless it draws a waveform); the audio component,
@@ -265,8 +232,9 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
                 player = gr.HTML(label="Audio", elem_id="audio")
                 audio = gr.Audio(label="Audio file", type="numpy", interactive=False, visible=False)
         model.change(model_chosen, inputs=model, outputs=[speaker, language_box], api_name="speakers")
-        inputs = [text, model, speaker, language_box, sdp_ratio, noise_scale, noise_scale_w, length_scale]
-        inputs += [style_text, style_weight, split, sentence_pause, paragraph_pause, seed]
+        preset_controls = [controls[name] for name in PRESET_FIELDS]
+        speaker.change(speaker_chosen, inputs=[model, speaker], outputs=preset_controls, api_name="preset")
+        inputs = [text, model, speaker, language_box, *(controls[name] for name in FIELDS)]
         button.click(generate, inputs=inputs, outputs=[audio, player], api_name="tts", concurrency_limit=1)
     return app
 

@@ -484,7 +484,7 @@ def test_settings_come_from_the_yml_server_section(tmp_path: Path) -> None:
     )
     assert (second.name, second.language) == ("second", "mix")
     assert (settings.host, settings.port, settings.queue_size, settings.max_text_length) == ("127.0.0.1", 5123, 3, 80)
-    assert first.presets["spk1"]["sdp_ratio"] == 0.5 and first.presets["spk1"]["length_scale"] == 1.0
+    assert first.presets["spk1"].sdp_ratio == 0.5 and first.presets["spk1"].length_scale == 1.0
     # The command line wins over the yml.
     settings = _settings("--yml", str(yml), "--language", "jp", "--port", "7", "--queue-size", "2")
     assert [spec.language for spec in settings.models] == ["JP", "JP"]
@@ -542,3 +542,14 @@ def test_mp3_is_offered_only_at_mpeg_sampling_rates() -> None:
 
     assert "mp3" in server.available_formats(22050) and "mp3" in server.available_formats(44100)
     assert server.available_formats(40000) == ["wav", "flac", "ogg"]  # MPEG audio has no 40 kHz
+
+
+def test_requests_take_the_reference_names_and_the_one_set_of_ranges() -> None:
+    import server
+    from synthesis_params import SynthesisParams
+
+    request = server.parse_voice_request({"text": "你好", "speaker_name": "a", "noisew": "0.3", "auto_split": "false"})
+    assert request.speaker == "a" and request.params == SynthesisParams(noise_scale_w=0.3, split=False)
+    assert request.params.model_fields_set == {"noise_scale_w", "split"}  # the rest comes from the preset
+    with pytest.raises(server.ClientError, match=r"missing parameter 'text'; noisew must be a number within \[0, 2\]"):
+        server.parse_voice_request({"speaker": "a", "noisew": "9"})

@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import yaml
 from served_voices import wait_until_answering, write_untrained_voice
 from train_tiny import free_port
 
 import config
 import infer
+import synthesis_params
 import webui
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,7 @@ CHROMIUM_FLAGS = (
 )
 # Off-default values, so a parameter the UI dropped or swapped would change the audio.
 PARAMS = {"sdp_ratio": 0.3, "noise_scale": 0.4, "noise_scale_w": 0.7, "length_scale": 1.2}
+PRESET = {"sdp_ratio": 0.1, "noise_scale": 0.3, "noise_scale_w": 0.5, "length_scale": 1.4}  # voice_a's spk1
 TWO_SENTENCES = "你好，世界。今天天气很好。"
 
 
@@ -111,9 +114,15 @@ def webui_url(voices: TinyVoices) -> Iterator[str]:
     log = voices.folder / "webui.log"
     launcher = voices.folder / "launch_webui.py"
     launcher.write_text(LAUNCHER, encoding="utf-8")
-    command = [sys.executable, str(launcher), str(voices.folder / "outside.log")]
-    for name, (checkpoint, config_path) in zip(("voice_a", "voice_b"), voices.models):
-        command += ["--model", f"{name}={checkpoint}", "--config", str(config_path)]
+    # The models come from the yml's webui section, with a speaker preset (the -m path is read in-process below).
+    entries = [
+        {"name": name, "model": str(checkpoint), "config": str(config_path), "device": "cpu"}
+        for name, (checkpoint, config_path) in zip(("voice_a", "voice_b"), voices.models)
+    ]
+    entries[0]["speakers"] = [{"speaker": "spk1", **PRESET}]
+    yml = voices.folder / "webui.yml"
+    yml.write_text(yaml.safe_dump({"webui": {"models": entries}}), encoding="utf-8")
+    command = [sys.executable, str(launcher), str(voices.folder / "outside.log"), "--yml", str(yml)]
     command += ["--bert-dir", f"ZH={voices.bert_dir}", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
     command += ["--max-text-length", str(MAX_TEXT_LENGTH), "--queue-size", "4"]
     env = {**os.environ, "GRADIO_TEMP_DIR": str(voices.folder / "gradio-tmp")}
@@ -211,6 +220,14 @@ def test_api_speaker_list_follows_the_model(client) -> None:
     speakers, language = client.predict("voice_b", api_name="/speakers")
     assert speakers["value"] == "alice" and [choice[0] for choice in speakers["choices"]] == ["alice", "bob", "carol"]
     assert language["value"] == "ZH"
+
+
+def test_speaker_presets_of_the_yml_set_the_sliders(client) -> None:
+    assert client.predict("voice_a", "spk1", api_name="/preset") == tuple(PRESET.values())
+    defaults = synthesis_params.DEFAULT_PARAMS
+    expected = tuple(getattr(defaults, name) for name in PRESET)
+    assert client.predict("voice_a", "spk0", api_name="/preset") == expected
+    assert client.predict("voice_b", "spk1", api_name="/preset") == expected  # voice_b has no presets
 
 
 def _browser_or_skip() -> None:
