@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 import atomic_io
 from metrics import METRICS
+from synthesis_params import SynthesisParams
 from text.symbols import LANGUAGES
 
 logger = logging.getLogger(__name__)
@@ -298,10 +299,11 @@ class TrainMsConfig(_YmlSection):
 
 class SpeakerPreset(_YmlSection):
     speaker: NonEmpty = Field(description="speaker name the preset applies to")
-    sdp_ratio: float = Field(0.2, ge=0.0, le=1.0, description="share of the stochastic duration predictor")
-    noise_scale: float = Field(0.6, description="noise of the prior")
-    noise_scale_w: float = Field(0.8, description="noise of the duration predictor")
-    length_scale: float = Field(1.0, gt=0.0, description="speech duration factor (>1 slower)")
+    # Declared once, in synthesis_params.py: the same default, range and meaning as on every other surface.
+    sdp_ratio: float = SynthesisParams.model_fields["sdp_ratio"]
+    noise_scale: float = SynthesisParams.model_fields["noise_scale"]
+    noise_scale_w: float = SynthesisParams.model_fields["noise_scale_w"]
+    length_scale: float = SynthesisParams.model_fields["length_scale"]
 
 
 def _unique(key: str, names: list[str], expected: str) -> None:

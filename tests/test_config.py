@@ -129,7 +129,7 @@ def test_server_models_take_defaults_from_the_server_section(tmp_path):
     )
     assert (second.device, second.language) == ("cuda:1", "JP")
     assert second.speakers[0] == config.SpeakerPreset(
-        speaker="spk0", sdp_ratio=0.5, noise_scale=0.6, noise_scale_w=0.8, length_scale=1.2
+        speaker="spk0", sdp_ratio=0.5, noise_scale=0.6, noise_scale_w=0.9, length_scale=1.2
     )
 
 
