@@ -21,12 +21,13 @@ import argparse
 import csv
 import functools
 import io
+import json
 import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MANIFEST_NAME = "slices.csv"
+SETTINGS_NAME = "slices.settings.json"  # the settings the clips were cut with
 MANIFEST_FIELDS = ("source", "clip", "start", "end", "duration", "loudness", "status", "note")
 VAD_RATE = 16000  # silero-vad's rate
 VAD_WINDOW = 512  # samples per silero-vad decision at 16 kHz
@@ -415,6 +417,11 @@ def slice_source(source: Source, out_dir: Path, settings: Settings) -> SourceRes
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     total = len(mono) / rate
     result.seconds = total
+    if total < settings.min_seconds:
+        result.rows.append(
+            Row(source.relative, "", 0.0, total, total, None, "dropped", "recording shorter than --min-seconds")
+        )
+        return result
     note = f"source clipped ({clipped} samples at full scale)" if clipped else ""
     if clipped:
         logger.warning("%s: %d clipped samples at full scale; its clips may sound distorted", source.path, clipped)
@@ -494,6 +501,7 @@ def slice_all(
     if skip:
         logger.info("%d source(s) already sliced (in %s); --force redoes them", len(sources) - len(todo), manifest)
     rows = [row for row in rows if row.source in skip]
+    warn_if_settings_changed(out_dir / SETTINGS_NAME, settings, len(sources) - len(todo))
     results = []
     bar = tqdm(total=len(todo), desc="slice", unit="file", disable=not show_progress)
 
@@ -514,7 +522,30 @@ def slice_all(
                     finished(future.result())
     if not todo:
         write_manifest(manifest, rows)
+    if todo:  # the settings of the latest run that cut something
+        atomic_io.atomic_write_text(out_dir / SETTINGS_NAME, json.dumps(asdict(settings), indent=2) + "\n")
     return results
+
+
+def warn_if_settings_changed(path: Path, settings: Settings, kept: int) -> None:
+    """Clips kept from an earlier run were cut with that run's settings: say which differ (not an error)."""
+    if not kept or not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return
+    changed = [
+        f"--{name.replace('_', '-')} {before.get(name)} (now {value})"
+        for name, value in asdict(settings).items()
+        if before.get(name) != value
+    ]
+    if changed:
+        logger.warning(
+            "%d source(s) already sliced with %s are kept as they are; --force slices them again",
+            kept,
+            ", ".join(changed),
+        )
 
 
 def summarise(results: Sequence[SourceResult]) -> tuple[int, int, int]:

@@ -96,6 +96,8 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        build_recordings(work / "warm-up", 0.2)
+        time_slicing(work / "warm-up", work, 1)  # imports and the model load are not what is measured
         seconds = build_recordings(work / "raw", args.minutes)
         print(f"audio: {seconds:.0f} s in {len(list((work / 'raw').rglob('*.flac')))} files")
         for processes in args.processes:

@@ -6,6 +6,7 @@ One slicing run of the whole raw folder is shared by the module; the checks read
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -122,10 +123,11 @@ def test_manifest_names_every_source_and_reports_clipping(raw, sliced) -> None:
     assert clipped and all("source clipped" in r["note"] for r in clipped)
     assert not any("clipped" in r["note"] for r in rows if r["source"] != "spk1/clipped.wav")
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav"))
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [slicer.MANIFEST_NAME, slicer.SETTINGS_NAME]
     assert files == sorted(r["clip"] for r in rows if r["status"] == "written")  # no temporary files left
 
 
-def test_rerun_skips_what_is_sliced_and_redoes_a_changed_manifest_entry(raw, sliced, tmp_path: Path) -> None:
+def test_rerun_skips_what_is_sliced_and_redoes_a_changed_manifest_entry(raw, sliced, tmp_path, caplog) -> None:
     out = tmp_path / "again"
     shutil.copytree(sliced[0], out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.wav")}
@@ -137,6 +139,10 @@ def test_rerun_skips_what_is_sliced_and_redoes_a_changed_manifest_entry(raw, sli
     again = slicer.slice_all(raw[0], out, SETTINGS, show_progress=False)
     assert [r.source.relative for r in again] == ["spk0/stereo.flac"] and victim.is_file()
     assert manifest(out) == manifest(sliced[0])
+    # Other settings do not silently re-cut what is there: the rerun keeps it and says which settings differ.
+    assert slicer.slice_all(raw[0], out, slicer.Settings(max_seconds=10.0), show_progress=False) == []
+    assert "6 source(s) already sliced with --max-seconds 12.0 (now 10.0) are kept" in caplog.text
+    assert json.loads((out / slicer.SETTINGS_NAME).read_text(encoding="utf-8"))["max_seconds"] == 12.0
 
 
 def test_energy_fallback_and_target_rate_when_asked(raw, tmp_path: Path) -> None:
@@ -166,6 +172,20 @@ def test_cli_exit_codes_and_errors(tmp_path: Path, caplog: pytest.LogCaptureFixt
     rows = manifest(tmp_path / "o")
     assert [(r["source"], r["status"]) for r in rows] == [("broken.wav", "failed")]
     assert "unreadable audio" in rows[0]["note"] and "broken.wav" in caplog.text
+
+
+def test_short_empty_and_silent_recordings_are_listed_as_dropped(tmp_path: Path) -> None:
+    speaker = tmp_path / "raw" / "spk"
+    speaker.mkdir(parents=True)
+    soundfile.write(speaker / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    soundfile.write(speaker / "blip.wav", np.full(300, 0.1, dtype=np.float32), 16000)
+    soundfile.write(speaker / "silent.wav", np.zeros(32000, dtype=np.float32), 16000)
+    assert slicer.main(["--in-dir", str(tmp_path / "raw"), "--out-dir", str(tmp_path / "out"), "--processes", "1"]) == 0
+    assert [(r["source"], r["status"], r["note"]) for r in manifest(tmp_path / "out")] == [
+        ("spk/blip.wav", "dropped", "recording shorter than --min-seconds"),
+        ("spk/empty.wav", "dropped", "recording shorter than --min-seconds"),
+        ("spk/silent.wav", "dropped", "no speech found"),
+    ]
 
 
 def test_clashing_clip_names_are_refused(tmp_path: Path) -> None:
