@@ -477,6 +477,25 @@ def list_examples(root: Path, roots: Sequence[Path]) -> dict[str, list[dict[str,
     return examples
 
 
+def _nvml_errors() -> tuple[type[Exception], ...]:
+    """What torch.cuda.utilization raises where NVML cannot tell: no pynvml, no driver, a MIG slice, ..."""
+    try:
+        from pynvml import NVMLError
+    except ImportError:
+        return (ModuleNotFoundError, RuntimeError)
+    return (ModuleNotFoundError, RuntimeError, NVMLError)
+
+
+def gpu_load(index: int) -> float | None:
+    """The GPU's recent load (0 to 1, as the reference's GPUtil reports it); None where NVML cannot tell."""
+    import torch
+
+    try:
+        return torch.cuda.utilization(index) / 100.0
+    except _nvml_errors():
+        return None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The routes
 
@@ -673,13 +692,9 @@ class ReferenceApi:
         gpus = []
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
-            try:
-                load = torch.cuda.utilization(index) / 100.0
-            except (ModuleNotFoundError, RuntimeError):  # torch reads the load through pynvml
-                load = None
             mib = 1024 * 1024
             memory_mib = {"total": total / mib, "used": (total - free) / mib, "free": free / mib}
-            gpus.append({"gpu_id": index, "gpu_load": load, "gpu_memory": memory_mib})
+            gpus.append({"gpu_id": index, "gpu_load": gpu_load(index), "gpu_memory": memory_mib})
         return {
             "devices": ["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())],
             "cpu_percent": psutil.cpu_percent(interval=None),
