@@ -372,28 +372,41 @@ def full_scale_pcm(audio: Any) -> Any:
     return (audio.astype(np.float64) * (32767.0 / peak)).astype(np.int16)
 
 
-def speak(entry: TableEntry, pieces: Sequence[Piece], query: VoiceQuery) -> bytes:
-    """The pieces spoken one after another without pauses, as a 16-bit WAV (on a worker thread)."""
-    import soundfile
+# How the reference's /voice spells the SynthesisParams fields it takes.
+SPELLED = {"noise_scale": "noise", "noise_scale_w": "noisew", "length_scale": "length"}
 
-    plan = [[Utterance(piece.speaker, ((piece.text, piece.language),)) for piece in pieces]]
-    given = {
+
+def synthesis_params(query: VoiceQuery) -> SynthesisParams:
+    """The request's parameters, checked against our ranges (422 naming the parameter as the client spelled it).
+    The pieces are spoken back to back, as the reference joins them: no sentence splitting, no pauses."""
+    values = {
         "sdp_ratio": query.sdp_ratio,
         "noise_scale": query.noise,
         "noise_scale_w": query.noisew,
         "length_scale": query.length,
         "style_text": query.style_text,
         "style_weight": query.style_weight,
+        "split": False,
         "sentence_pause": 0.0,
         "paragraph_pause": 0.0,
     }
     try:
-        params = SynthesisParams.checked(given)
+        return SynthesisParams.checked(values, spelled=SPELLED)
+    except ValueError as error:
+        raise Refusal(422, str(error)) from error
+
+
+def speak(entry: TableEntry, pieces: Sequence[Piece], params: SynthesisParams) -> bytes:
+    """The pieces spoken one after another, as a 16-bit WAV (on a worker thread)."""
+    import soundfile
+
+    plan = [[Utterance(piece.speaker, ((piece.text, piece.language),)) for piece in pieces]]
+    try:
         with entry.lock:
             sampling_rate, audio = entry.synthesizer.render(plan, params)
     except FileNotFoundError as error:  # a BERT folder this server lacks
         raise Refusal(503, str(error)) from error
-    except ValueError as error:  # out-of-range parameters, text with nothing to pronounce, ...
+    except ValueError as error:  # text with nothing to pronounce, ...
         raise Refusal(422, str(error)) from error
     buffer = io.BytesIO()
     soundfile.write(buffer, full_scale_pcm(audio), sampling_rate, format="WAV", subtype="PCM_16")
@@ -604,13 +617,14 @@ class ReferenceApi:
         speaker = self._speaker(entry, query)
         language = self._language(entry, query)
         self._check_lengths(query)
+        params = synthesis_params(query)
         pieces = plan_pieces(query.text, language, speaker, query.auto_split)
         for name in {piece.speaker for piece in pieces}:
             self._check_speaker(entry, name)
         if not pieces:
             raise Refusal(422, "the text has nothing to speak")
         logger.info("reference /voice: model %d, %s, %s, %d piece(s)", query.model_id, speaker, language, len(pieces))
-        content = await self.submit(lambda: speak(entry, pieces, query))
+        content = await self.submit(lambda: speak(entry, pieces, params))
         return Response(content=content, media_type="audio/wav")
 
     async def models_info(self, _request: Request) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def test_defaults_are_the_references(client: TestClient) -> None:
 
     implicit = noisy()
     assert np.array_equal(implicit, noisy(sdp_ratio=0.2, noise=0.2, noisew=0.9, length=1, style_weight=0.7))
-    assert not np.array_equal(implicit, noisy(noise=0.6, noisew=0.8))  # our own /voice's defaults
+    assert not np.array_equal(implicit, noisy(sdp_ratio=0.5, noise=0.6, noisew=0.9))  # our own /voice's defaults
 
 
 def test_double_bar_cuts_the_text_into_passes(client: TestClient) -> None:
@@ -248,7 +248,8 @@ VOICE = {"text": "你好。", "model_id": 0, "speaker_name": "hiyori"}
         ({**VOICE, "auto_translate": "true"}, 501, None, "offline"),
         ({**VOICE, "language": "FR"}, 400, None, "ZH, JP, EN, MIX or AUTO"),
         ({**VOICE, "text": " || "}, 422, None, "nothing to"),
-        ({**VOICE, "noise": -1}, 422, None, "noise_scale"),
+        ({**VOICE, "noise": -1}, 422, None, "noise must be a number within [0, 2], got -1"),
+        ({**VOICE, "length": 5}, 422, None, "length must be a number within [0.1, 3], got 5"),
         ({**VOICE, "text": "你" * (MAX_TEXT_LENGTH + 1)}, 422, None, f"limit is {MAX_TEXT_LENGTH}"),
     ],
 )
