@@ -132,7 +132,7 @@ def build_review_app(list_path: Path) -> Any:
         entries = read_entries(list_path)
         if not entries:
             empty = "The list is empty."
-            return 0, "", gr.update(value=None), "", gr.update(value=None, choices=[]), "ZH", "", empty
+            return 0, "", gr.update(value=None), "", gr.update(value=None, choices=[]), "ZH", "", 1, empty
         index = min(max(int(index), 0), len(entries) - 1)
         entry = entries[index]
         speakers = sorted({e.speaker for e in entries})
@@ -147,6 +147,7 @@ def build_review_app(list_path: Path) -> Any:
             gr.update(value=entry.speaker, choices=speakers),
             entry.language,
             entry.text,
+            index + 1,
             status,
         )
 
@@ -183,13 +184,13 @@ def build_review_app(list_path: Path) -> Any:
         with gr.Row():
             previous = gr.Button("◀ Previous", elem_id="review-previous")
             following = gr.Button("Next ▶", elem_id="review-next")
-            jump = gr.Number(label="Go to clip", precision=0, minimum=1, elem_id="review-goto")
+            jump = gr.Number(label="Go to clip (Enter)", value=1, precision=0, minimum=1, elem_id="review-goto")
         with gr.Row():
             save_button = gr.Button("Save", variant="primary", elem_id="review-save")
             delete_button = gr.Button("Delete from list", variant="stop", elem_id="review-delete")
         status = gr.Markdown(elem_id="review-status")
 
-        page = [index, path, audio, where, speaker, language, text, status]
+        page = [index, path, audio, where, speaker, language, text, jump, status]
         app.load(show, inputs=index, outputs=page)
         previous.click(lambda i: show(int(i) - 1), inputs=index, outputs=page, api_name="previous")
         following.click(lambda i: show(int(i) + 1), inputs=index, outputs=page, api_name="next")

@@ -125,6 +125,7 @@ def test_browser_edit_reload_see_it_saved_then_delete(browser, review_server) ->
     )
     browser.find_element(By.CSS_SELECTOR, "#review-next").click()
     wait.until(lambda _: text_value() == ORIGINAL[1][2] and "clip 2 of 3" in where())
+    assert browser.execute_script("return document.querySelector('#review-goto input').value") == "2"
 
     box = browser.find_element(By.CSS_SELECTOR, "#review-text textarea")
     box.send_keys(Keys.CONTROL, "a")
@@ -152,3 +153,7 @@ def test_browser_edit_reload_see_it_saved_then_delete(browser, review_server) ->
         ORIGINAL[2][2],
     ]
     wait.until(lambda _: "clip 2 of 2" in where() and text_value() == ORIGINAL[2][2])
+    goto = browser.find_element(By.CSS_SELECTOR, "#review-goto input")
+    goto.send_keys(Keys.CONTROL, "a")
+    goto.send_keys("1", Keys.ENTER)
+    wait.until(lambda _: "clip 1 of 2" in where() and text_value() == ORIGINAL[0][2])
