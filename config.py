@@ -99,9 +99,9 @@ def _is_none(value: Any) -> bool:
     return value is None
 
 
-def _unset(doc: str) -> Any:
+def _unset(doc: str, **rules: Any) -> Any:
     """An optional setting, unset by default and then left out of saved configs (the reference lacks it)."""
-    return Field(None, description=doc, exclude_if=_is_none)
+    return Field(None, description=doc, exclude_if=_is_none, **rules)
 
 
 def _describe(value: Any) -> str:
@@ -485,9 +485,7 @@ class TrainConfig(_Settings):
     allow_tf32: bool | None = _unset("false: strict-fp32 CUDA matmuls and convolutions; unset: TF32 allowed")
     fused_adamw: bool | None = _unset("true: torch's fused AdamW kernel (same update within rounding)")
     # Fine-tuning on a small GPU (unset = the reference's behaviour; left out of saved configs then).
-    grad_accum_steps: int | None = Field(
-        None, ge=1, description="micro-batches of batch_size per optimizer update (unset: 1)", exclude_if=_is_none
-    )
+    grad_accum_steps: int | None = _unset("micro-batches of batch_size per optimizer update (unset: 1)", ge=1)
     activation_checkpointing: bool | None = _unset("true: recompute decoder/flow/discriminator activations")
     freeze: Annotated[
         list[Literal[FREEZE_PARTS]] | None, Expect("null or a list of part names from " + ", ".join(FREEZE_PARTS))
