@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import torch
@@ -69,9 +69,21 @@ def rand_slice_segments(
     if x_lengths is None:
         x_lengths = t
     ids_str_max = x_lengths - segment_size + 1
-    # Drawn on the CPU generator like the reference, so a seed gives the same windows on every device.
-    ids_str = (torch.rand([b]).to(device=x.device) * ids_str_max).to(dtype=torch.long)
+    ids_str = (host_random(torch.rand, [b], x.device) * ids_str_max).to(dtype=torch.long)
     return slice_segments(x, ids_str, segment_size), ids_str
+
+
+def host_random(draw: Callable[..., Tensor], size: Sequence[int], device: torch.device | str) -> Tensor:
+    """``draw(size)`` (``torch.rand`` / ``torch.randn``) from the CPU generator, on ``device``, without a host sync.
+
+    The CPU generator, like the reference, so a seed gives the same draws on every device and CPU runs keep their
+    numbers. The reference's plain ``.to(cuda)`` copies from pageable memory, which waits for everything queued on
+    the device first; drawn into pinned memory, the copy is queued behind the work instead.
+    """
+    device = torch.device(device)
+    pinned = device.type == "cuda"
+    values = draw(tuple(size), pin_memory=pinned)
+    return values.to(device, non_blocking=pinned)
 
 
 def subsequent_mask(length: int) -> Tensor:

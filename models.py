@@ -6,6 +6,7 @@ Module and parameter names follow the reference exactly so its checkpoints load 
 
 Random draws go through the module-level ``torch.randn`` / ``torch.randn_like`` / ``torch.rand`` functions,
 looked up at call time, so tests can replace them (e.g. with zeros) to make the training forward deterministic.
+Draws the reference makes on the CPU generator stay there (``commons.host_random``: same numbers on every device).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -378,7 +380,7 @@ class StochasticDurationPredictor(nn.Module):
         h_w = self.post_pre(w)
         h_w = self.post_convs(h_w, x_mask)
         h_w = self.post_proj(h_w) * x_mask  # [b, filter, t]
-        e_q = torch.randn(w.size(0), 2, w.size(2)).to(device=x.device, dtype=x.dtype) * x_mask  # [b, 2, t]
+        e_q = commons.host_random(torch.randn, (w.size(0), 2, w.size(2)), x.device).to(x.dtype) * x_mask  # [b, 2, t]
         z_q = e_q
         logdet_tot_q = 0
         for flow in self.post_flows:
@@ -407,7 +409,7 @@ class StochasticDurationPredictor(nn.Module):
         # The last flip before the affine layer only permutes the unused channel; the reference skips it.
         flows = flows[:-2] + [flows[-1]]
         if noise is None:
-            noise = torch.randn(x.size(0), 2, x.size(2)).to(device=x.device, dtype=x.dtype)
+            noise = commons.host_random(torch.randn, (x.size(0), 2, x.size(2)), x.device).to(x.dtype)
         z = noise * noise_scale  # [b, 2, t]
         for flow in flows:
             z = flow(z, x_mask, g=x, reverse=True)
@@ -790,6 +792,28 @@ class ReferenceEncoder(nn.Module):
         return length
 
 
+def mas_log_likelihood(z_p: Tensor, m_p: Tensor, logs_p: Tensor) -> Tensor:
+    """log N(z_p[:, :, y]; m_p[:, :, x], exp(logs_p[:, :, x])) summed over channels: the MAS scores
+    [b, t_spec, t_x] for z_p [b, d, t_spec] and m_p, logs_p [b, d, t_x], always in float32.
+
+    Under fp16 autocast exp(-2 logs_p) and the channel sums of the matmuls overflow from logs_p of about -4
+    (192 channels), and inf - inf = NaN would make the search align garbage while ``attn`` still looks like a
+    path; bf16 keeps the range but rounds scores of 1e4 by tens. So the scores leave autocast. With float32
+    inputs these are the reference's operations, unchanged.
+    """
+    device_type = z_p.device.type
+    no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
+    with no_autocast:
+        z_p, m_p, logs_p = z_p.float(), m_p.float(), logs_p.float()
+        # Four matmul-friendly terms of the expanded square.
+        s_p_sq_r = torch.exp(-2 * logs_p)  # [b, d, t_x]
+        neg_cent1 = torch.sum(-0.5 * math.log(2 * math.pi) - logs_p, [1], keepdim=True)  # [b, 1, t_x]
+        neg_cent2 = torch.matmul(-0.5 * (z_p**2).transpose(1, 2), s_p_sq_r)  # [b, t_spec, t_x]
+        neg_cent3 = torch.matmul(z_p.transpose(1, 2), (m_p * s_p_sq_r))  # [b, t_spec, t_x]
+        neg_cent4 = torch.sum(-0.5 * (m_p**2) * s_p_sq_r, [1], keepdim=True)  # [b, 1, t_x]
+        return neg_cent1 + neg_cent2 + neg_cent3 + neg_cent4
+
+
 class SynthesizerTrn(nn.Module):
     """Bert-VITS2 2.3 synthesizer for training (``forward``) and synthesis (``infer``)."""
 
@@ -972,13 +996,7 @@ class SynthesizerTrn(nn.Module):
     @torch.no_grad()
     def _monotonic_alignment(self, z_p: Tensor, m_p: Tensor, logs_p: Tensor, x_mask: Tensor, y_mask: Tensor) -> Tensor:
         """Most likely monotonic alignment of frames to phones under the prior, [b, 1, t_spec, t_x] (0/1)."""
-        # log N(z_p; m_p, exp(logs_p)) summed over channels, expanded into four matmul-friendly terms.
-        s_p_sq_r = torch.exp(-2 * logs_p)  # [b, d, t_x]
-        neg_cent1 = torch.sum(-0.5 * math.log(2 * math.pi) - logs_p, [1], keepdim=True)  # [b, 1, t_x]
-        neg_cent2 = torch.matmul(-0.5 * (z_p**2).transpose(1, 2), s_p_sq_r)  # [b, t_spec, t_x]
-        neg_cent3 = torch.matmul(z_p.transpose(1, 2), (m_p * s_p_sq_r))  # [b, t_spec, t_x]
-        neg_cent4 = torch.sum(-0.5 * (m_p**2) * s_p_sq_r, [1], keepdim=True)  # [b, 1, t_x]
-        neg_cent = neg_cent1 + neg_cent2 + neg_cent3 + neg_cent4
+        neg_cent = mas_log_likelihood(z_p, m_p, logs_p)  # [b, t_spec, t_x], float32
         if self.use_noise_scaled_mas:
             # VITS2: noise proportional to the spread of the scores, annealed by the training loop.
             epsilon = torch.std(neg_cent) * torch.randn_like(neg_cent) * self.current_mas_noise_scale

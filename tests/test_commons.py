@@ -59,6 +59,47 @@ def test_rand_slice_segments_windows_lie_inside_lengths() -> None:
     assert torch.equal(ids, torch.zeros(3, dtype=torch.long)) and torch.equal(out, x)
 
 
+def test_random_windows_come_from_the_cpu_generator_as_in_the_reference() -> None:
+    """The start indices are the reference's (torch.rand([b]) on the CPU generator, scaled, truncated), and the
+    draw consumes the CPU generator exactly as that expression does: seeds, goldens and exact resumes keep
+    their numbers."""
+    x = torch.arange(2 * 3 * 50, dtype=torch.float32).view(2, 3, 50)
+    lengths = torch.tensor([50, 31])
+    torch.manual_seed(7)
+    expected = (torch.rand([2]) * (lengths - 8 + 1)).to(dtype=torch.long)
+    after_reference = torch.rand(4)
+    torch.manual_seed(7)
+    _, ids = commons.rand_slice_segments(x, lengths, 8)
+    assert torch.equal(ids, expected)
+    assert torch.equal(torch.rand(4), after_reference)
+
+
+@pytest.mark.parametrize("draw", [torch.rand, torch.randn])
+def test_host_random_on_the_cpu_is_the_plain_draw(draw) -> None:
+    torch.manual_seed(3)
+    expected = draw(2, 5)
+    torch.manual_seed(3)
+    assert torch.equal(commons.host_random(draw, (2, 5), "cpu"), expected)
+
+
+def test_host_random_for_cuda_draws_into_pinned_memory_and_copies_without_waiting() -> None:
+    """A blocking copy from pageable memory waits for the device's whole queue (a host sync per draw); pinned
+    memory and a non-blocking copy queue it instead. (test_gpu checks the absence of syncs on a device.)"""
+    calls = []
+
+    class DrawnOnHost:
+        def to(self, device, non_blocking=False):
+            calls.append(("to", device, non_blocking))
+            return "on the device"
+
+    def draw(size, pin_memory=False):
+        calls.append(("draw", size, pin_memory))
+        return DrawnOnHost()
+
+    assert commons.host_random(draw, [3, 2], "cuda:0") == "on the device"
+    assert calls == [("draw", (3, 2), True), ("to", torch.device("cuda:0"), True)]
+
+
 def test_clip_grad_value_golden(golden: dict) -> None:
     case = golden["commons"]["clip_grad_value"]
 

@@ -5,6 +5,7 @@ the tiny config (the kit's dev shape) with seeded weights and random inputs: no 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -260,3 +261,77 @@ def _assert_invertible(flow: torch.nn.Module, channels: int, gin: int) -> None:
         restored = flow(z, mask, g=g, reverse=True)
     assert not torch.allclose(z, x)
     torch.testing.assert_close(restored, x, atol=1e-5, rtol=1e-5)
+
+
+def _plain_scores(z_p: torch.Tensor, m_p: torch.Tensor, logs_p: torch.Tensor) -> torch.Tensor:
+    """The MAS scores written as plain ops, which autocast would run in half precision."""
+    s_p_sq_r = torch.exp(-2 * logs_p)
+    return (
+        torch.sum(-0.5 * math.log(2 * math.pi) - logs_p, [1], keepdim=True)
+        + torch.matmul(-0.5 * (z_p**2).transpose(1, 2), s_p_sq_r)
+        + torch.matmul(z_p.transpose(1, 2), m_p * s_p_sq_r)
+        + torch.sum(-0.5 * (m_p**2) * s_p_sq_r, [1], keepdim=True)
+    )
+
+
+def _extreme_prior(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """192 channels (the official inter_channels) and log standard deviations near -6: fp16 overflows."""
+    generator = torch.Generator().manual_seed(seed)
+    z_p = 3.0 * torch.randn(2, 192, 60, generator=generator)
+    m_p = torch.randn(2, 192, 20, generator=generator)
+    logs_p = -6.0 + 0.5 * torch.randn(2, 192, 20, generator=generator)
+    return z_p, m_p, logs_p
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mas_scores_stay_float32_and_finite_under_autocast(dtype: torch.dtype) -> None:
+    z_p, m_p, logs_p = _extreme_prior()
+    expected = models.mas_log_likelihood(z_p, m_p, logs_p)
+    assert torch.isfinite(expected).all()
+    with torch.autocast("cpu", dtype=dtype):
+        plain = _plain_scores(z_p, m_p, logs_p)
+        scores = models.mas_log_likelihood(z_p, m_p, logs_p)
+        half_inputs = models.mas_log_likelihood(z_p.to(dtype), m_p.to(dtype), logs_p.to(dtype))
+    # The precondition that makes this test bite: in autocast the plain formula breaks (fp16: overflow to
+    # inf/NaN; bf16: scores of 1e7 off by far more than the gaps between neighbouring phones).
+    assert not torch.isfinite(plain).all() if dtype == torch.float16 else (plain - expected).abs().max() > 1.0
+    assert scores.dtype == torch.float32 and torch.equal(scores, expected)
+    assert half_inputs.dtype == torch.float32 and torch.isfinite(half_inputs).all()
+
+
+def test_mas_scores_in_float32_are_the_reference_formula() -> None:
+    z_p, m_p, logs_p = _extreme_prior(1)
+    logs_p = logs_p + 5.0  # ordinary magnitudes
+    assert torch.equal(models.mas_log_likelihood(z_p, m_p, logs_p), _plain_scores(z_p, m_p, logs_p))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_alignment_under_autocast_equals_float32(local_net_g, dtype: torch.dtype) -> None:
+    """The training forward's alignment (with its noise) is the float32 one under half-precision autocast."""
+    z_p, m_p, logs_p = _extreme_prior(2)
+    z_p, m_p, logs_p = z_p[:, :32], m_p[:, :32], logs_p[:, :32]  # the tiny net's inter_channels
+    x_mask = (torch.arange(20) < torch.tensor([[20], [14]])).float().unsqueeze(1)
+    y_mask = (torch.arange(60) < torch.tensor([[60], [41]])).float().unsqueeze(1)
+    torch.manual_seed(0)
+    expected = local_net_g._monotonic_alignment(z_p, m_p, logs_p, x_mask, y_mask)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=dtype):
+        attn = local_net_g._monotonic_alignment(z_p, m_p, logs_p, x_mask, y_mask)
+    assert torch.equal(attn, expected)
+    assert torch.equal(attn.sum(-1), y_mask)  # every valid frame belongs to exactly one phone
+
+
+def test_stochastic_duration_noise_comes_from_the_cpu_generator(local_net_g, local_text: dict) -> None:
+    """Reverse-mode noise drawn by the predictor is torch.randn([b, 2, t]) on the CPU generator, as the reference
+    (so every device gets the same numbers from a seed)."""
+    sdp = local_net_g.sdp
+    x = torch.randn(2, 32, 17, generator=torch.Generator().manual_seed(3))
+    x_mask = (torch.arange(17) < torch.tensor([[17], [12]])).float().unsqueeze(1)
+    g = torch.randn(2, 32, 1, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(9)
+    noise = torch.randn(2, 2, 17)
+    with torch.no_grad():
+        expected = sdp(x, x_mask, g=g, reverse=True, noise_scale=1.0, noise=noise)
+        torch.manual_seed(9)
+        drawn = sdp(x, x_mask, g=g, reverse=True, noise_scale=1.0)
+    assert torch.equal(drawn, expected)
