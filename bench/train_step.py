@@ -7,8 +7,11 @@ side by side on the same nets and batch, and prints both figures and their ratio
     python bench/train_step.py                               # the kit's dev config, batch 2, CPU (+ CUDA)
     python bench/train_step.py --config configs/config.json --slm-model slm/wavlm-base-plus --devices cuda
 
-The batch is synthetic (random phones and BERT features, a gliding tone as audio), so only the model config
-matters. Each figure is the median over ``--steps`` timed iterations after ``--warmup`` untimed ones.
+The batches are synthetic (random phones and BERT features, a gliding tone as audio), so only the model config
+matters. Real batches vary in length and, with cuDNN autotuning on (as in training), every new shape is tuned
+once; so each round steps through batches of every ``--seconds`` length, both variants alternating batch by batch
+(which goes first alternates too), after ``--warmup`` untimed rounds that have seen every shape. Each figure is
+the median over ``--steps`` timed rounds of all those iterations.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,10 +70,15 @@ def synthetic_batch(hps: ModelConfig, batch_size: int, seconds: float, generator
     )
 
 
+def step_function(ref_like: bool) -> Callable[..., Any]:
+    """``train_step(trainer, batch, hps, rt)`` of the reference-like variant or of this package."""
+    return reference_like.train_step if ref_like else training.train_step
+
+
 def time_steps(
     trainer: training.Trainer, batch: Batch, hps: ModelConfig, rt: training.Runtime, ref_like: bool, steps: int
 ) -> list[float]:
-    step = reference_like.train_step if ref_like else training.train_step
+    step = step_function(ref_like)
     seconds = []
     for _ in range(steps):
         if rt.device.type == "cuda":
@@ -81,21 +91,59 @@ def time_steps(
     return seconds
 
 
+VARIANTS = {"ours": False, "reference_like": True}
+
+
+def compare_steps(
+    trainer: training.Trainer,
+    batches: Sequence[Batch],
+    hps: ModelConfig,
+    rt: training.Runtime,
+    warmup_rounds: int,
+    rounds: int,
+) -> dict[str, dict[str, Any]]:
+    """Per variant: seconds of every timed iteration and (CUDA) the peak memory of any of them, in GiB.
+
+    Interleaved batch by batch, the variant going first alternating, so drifting load and clocks affect both
+    alike; every batch shape is seen by both variants in the warm-up rounds (cuDNN tunes each shape once).
+    """
+    on_cuda = rt.device.type == "cuda"
+    figures: dict[str, dict[str, Any]] = {name: {"seconds": [], "peak_gib": None} for name in VARIANTS}
+    order = list(VARIANTS)
+    for round_index in range(warmup_rounds + rounds):
+        for batch in batches:
+            order.reverse()
+            for name in order:
+                if on_cuda:
+                    torch.cuda.reset_peak_memory_stats(rt.device)
+                (seconds,) = time_steps(trainer, batch, hps, rt, VARIANTS[name], 1)
+                if round_index < warmup_rounds:
+                    continue
+                figures[name]["seconds"].append(seconds)
+                if on_cuda:
+                    peak = torch.cuda.max_memory_allocated(rt.device) / 2**30
+                    figures[name]["peak_gib"] = max(peak, figures[name]["peak_gib"] or 0.0)
+    return figures
+
+
+def varied_batches(hps: ModelConfig, batch_size: int, lengths_s: Sequence[float], device: torch.device) -> list[Batch]:
+    """One synthetic batch per clip length, on the device."""
+    return [
+        synthetic_batch(hps, batch_size, seconds, torch.Generator().manual_seed(index)).to(device)
+        for index, seconds in enumerate(lengths_s)
+    ]
+
+
 def bench_device(hps: ModelConfig, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
     rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
-    training.configure_kernels(device, hps.train)  # the kernels train_ms.py uses on this device
+    training.configure_kernels(device, hps.train)  # the kernels train_ms.py uses on this device (cuDNN autotuning)
     torch.manual_seed(hps.train.seed)
     trainer = training.build_trainer(hps, rt)
     trainer.set_train_mode()
-    batch = synthetic_batch(hps, args.batch_size, args.seconds, torch.Generator().manual_seed(0)).to(device)
-    timings: dict[bool, list[float]] = {False: [], True: []}
-    for ref_like in (False, True):
-        time_steps(trainer, batch, hps, rt, ref_like, args.warmup)
-    # Interleaved, so drifting machine load affects both variants alike.
-    for _ in range(args.steps):
-        for ref_like in (False, True):
-            timings[ref_like] += time_steps(trainer, batch, hps, rt, ref_like, 1)
-    ours, reference = statistics.median(timings[False]), statistics.median(timings[True])
+    batches = varied_batches(hps, args.batch_size, args.seconds, device)
+    figures = compare_steps(trainer, batches, hps, rt, args.warmup, args.steps)
+    ours = statistics.median(figures["ours"]["seconds"])
+    reference = statistics.median(figures["reference_like"]["seconds"])
     return {"ours_s_per_step": ours, "reference_like_s_per_step": reference, "speedup": reference / ours}
 
 
@@ -108,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         help="WavLM folder (overrides model.slm.model of the config)",
     )
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=1.5, help="clip length of the synthetic batch")
+    parser.add_argument(
+        "--seconds", type=float, nargs="+", default=[1.2, 1.5, 1.8], help="clip lengths of the synthetic batches"
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
@@ -130,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = bench_device(hps, device, args)
         results[name] = figures
         print(
-            f"{name} ({torch.get_num_threads()} threads, batch {args.batch_size}, {Path(args.config).name}): "
+            f"{name} ({torch.get_num_threads()} threads, batch {args.batch_size} of {args.seconds} s clips, "
+            f"{Path(args.config).name}): "
             f"{figures['ours_s_per_step']:.3f} s/step; reference-like step "
             f"{figures['reference_like_s_per_step']:.3f} s/step; ratio {figures['speedup']:.2f}x"
         )

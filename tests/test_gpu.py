@@ -2,8 +2,12 @@
 
 Excluded from the default suite: without ``gpu`` in the ``-m`` expression, or without a CUDA device, every test
 here skips with the reason. They cover what the CPU suite cannot: the bf16 and fp16 training steps against
-fp32, the fp16 GradScaler's skipped update, the Triton MAS kernel on a real device, and a torchrun run on
-CUDA (nccl with two or more GPUs) that is killed and resumes.
+fp32, the fp16 GradScaler's skipped update, fp16 MAS scores, the Triton MAS kernel on a real device, random
+draws without host syncs, DDP with two ranks on one GPU (gloo; NCCL cannot put two ranks on one GPU, so it is
+checked with one rank) and a torchrun run on CUDA (nccl with two or more GPUs) that is killed and resumes.
+
+Run as a script by torchrun (``python -m torch.distributed.run ... tests/test_gpu.py ddp-worker CONFIG OUT``),
+this file is one rank of the two-ranks-on-one-GPU check.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import monotonic_align
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # when torchrun runs this file as a script
+
+import commons  # noqa: E402
+import monotonic_align  # noqa: E402
+
 PRECISIONS = {"fp32": {}, "bf16": {"bf16_run": True}, "fp16": {"fp16_run": True}}
 # First-step losses of bf16/fp16 against fp32 on the same weights, batch and random draws. Half precision
 # changes single values at the 1e-3 level and means of many by less; these bounds catch a broken path (a loss
@@ -64,7 +71,7 @@ def lengths_mask(t_ys: list[int], t_xs: list[int], max_y: int, max_x: int) -> to
     ],
 )
 def test_cuda_mas_equals_the_cpu_kernel(t_ys: list[int], t_xs: list[int], max_y: int, max_x: int) -> None:
-    assert monotonic_align.triton_available(), "triton is not importable: the CUDA path would be the torch fallback"
+    assert monotonic_align.triton_usable(cuda()), "Triton cannot build the kernel here: the torch fallback would run"
     generator = torch.Generator().manual_seed(sum(t_ys) + sum(t_xs))
     mask = lengths_mask(t_ys, t_xs, max_y, max_x)
     neg_cent = torch.randn(mask.shape, generator=generator) * 3.0 - 40.0
@@ -74,6 +81,47 @@ def test_cuda_mas_equals_the_cpu_kernel(t_ys: list[int], t_xs: list[int], max_y:
     assert torch.equal(on_device.cpu(), expected), "Triton kernel differs from the numba kernel"
     fallback = monotonic_align.maximum_path_torch(neg_cent.to(cuda()), mask.to(cuda()))
     assert torch.equal(fallback.cpu(), expected), "torch fallback differs from the numba kernel"
+
+
+def test_fp16_mas_scores_stay_finite() -> None:
+    """Log standard deviations near -6 over 192 channels overflow float16; the scores leave autocast."""
+    import models
+
+    generator = torch.Generator().manual_seed(0)
+    z_p = (3.0 * torch.randn(4, 192, 300, generator=generator)).to(cuda())
+    m_p = torch.randn(4, 192, 80, generator=generator).to(cuda())
+    logs_p = (-6.0 + 0.5 * torch.randn(4, 192, 80, generator=generator)).to(cuda())
+    expected = models.mas_log_likelihood(z_p, m_p, logs_p)
+    with torch.autocast("cuda", dtype=torch.float16):
+        scores = models.mas_log_likelihood(z_p, m_p, logs_p)
+        half = models.mas_log_likelihood(z_p.half(), m_p.half(), logs_p.half())
+    assert scores.dtype == torch.float32 and torch.equal(scores, expected)
+    assert torch.isfinite(expected).all() and torch.isfinite(half).all()
+
+
+def test_random_draws_and_mas_make_no_host_sync() -> None:
+    """The reference's CPU draws reach the device from pinned memory, and MAS stays on the device: nothing in
+    them waits for the GPU queue (torch's sync debug mode raises on every synchronising call)."""
+    device = cuda()
+    x = torch.randn(2, 4, 100, device=device)
+    lengths = torch.tensor([100, 60], device=device)
+    neg_cent = torch.randn(2, 50, 20, device=device)
+    mask = torch.ones_like(neg_cent)
+    assert monotonic_align.triton_usable(device)
+    monotonic_align.maximum_path(neg_cent, mask)  # built outside the check
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            torch.rand(4).to(device)  # the reference's pageable copy: the mode catches it
+        commons.host_random(torch.randn, (2, 2, 17), device)
+        _, ids = commons.rand_slice_segments(x, lengths, 8)
+        path = monotonic_align.maximum_path(neg_cent, mask)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert ids.device == path.device == device
+    assert bool((ids >= 0).all()) and bool((ids <= lengths - 8).all())
 
 
 # -------------------------------------------------------------------------------------------- training step
@@ -103,11 +151,11 @@ def build(hps, seed: int = 1234):
     return trainer, rt
 
 
-def gpu_batch(hps, batch_size: int = 2, seconds: float = 1.0):
+def gpu_batch(hps, batch_size: int = 2, seconds: float = 1.0, seed: int = 0):
     sys.path.insert(0, str(REPO_ROOT / "bench"))
     from train_step import synthetic_batch
 
-    return synthetic_batch(hps, batch_size, seconds, torch.Generator().manual_seed(0)).to(cuda())
+    return synthetic_batch(hps, batch_size, seconds, torch.Generator().manual_seed(seed)).to(cuda())
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +174,8 @@ def test_fp32_bf16_fp16_steps_are_finite_and_close(gpu_config: dict, tmp_path: P
 
     first_losses = {}
     for name, flags in PRECISIONS.items():
-        if name == "bf16" and not torch.cuda.is_bf16_supported():
-            continue
+        if name == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            continue  # emulated bf16 (V100, T4) is refused by training
         hps = tiny_hparams(gpu_config, tmp_path, **flags)
         trainer, rt = build(hps)
         batch = gpu_batch(hps)
@@ -251,3 +299,90 @@ def test_torchrun_on_cuda_is_killed_and_resumes(gpu_config: dict, tmp_path: Path
     weights = torch.load(model_dir / "G_20.pth", map_location="cpu", weights_only=False)["model"]
     assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
     assert "Grad strides do not match" not in output
+
+
+# ------------------------------------------------------------------------------------- DDP on one GPU
+
+
+def _torchrun_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+
+
+def test_ddp_with_two_ranks_on_one_gpu(gpu_config: dict, tmp_path: Path) -> None:
+    """Two torchrun ranks share the one GPU over gloo: DDP on CUDA tensors (rank 0's weights broadcast, gradients
+    averaged), the iteration's one collective, three steps; both ranks end with the same finite weights. NCCL
+    refuses two ranks on one GPU, so each rank also builds a one-rank NCCL group and reduces on the GPU."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(gpu_config), encoding="utf-8")
+    result = tmp_path / "ddp.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [str(Path(__file__).resolve()), "ddp-worker", str(config), str(result)]
+    run = subprocess.run(command, cwd=REPO_ROOT, env=_torchrun_env(), capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    assert "Grad strides do not match" not in output
+    report = json.loads(result.read_text(encoding="utf-8"))
+    assert report["world_size"] == 2 and report["ranks_equal"], report
+    assert report["weights_finite"] and all(math.isfinite(loss) for loss in report["losses"]), report
+    assert report["moved"], "the weights did not change in three steps"
+    assert report["nccl_one_rank_sum"] in (None, [1.0, 1.0, 1.0]), report
+    if torch.distributed.is_nccl_available():
+        assert report["nccl_one_rank_sum"] == [1.0, 1.0, 1.0]
+
+
+def ddp_worker(config_path: str, result_path: str) -> None:
+    """One rank of ``test_ddp_with_two_ranks_on_one_gpu``: gloo, every rank on cuda:0, its own seed and batch."""
+    import torch.distributed as dist
+
+    import training
+    from config import load_model_config
+
+    dist.init_process_group("gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    hps = load_model_config(config_path)
+    rt = training.Runtime(rank, 0, world_size, device, training.resolve_amp_dtype(hps.train, device))
+    training.configure_kernels(device, hps.train)
+    torch.manual_seed(1234 + rank)  # different weights on each rank: DDP must start them from rank 0's
+    trainer = training.build_trainer(hps, rt)
+    trainer.set_train_mode()
+    start = _flat_weights(trainer)
+    batch = gpu_batch(hps, seed=rank)  # different data on each rank: DDP must average the gradients
+    losses = []
+    for _ in range(3):
+        metrics, _ = training.train_step(trainer, batch, hps, rt)
+        losses.append(training.scalar_values(metrics)["loss/g/total"])
+    weights = _flat_weights(trainer)
+    gathered = [torch.empty_like(weights) for _ in range(world_size)]
+    dist.all_gather(gathered, weights)
+    nccl_sum = None
+    if dist.is_nccl_available():
+        nccl = dist.new_group([0], backend="nccl")  # every rank takes part in creating it
+        if rank == 0:
+            value = torch.ones(3, device=device)
+            dist.all_reduce(value, group=nccl)
+            nccl_sum = value.tolist()
+    if rank == 0:
+        report = {
+            "world_size": world_size,
+            "losses": losses,
+            "ranks_equal": all(torch.equal(gathered[0], other) for other in gathered),
+            "weights_finite": bool(torch.isfinite(weights).all()),
+            "moved": not torch.equal(start, weights),
+            "nccl_one_rank_sum": nccl_sum,
+        }
+        Path(result_path).write_text(json.dumps(report), encoding="utf-8")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _flat_weights(trainer) -> torch.Tensor:
+    """Every trained parameter of every net, flattened, on the CPU (for gloo's all_gather)."""
+    return torch.cat([p.detach().double().flatten().cpu() for part in trainer.parts() for p in part.raw.parameters()])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["ddp-worker"] or len(sys.argv) != 4:
+        sys.exit("usage: python -m torch.distributed.run --nproc_per_node=2 tests/test_gpu.py ddp-worker CONFIG OUT")
+    ddp_worker(sys.argv[2], sys.argv[3])
