@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from served_voices import write_untrained_voice
 
+import export
 import reference_api
 import server
 from text.tiny_bert import build_tiny_bert
@@ -68,7 +69,8 @@ def _write_data_folder(root: Path) -> tuple[Path, Path, Path]:
     for name in ("models/G_20.pth", "models/G_final.pth", "G_5.pth"):  # listed; G_20 is added by a test
         shutil.copy(served, data / "alpha" / name)
     (data / "alpha/models/D_100.pth").write_bytes(b"")  # not a generator
-    write_untrained_voice(data / "beta/G_7.pth", data / "beta/config.json", _voice_config(), 2)
+    beta = write_untrained_voice(data / "beta/G_7.pth", data / "beta/config.json", _voice_config(), 2)
+    export.export_generator(*beta[:1], data / "exports/beta.safetensors", beta[1])  # carries its config
     (data / "lonely").mkdir()
     shutil.copy(served, data / "lonely/G_1.pth")  # no config.json beside it or above
     (data / "broken").mkdir()
@@ -159,6 +161,7 @@ def test_speaker_by_name_and_by_id_and_the_model_language(client: TestClient) ->
     by_name = _speak(client, "今天天气很好。", speaker_name="kaede")
     by_id = _speak(client, "今天天气很好。", speaker_name=None, speaker_id=2)
     assert np.array_equal(by_name, by_id)
+    assert np.array_equal(by_name, _speak(client, "今天天气很好。", speaker_name="kaede", speaker_id=0))  # name wins
     assert not np.array_equal(by_name, _speak(client, "今天天气很好。", speaker_name="hiyori"))
     assert np.array_equal(by_name, _speak(client, "今天天气很好。", speaker_name="kaede", language="ZH"))  # default
 
@@ -373,6 +376,18 @@ def test_adding_a_loaded_file_shares_its_weights(served: Served) -> None:
     finally:
         client.get("/models/delete", params={"model_id": model_id})
     assert _speak(client, "你好。").size > 0  # deleting the reference leaves the first id speaking
+
+
+def test_an_export_file_needs_no_config(served: Served) -> None:
+    client = served.client
+    added = client.get("/models/add", params={"model_path": str(served.data / "exports/beta.safetensors")}).json()
+    assert added["status"] == 0 and added["Data"]["model_info"]["config_path"] == ""
+    model_id = added["Data"]["model_id"]
+    try:
+        assert added["Data"]["model_info"]["spk2id"] == {"hiyori": 0, "nanami": 1, "kaede": 2}
+        assert _speak(client, "你好。", model_id=model_id).size > 0
+    finally:
+        client.get("/models/delete", params={"model_id": model_id})
 
 
 @pytest.mark.parametrize(
