@@ -258,9 +258,10 @@ def _silero():
 def silero_model():
     """silero-vad's ONNX model from inside its wheel, loaded once per process (nothing downloads).
 
-    ONNX rather than the TorchScript file of the same wheel: the same probabilities for less CPU time (bench/
-    slice_speed.py), one onnxruntime thread per process (no oversubscription when slicing in parallel; onnxruntime
-    is already a dependency), and no TorchScript, which torch keeps only in maintenance."""
+    ONNX rather than the TorchScript file of the same wheel: the same probabilities at the same CPU cost
+    (bench/slice_speed.py: within 15 % either way), but one onnxruntime thread per process whatever torch's thread
+    setting (no oversubscription when slicing in parallel; onnxruntime is already a dependency), and no
+    TorchScript, which torch keeps only in maintenance."""
     return _silero().load_silero_vad(onnx=True)
 
 
