@@ -5,4 +5,5 @@
 # Options and the checks are described in bench/gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1  # every line reaches the log at once, even if the run is cut short
 exec "${PYTHON:-python3}" bench/gpu_check.py "$@"
