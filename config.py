@@ -289,6 +289,9 @@ class TrainMsConfig(_YmlSection):
     spec_cache: bool = Field(True, description="cache linear spectrograms as .spec.pt beside the audio")
     keep_ckpts: int = Field(8, ge=0, description="checkpoints kept per net prefix; 0 keeps all")
     eval_metrics: bool = Field(True, description="voice-quality metrics (metrics.py) at every eval_interval")
+    eval_whisper: Text = Field(
+        "", description="local Whisper folder for val/cer_zh and val/cer_jp (empty: none; nothing downloads)"
+    )
     keep_best: int = Field(3, ge=0, description="best checkpoints (by best_metric) keep_ckpts never deletes; 0: none")
     best_metric: Literal[BEST_METRICS] = Field(
         "val/dnsmos_ovrl", description="validation metric that picks the best checkpoints (metrics.py)"

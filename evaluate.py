@@ -141,6 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoints", nargs="*", help="checkpoints to score (default: every complete G_*.pth)")
     parser.add_argument("--force", action="store_true", help="rescore checkpoints already in metrics.csv")
     parser.add_argument("--device", default="cpu", help="torch device for the generator (default cpu)")
+    parser.add_argument("--whisper", default="", help="local Whisper folder: adds val/cer_zh and val/cer_jp")
     parser.add_argument("--seed", type=int, default=metrics.DEFAULT_SEED, help="synthesis seed (the trainer's)")
     return parser.parse_args(argv)
 
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         todo = [(step, path) for step, path in todo if step not in rows]
 
     dataset = TextAudioSpeakerLoader(filelist, config.data)
-    scorer = metrics.Scorer(config.data.sampling_rate) if todo else None
+    scorer = metrics.Scorer(config.data.sampling_rate, whisper_dir=args.whisper) if todo else None
     for step, path in todo:
         net_g, _ = load_generator(path, config_path=config_path, device=args.device, fold_weights=False)
         rows[step] = metrics.score_validation(net_g, dataset, config.data, args.device, scorer, args.seed)

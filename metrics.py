@@ -16,6 +16,7 @@ Every metric is one small function on audio (``numpy`` float arrays in [-1, 1] a
 | ``val/vuv_error`` | :func:`f0_errors` | fraction of aligned frames whose voicing differs, 0..1 | lower |
 | ``val/duration_ratio`` | :func:`duration_ratio` | synthesized / real length, > 0 | closest to 1 |
 | ``val/wer_en`` | :func:`word_error_rate` | word error rate of English clips (pocketsphinx), >= 0 | lower |
+| ``val/cer_zh``, ``val/cer_jp`` | :func:`character_error_rate` | character error rate, a local Whisper | lower |
 
 The first three score the *reconstruction* (the posterior path: the real spectrogram encoded and decoded, the
 same length as the real clip, as the training mel loss but on whole utterances); the others score *free
@@ -76,6 +77,8 @@ METRICS: dict[str, MetricInfo] = {
     "val/vuv_error": MetricInfo("fraction", "lower", "pyworld"),
     "val/duration_ratio": MetricInfo("ratio", "target"),
     "val/wer_en": MetricInfo("WER", "lower", "pocketsphinx"),
+    "val/cer_zh": MetricInfo("CER", "lower", "transformers"),
+    "val/cer_jp": MetricInfo("CER", "lower", "transformers"),
 }
 
 
@@ -383,6 +386,38 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     return float(jiwer.wer([ref for ref, _ in pairs], [hyp for _, hyp in pairs]))
 
 
+def character_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus character error rate for languages written without spaces (ZH, JP): edits over reference
+    characters, after :func:`normalise_transcript` and with every space removed; NaN without reference text."""
+    import jiwer
+
+    def chars(text: str) -> str:
+        return normalise_transcript(text).replace(" ", "")
+
+    pairs = [(chars(ref), chars(hyp)) for ref, hyp in zip(references, hypotheses)]
+    pairs = [(ref, hyp) for ref, hyp in pairs if ref]
+    if not pairs:
+        return math.nan
+    return float(jiwer.cer([ref for ref, _ in pairs], [hyp for _, hyp in pairs]))
+
+
+class WhisperRecognizer:
+    """A Whisper checkpoint in a local folder (transcribe.py's loader; nothing downloads) for ZH and JP clips.
+
+    Whisper writes Japanese with kanji where the filelists hold kana, so ``val/cer_jp`` is an upper bound; what
+    counts is its trend over training.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        from transcribe import Recogniser
+
+        self.recogniser = Recogniser(Path(folder), device="cpu")
+
+    def transcribe(self, wav: np.ndarray, rate: int, language: str) -> str:
+        audio = resample(wav, rate, self.recogniser.rate).astype(np.float32)
+        return self.recogniser.transcribe([audio], language)[0][1]
+
+
 class EnglishRecognizer:
     """Offline English speech recognition with the acoustic and language models bundled in ``pocketsphinx``."""
 
@@ -443,7 +478,7 @@ class Utterance:
 class Scorer:
     """Scores utterances with every metric whose package is installed (one warning per missing package)."""
 
-    def __init__(self, rate: int, threads: int = 1) -> None:
+    def __init__(self, rate: int, threads: int = 1, whisper_dir: str | Path | None = None) -> None:
         self.rate = rate
         missing = missing_packages()
         for name in missing:
@@ -452,6 +487,8 @@ class Scorer:
         self.skipped = {tag for name in missing for tag in _PACKAGE_TAGS[name]}
         self.dnsmos = DNSMOS(threads=threads) if "speechmos" not in missing else None
         self._english: EnglishRecognizer | None = None
+        # A configured Whisper folder that cannot load is an error naming it (transcribe.ModelFolderError).
+        self.whisper = WhisperRecognizer(whisper_dir) if whisper_dir else None
 
     def english(self) -> EnglishRecognizer | None:
         """The English recogniser, loaded on first use (None when its packages are missing)."""
@@ -483,6 +520,7 @@ class Scorer:
         the corpus WER of the English ones."""
         rows: list[dict[str, float]] = []
         references, hypotheses = [], []
+        transcripts: dict[str, tuple[list[str], list[str]]] = {"ZH": ([], []), "JP": ([], [])}
         for utt in utterances:
             row = {"val/mel_l1": utt.mel_l1}
             if utt.reconstruction is not None:
@@ -493,12 +531,20 @@ class Scorer:
                 if recognizer is not None:
                     references.append(utt.text)
                     hypotheses.append(recognizer.transcribe(utt.synthesis, self.rate))
+                if self.whisper is not None and utt.language in transcripts:
+                    refs, hyps = transcripts[utt.language]
+                    refs.append(utt.text)
+                    hyps.append(self.whisper.transcribe(utt.synthesis, self.rate, utt.language))
             rows.append(row)
         result = mean_scores(rows)
         if references:
             wer = word_error_rate(references, hypotheses)
             if math.isfinite(wer):
                 result["val/wer_en"] = wer
+        for language, (refs, hyps) in transcripts.items():
+            cer = character_error_rate(refs, hyps) if refs else math.nan
+            if math.isfinite(cer):
+                result[f"val/cer_{language.lower()}"] = cer
         return result
 
 
@@ -718,6 +764,7 @@ class TrainingMonitor:
         is_main: bool,
         keep_best: int = 0,
         best_metric: str = "val/dnsmos_ovrl",
+        whisper_dir: str = "",
     ) -> None:
         import utils
 
@@ -725,6 +772,7 @@ class TrainingMonitor:
         self.device, self.sampling_rate = device, sampling_rate
         self.best = utils.BestCheckpoints(model_dir, best_metric, keep_best) if is_main and keep_best > 0 else None
         self._scorer: Scorer | None = None
+        self.whisper_dir = whisper_dir
 
     def validate(self, net_g: Any, dataset: Any, data: Any, step: int) -> dict[str, float]:
         """Every ``val/...`` metric of ``net_g`` on ``dataset`` plus ``perf/eval_seconds``, recorded for the best
@@ -732,7 +780,7 @@ class TrainingMonitor:
         with self.perf.paused():
             start = _perf_counter()
             if self._scorer is None:
-                self._scorer = Scorer(self.sampling_rate)
+                self._scorer = Scorer(self.sampling_rate, whisper_dir=self.whisper_dir)
             scores = score_validation(net_g, dataset, data, self.device, self._scorer)
             if self.best is not None:
                 self.best.record(step, scores)

@@ -83,7 +83,7 @@ def test_scored_checkpoints_are_skipped_unless_forced(
         return {"val/mcd": 1.0 + len(scored)}
 
     monkeypatch.setattr(metrics, "score_validation", fake_score)
-    monkeypatch.setattr(metrics, "Scorer", lambda rate: None)
+    monkeypatch.setattr(metrics, "Scorer", lambda rate, whisper_dir="": None)
     assert evaluate.main(["-m", str(model_dir)]) == 0
     assert len(scored) == 1  # only G_20: G_10 is in the table, G_30 is incomplete
     table = evaluate.read_table(model_dir / evaluate.CSV_NAME)

@@ -210,3 +210,27 @@ def test_metric_directions() -> None:
     assert metrics.metric_badness("val/mcd", math.nan) == math.inf
     with pytest.raises(ValueError, match="unknown metric 'val/nope'"):
         metrics.metric_badness("val/nope", 1.0)
+
+
+# ------------------------------------------------------------------------------------- a local Whisper
+
+
+def test_character_error_rate_ignores_spaces_and_punctuation() -> None:
+    assert metrics.character_error_rate(["你好，世界。"], ["你好 世"]) == 0.25
+    assert math.isnan(metrics.character_error_rate(["。"], ["x"]))
+
+
+def test_a_local_whisper_gives_the_chinese_and_japanese_cer(tmp_path: Path) -> None:
+    from tiny_whisper import build_tiny_whisper
+
+    folder = build_tiny_whisper(tmp_path / "whisper")
+    recognizer = metrics.WhisperRecognizer(folder)
+    clip = tone(200.0, 0.5)
+    assert isinstance(recognizer.transcribe(clip, RATE, "JP"), str)
+    scorer = metrics.Scorer(RATE, whisper_dir=folder)
+    utterances = [metrics.Utterance(clip, None, clip, language=lang, text="今日は") for lang in ("ZH", "JP")]
+    scores = scorer.score(utterances)
+    # The tiny model says random English words: every reference character is wrong or missing.
+    assert scores["val/cer_zh"] >= 1.0 and scores["val/cer_jp"] >= 1.0
+    with pytest.raises(ValueError, match=r"Whisper model folder not found: .*nowhere"):
+        metrics.Scorer(RATE, whisper_dir=tmp_path / "nowhere")
