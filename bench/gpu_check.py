@@ -73,6 +73,10 @@ REQUIRED_MODULES = {
     "transformers": "transformers",
     "tensorboard": "tensorboard",
     "yaml": "pyyaml",
+    "pydantic": "pydantic",
+    "pydantic_core": "pydantic_core",
+    "annotated_types": "annotated_types",
+    "typing_inspection": "typing_inspection",
     "torchaudio": "torchaudio",
     "librosa": "librosa",
     "soundfile": "soundfile",
@@ -121,7 +125,16 @@ class CheckFailed(Exception):
 def download_wheels(folder: Path, python_version: str, torch_version: str) -> int:
     """pip-download the carryable wheels (no dependencies resolved: the list is complete) for Linux x86_64."""
     folder.mkdir(parents=True, exist_ok=True)
-    specs = [f"torchaudio=={torch_version}" if dist == "torchaudio" else dist for dist in CARRYABLE]
+    # The versions installed here (the tested ones; pydantic pins its pydantic_core exactly), torchaudio the GPU
+    # machine's torch's.
+    specs = [
+        f"torchaudio=={torch_version}"
+        if dist == "torchaudio"
+        else f"{dist}=={_version(dist)}"
+        if _version(dist)
+        else dist
+        for dist in CARRYABLE
+    ]
     platforms = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     command += ["--python-version", python_version, "-d", str(folder)]
