@@ -63,7 +63,11 @@ def triton_usable(device: torch.device) -> bool:
     one-item 2 x 2 problem. A failure is logged once, with its cause, and the torch kernel takes over."""
     if not triton_available():
         return False
-    from monotonic_align.triton_kernel import KernelUnavailable, maximum_path_triton
+    try:
+        from monotonic_align.triton_kernel import KernelUnavailable, maximum_path_triton
+    except ImportError as error:  # found but broken (e.g. built for another torch)
+        _warn_torch_kernel(device, error)
+        return False
 
     lengths = torch.full((1,), 2, dtype=torch.int32, device=device)
     try:

@@ -405,3 +405,14 @@ def test_errors_that_are_not_a_launch_failure_propagate(monkeypatch, fresh_trito
     mask = lengths_mask([5], [3])
     with pytest.raises(TypeError, match="unexpected keyword"):
         monotonic_align.maximum_path_cuda(torch.randn(mask.shape), mask)
+
+
+def test_a_triton_that_is_found_but_does_not_import_falls_back(monkeypatch, caplog, fresh_triton_verdict) -> None:
+    require_triton("tested")
+    monkeypatch.setitem(sys.modules, "monotonic_align.triton_kernel", None)  # the import raises ImportError
+    mask = lengths_mask([6, 4], [3, 4])
+    neg_cent = torch.randn(mask.shape, generator=torch.Generator().manual_seed(6))
+    with caplog.at_level(logging.WARNING, logger="monotonic_align"):
+        path = monotonic_align.maximum_path_cuda(neg_cent, mask)
+    assert torch.equal(path, naive_paths(neg_cent, mask))
+    assert any("ImportError" in record.getMessage() or "import" in record.getMessage() for record in caplog.records)
