@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 import config as settings
+import streaming
 import synthesis_params
 from synthesis_params import DEFAULT_PARAMS, SynthesisParams
 from synthesis_plan import REQUEST_LANGUAGES, Plan, check_language, plan_given_parts, plan_text
@@ -487,17 +488,40 @@ class Synthesizer:
         return self.sampling_rate, np.concatenate(pieces).astype(np.float32, copy=False)
 
     def synthesize(
-        self, text: str, speaker: str, language: str, params: SynthesisParams | None = None, **changes: Any
-    ) -> tuple[int, np.ndarray]:
-        """Speak `text`: (sampling rate, float32 waveform).
+        self,
+        text: str,
+        speaker: str,
+        language: str,
+        params: SynthesisParams | None = None,
+        *,
+        timings: bool = False,
+        **changes: Any,
+    ) -> tuple[int, np.ndarray] | tuple[int, np.ndarray, streaming.Timings]:
+        """Speak `text`: (sampling rate, float32 waveform), and with `timings` its `streaming.Timings` third.
 
         `language`: "ZH", "JP", "EN", "mix" (tagged parts, see `synthesis_plan.parse_mix`; `speaker` is the voice
         until the first [speaker] tag) or "auto" (parts identified by `text.language_id`). `params` (default: the
         defaults) with `changes` (`SynthesisParams` fields by name, e.g. `sdp_ratio=0.2, seed=1`) say how.
         """
+        if timings:
+            return streaming.synthesize_with_timings(self, text, speaker, language, params, **changes)
         params = SynthesisParams.checked(changes, base=params)
         self.speaker_id(speaker)
         return self.render(plan_text(text, speaker, language, params.split), params)
+
+    def stream(
+        self,
+        text: str,
+        speaker: str,
+        language: str,
+        params: SynthesisParams | None = None,
+        *,
+        chunk_frames: int | None = streaming.DEFAULT_CHUNK_FRAMES,
+        **changes: Any,
+    ) -> Iterator[np.ndarray]:
+        """`synthesize`'s waveform as float32 chunks, sentence by sentence and within a sentence every
+        `chunk_frames` latent frames (see streaming.py); joined, they equal `synthesize` with the same seed."""
+        return streaming.stream(self, text, speaker, language, params, chunk_frames, **changes)
 
     def synthesize_parts(
         self, parts: Sequence[tuple[str, str]], speaker: str, params: SynthesisParams | None = None, **changes: Any
