@@ -628,12 +628,13 @@ def score_validation(
 class PerfMeter:
     """Throughput and memory of the training loop, averaged over each logging interval (host clock only).
 
-    The loop calls :meth:`batch_arrived` with each batch as the loader hands it over (still on the CPU) and
-    :meth:`step_finished` after the step; :meth:`read` returns the interval's ``perf/...`` scalars and starts
+    The loop calls :meth:`batch_arrived` with each batch as the loader hands it over (still on the CPU),
+    :meth:`step_finished` after the step and :meth:`waiting_for_batch` when it asks for the next batch (after
+    logging and saving); :meth:`read` returns the interval's ``perf/...`` scalars and starts
     the next interval. Nothing here reads a device tensor, so the step gains no host synchronisation; on CUDA
     the interval's wall time is still exact because the log step reads the losses anyway.
 
-    * ``perf/step_seconds``: wall seconds per iteration, data wait included;
+    * ``perf/step_seconds``: wall seconds per iteration, data wait, logging and saving included (evaluation not);
     * ``perf/data_wait_seconds``: seconds per iteration spent waiting for the loader;
     * ``perf/samples_per_second``, ``perf/audio_seconds_per_second``: clips and seconds of training audio per
       wall second, all ranks (this rank's count times the world size: counting exactly would need a collective);
@@ -663,6 +664,10 @@ class PerfMeter:
 
     def step_finished(self) -> None:
         self.steps += 1
+        self.last_end = self.clock()
+
+    def waiting_for_batch(self) -> None:
+        """The loop is done with the step (logging, saving) and now waits for the loader: the wait starts."""
         self.last_end = self.clock()
 
     @contextlib.contextmanager

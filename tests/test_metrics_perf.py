@@ -40,6 +40,25 @@ def test_interval_averages_and_reset() -> None:
     assert meter.read() == {}  # a new interval without steps
 
 
+def test_logging_and_saving_are_not_data_wait() -> None:
+    clock = Clock()
+    meter = metrics.PerfMeter("cpu", world_size=1, sampling_rate=1000, clock=clock)
+    meter.batch_arrived(batch(10))
+    clock.now += 1.0
+    meter.step_finished()
+    clock.now += 3.0  # a checkpoint save
+    meter.waiting_for_batch()
+    clock.now += 0.5
+    meter.batch_arrived(batch(10))
+    with meter.paused():
+        clock.now += 100.0  # an evaluation: neither step time nor data wait
+    clock.now += 0.5
+    meter.step_finished()
+    scalars = meter.read()
+    assert scalars["perf/data_wait_seconds"] == pytest.approx(0.5 / 2)
+    assert scalars["perf/step_seconds"] == pytest.approx(5.0 / 2)
+
+
 def test_cpu_peak_memory_is_per_interval() -> None:
     meter = metrics.PerfMeter("cpu", world_size=1, sampling_rate=1000)
     meter.batch_arrived(batch(10))
