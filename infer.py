@@ -38,9 +38,10 @@ from torch import Tensor, nn
 import config as settings
 import streaming
 import synthesis_params
-from synthesis_params import DEFAULT_PARAMS, SynthesisParams
+from synthesis_params import DEFAULT_PARAMS, SynthesisParams, brief
 from synthesis_plan import REQUEST_LANGUAGES, Plan, check_language, plan_given_parts, plan_text
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
+from text.symbols import pad, pu_symbols
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,19 @@ SKIP_START = 3
 SKIP_END = 2
 
 EXPORT_FORMAT = "bert-vits2-2.3-generator"
+# The top-level modules of each discriminator's state_dict (what D_, DUR_ and WD_ checkpoints hold).
+DISCRIMINATOR_MODULES = {
+    "D_*.pth, the multi-period discriminator": frozenset({"discriminators"}),
+    "DUR_*.pth, the duration discriminator": frozenset(
+        {"LSTM", "cond", "conv_1", "conv_2", "dur_proj", "norm_1", "norm_2", "output_layer"}
+        | {"pre_out_conv_1", "pre_out_conv_2", "pre_out_norm_1", "pre_out_norm_2"}  # older releases' layers
+    ),
+    "WD_*.pth, the WavLM discriminator": frozenset({"conv_post", "convs", "pre"}),
+}
+# Phones that say nothing: the pad, punctuation, silence and unknown.
+SILENT_PHONES = frozenset([pad, *pu_symbols])
+LANGUAGE_NAMES = {"ZH": "Chinese", "JP": "Japanese", "EN": "English"}
+WARM_UP_TEXT = {"ZH": "你好", "JP": "こんにちは", "EN": "hello"}
 # Parts of the generator that `SynthesizerTrn.infer` never runs: the posterior encoder (training only), the
 # posterior flows of the stochastic duration predictor (its forward/training direction) and the one ConvFlow
 # that the predictor's reverse pass skips. An export drops them; a load tolerates their absence.
@@ -148,7 +162,23 @@ def _read_checkpoint_state(model_path: Path) -> dict[str, Tensor]:
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{model_path} is not a generator checkpoint (expected a dict with a 'model' state_dict)")
-    return _strip_ddp_prefix(state)
+    state = _strip_ddp_prefix(state)
+    discriminator = discriminator_kind(state)
+    if discriminator:
+        raise ValueError(
+            f"{model_path} is a discriminator checkpoint ({discriminator}), not a generator: "
+            "give the G_*.pth of the same step"
+        )
+    return state
+
+
+def discriminator_kind(state: Mapping[str, Tensor]) -> str | None:
+    """Which of the three discriminators `state` holds (by its top-level modules), or None."""
+    top = {key.split(".", 1)[0] for key in state}
+    for kind, modules in DISCRIMINATOR_MODULES.items():
+        if top and top <= modules:
+            return kind
+    return None
 
 
 def read_export_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -282,6 +312,7 @@ def prepare_text(
     from text.cleaner import clean_text
 
     norm_text, phones, tones, word2ph = clean_text(text, language, bert_dir=bert_dir)
+    check_pronounceable(text, language, phones)
     phone_ids, tone_ids, lang_ids = cleaned_text_to_sequence(phones, tones, language)
     if add_blank:
         phone_ids = commons.intersperse(phone_ids, 0)
@@ -309,6 +340,16 @@ def prepare_text(
         ja_bert=ja_bert,
         en_bert=en_bert,
     )
+
+
+def check_pronounceable(text: str, language: str, phones: Sequence[str]) -> None:
+    """Refuse text of which the language's front end made only pads and punctuation (e.g. "hello" as ZH)."""
+    if all(phone in SILENT_PHONES for phone in phones):
+        name = LANGUAGE_NAMES[language]
+        raise ValueError(
+            f"{language} ({name}) cannot pronounce {brief(text)}: nothing in it is {name}; "
+            "choose the language of the text, or auto"
+        )
 
 
 def join_prepared(parts: Sequence[PreparedText]) -> PreparedText:
@@ -379,7 +420,7 @@ class Synthesizer:
 
     def speaker_id(self, speaker: str) -> int:
         if speaker not in self.speaker_ids:
-            raise ValueError(f"unknown speaker {speaker!r}; known speakers: {', '.join(self.speakers)}")
+            raise ValueError(f"unknown speaker {brief(speaker)}; known speakers: {', '.join(self.speakers)}")
         return self.speaker_ids[speaker]
 
     def prepare(
@@ -445,6 +486,17 @@ class Synthesizer:
         if not np.isfinite(audio).all():
             raise RuntimeError("the generator produced non-finite samples (damaged or incomplete weights?)")
         return audio
+
+    def warm_up(self, plan: Plan) -> None:
+        """Load what speaking `plan` needs (text front ends, BERT models) by preparing a word per language, so
+        that timing `render` measures synthesis, not loading."""
+        from text.cleaner import clean_text
+
+        parts = [part for paragraph in plan for utterance in paragraph for part in utterance.parts]
+        for text, language in parts:  # the front ends first: text they cannot pronounce fails before BERT loads
+            check_pronounceable(text, language, clean_text(text, language, bert_dir=self.bert_dirs.get(language))[1])
+        for language in sorted({language for _, language in parts}):
+            self.prepare(WARM_UP_TEXT[language], language)
 
     def render(self, plan: Plan, params: SynthesisParams = DEFAULT_PARAMS) -> tuple[int, np.ndarray]:
         """Speak a plan: utterances joined by sentence pauses, paragraphs by paragraph pauses.
@@ -549,12 +601,39 @@ def load_synthesizer(
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sampling_rate: int, subtype: str | None = None) -> None:
-    """Write with soundfile; the format follows the file extension. Integer formats get clipped samples."""
+    """Write with soundfile, atomically; the format follows the file extension. Integer formats get clipped."""
     import soundfile
+
+    import atomic_io
 
     if subtype is None or not subtype.upper().startswith(("FLOAT", "DOUBLE")):
         audio = np.clip(audio, -1.0, 1.0)
-    soundfile.write(str(path), audio, sampling_rate, subtype=subtype)
+    # The temporary file keeps the extension: soundfile picks the format by it.
+    with atomic_io.atomic_path(path, suffix=Path(path).suffix, make_dirs=False) as tmp:
+        soundfile.write(tmp, audio, sampling_rate, subtype=subtype)
+
+
+def check_output(path: str, subtype: str | None) -> None:
+    """Refuse an output that cannot be written, before any work (format, subtype, folder, permission); the
+    ValueError names the argument and the fix."""
+    import soundfile
+
+    import atomic_io
+
+    formats = soundfile.available_formats()
+    extension = Path(path).suffix.lstrip(".").upper()
+    if extension not in formats:
+        known = ", ".join(f".{name.lower()}" for name in ("WAV", "FLAC", "OGG", "MP3") if name in formats)
+        raise ValueError(f"-o/--output: {path} has no audio file extension soundfile knows; use {known}")
+    if subtype is not None and not soundfile.check_format(extension, subtype.upper()):
+        subtypes = ", ".join(soundfile.available_subtypes(extension))
+        raise ValueError(
+            f"--subtype: {subtype} cannot be written to a .{extension.lower()} file; use one of {subtypes}"
+        )
+    try:
+        atomic_io.check_output_target(path, make_dirs=False)
+    except ValueError as error:
+        raise ValueError(f"-o/--output: {error}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -586,20 +665,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         params = synthesis_params.from_arguments(args)
+        check_output(args.output, args.subtype)
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
+    try:
+        start = time.perf_counter()
         synthesizer = load_synthesizer(
             args.model,
             args.config,
             device=settings.resolve_device(args.device),
             bert_dirs=parse_bert_dirs(args.bert_dir),
         )
-        start = time.perf_counter()
-        sampling_rate, audio = synthesizer.synthesize(args.text, args.speaker, args.language, params)
-        elapsed = time.perf_counter() - start
+        plan = plan_text(args.text, args.speaker, args.language, params.split)
+        synthesizer.warm_up(plan)
+        loaded = time.perf_counter()
+        sampling_rate, audio = synthesizer.render(plan, params)
+        elapsed = time.perf_counter() - loaded
         write_audio(args.output, audio, sampling_rate, args.subtype)
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
     duration = audio.size / sampling_rate
+    logger.info("loaded the model and the text front ends in %.2f s", loaded - start)
     logger.info("wrote %s: %.2f s of audio in %.2f s (RTF %.3f)", args.output, duration, elapsed, elapsed / duration)
     return 0
 

@@ -88,7 +88,8 @@ def _expected(name: str) -> str:
     return f"a number within [{low:g}, {high:g}]"
 
 
-def _shown(value: Any, limit: int = 40) -> str:
+def brief(value: Any, limit: int = 40) -> str:
+    """`repr(value)`, cut to about `limit` characters: what an error message may echo of a client's input."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -102,7 +103,7 @@ def describe_errors(error: ValidationError, spelled: Mapping[str, str] | None = 
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown parameter {name!r}")
         elif field in SynthesisParams.model_fields:
-            problems.append(f"{name} must be {_expected(field)}, got {_shown(item['input'])}")
+            problems.append(f"{name} must be {_expected(field)}, got {brief(item['input'])}")
         else:
             problems.append(f"{name}: {item['msg']}")
     return "; ".join(problems)

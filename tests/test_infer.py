@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -283,3 +284,94 @@ def test_the_command_line_takes_the_one_set_of_defaults() -> None:
     assert changed == synthesis_params.SynthesisParams(split=False, sentence_pause=0.5, seed=3)
     with pytest.raises(ValueError, match=r"--noise-scale-w must be a number within \[0, 2\], got 9.0"):
         synthesis_params.from_arguments(parse([*required, "--noise-scale-w", "9"]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad input on the command line: exit status 2, one line naming the argument or the language, nothing written.
+# Rows whose check must come before any model loads name a model file that does not exist: had the model been
+# loaded first, the error would be "model file not found" instead.
+
+
+def _discriminator_checkpoints(folder: Path) -> None:
+    """A D_ (its real layout, meta tensors instead of its 46M weights) and a tiny DUR_ checkpoint."""
+    import models
+
+    with torch.device("meta"):
+        multi_period = models.MultiPeriodDiscriminator().state_dict()
+    torch.save({"model": multi_period, "iteration": 50}, folder / "D_50.pth")
+    duration = models.DurationDiscriminator(8, 8, 3, 0.1, gin_channels=4).state_dict()
+    torch.save({"model": duration, "iteration": 50}, folder / "DUR_50.pth")
+
+
+BAD_RUNS = [
+    ("unpronounceable ZH", ["-t", "hello", "-l", "ZH"], "ZH (Chinese) cannot pronounce 'hello'"),
+    ("unpronounceable EN", ["-t", "你好", "-l", "EN"], "EN (English) cannot pronounce '你好'"),
+    ("unknown speaker", ["-s", "nobody"], "unknown speaker 'nobody'; known speakers: spk0"),
+    ("D_ as generator", ["-m", "{tmp}/D_50.pth"], "is a discriminator checkpoint (D_*.pth"),
+    ("DUR_ as generator", ["-m", "{tmp}/DUR_50.pth"], "is a discriminator checkpoint (DUR_*.pth"),
+    ("no such folder", ["-m", "{tmp}/no.pth", "-o", "{tmp}/no/such/out.wav"], "-o/--output: cannot write"),
+    ("unknown extension", ["-m", "{tmp}/no.pth", "-o", "{tmp}/out.exe"], "-o/--output: {tmp}/out.exe has no audio"),
+    ("unwritable", ["-m", "{tmp}/no.pth", "-o", "/proc/out.wav"], "-o/--output: cannot write /proc/out.wav"),
+    ("a folder", ["-m", "{tmp}/no.pth", "-o", "{tmp}/old.wav"], "old.wav is a folder"),
+    ("subtype", ["-m", "{tmp}/no.pth", "--subtype", "VORBIS"], "--subtype: VORBIS cannot be written to a .wav"),
+    ("parameter range", ["-m", "{tmp}/no.pth", "--noise-scale-w", "9"], "--noise-scale-w must be a number within"),
+]
+
+
+def _infer_argv(tmp: Path, model_files: tuple[Path, Path], bert_dir: Path, changes: list[str]) -> list[str]:
+    """A good command line (tiny model, tiny ZH BERT, output in `tmp`) with `changes` (flag, value, ...) applied."""
+    checkpoint, config_path = model_files
+    options = {"-m": str(checkpoint), "-c": str(config_path), "-t": "你好。", "-s": "spk0", "-l": "ZH"}
+    options |= {"--bert-dir": f"ZH={bert_dir}", "-o": str(tmp / "out.wav"), "--seed": "1"}
+    options |= {flag: value.format(tmp=tmp) for flag, value in zip(changes[::2], changes[1::2], strict=True)}
+    return [item for option in options.items() for item in option]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else b"dir" for path in folder.rglob("*")
+    }
+
+
+@pytest.mark.parametrize(("name", "changes", "message"), BAD_RUNS, ids=[row[0] for row in BAD_RUNS])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    name: str,
+    changes: list[str],
+    message: str,
+    model_files: tuple[Path, Path],
+    zh_bert_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _discriminator_checkpoints(tmp_path)
+    (tmp_path / "old.wav").mkdir()
+    before = _snapshot(tmp_path)
+    with caplog.at_level(logging.INFO):
+        status = infer.main(_infer_argv(tmp_path, model_files, zh_bert_dir, changes))
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert status == 2 and len(errors) == 1, errors
+    assert message.format(tmp=tmp_path) in errors[0] and "\n" not in errors[0]
+    assert _snapshot(tmp_path) == before
+
+
+def test_rtf_leaves_out_model_and_bert_loading(
+    model_files: tuple[Path, Path], zh_bert_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from text.bert_features import bert_loader
+
+    bert_loader.cache_clear()
+    loaded_when_timing_starts = []
+    render = infer.Synthesizer.render
+
+    def watched_render(self: infer.Synthesizer, *args, **kwargs):
+        loaded_when_timing_starts.append(bert_loader.cache_info().currsize)
+        return render(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.INFO):
+        patch.setattr(infer.Synthesizer, "render", watched_render)
+        assert infer.main(_infer_argv(tmp_path, model_files, zh_bert_dir, [])) == 0
+    assert loaded_when_timing_starts == [1]  # the ZH BERT was loaded before the timed synthesis began
+    assert "loaded the model and the text front ends in" in caplog.text and "(RTF " in caplog.text
+    audio, sampling_rate = soundfile.read(tmp_path / "out.wav")
+    assert sampling_rate == 22050 and audio.size > 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.wav"]  # no temporary file left

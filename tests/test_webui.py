@@ -214,6 +214,8 @@ def test_api_reports_bad_input(client) -> None:
         _tts(client, "你" * 101, "voice_a", "spk0")
     with pytest.raises(AppError, match="mix text"):
         _tts(client, "你好<en", "voice_a", "spk0", language="mix")
+    with pytest.raises(AppError, match=r"ZH \(Chinese\) cannot pronounce 'hello'"):
+        _tts(client, "hello", "voice_a", "spk0")
 
 
 def test_api_speaker_list_follows_the_model(client) -> None:
