@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import functools
 import io
 import json
@@ -50,8 +51,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import config as global_config
 import reference_api
 import synthesis_params
-from synthesis_params import DEFAULT_PARAMS, SynthesisParams
-from synthesis_plan import REQUEST_LANGUAGES
+from synthesis_params import DEFAULT_PARAMS, SynthesisParams, brief
+from synthesis_plan import MIX, REQUEST_LANGUAGES, parse_mix
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
 from voice_registry import (
     LoadedModel,
@@ -196,22 +197,51 @@ def _given_params(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, st
     return given, spelled
 
 
-def parse_voice_request(data: Mapping[str, Any]) -> VoiceRequest:
-    """The request's fields, each checked; every problem is named in one 422 answer."""
-    given, spelled = _given_params(data)
+def _request_names() -> list[str]:
+    """Every field name /voice takes, the reference server's spellings included."""
+    names = [*synthesis_params.FIELDS, *PARAMETER_ALIASES]
+    for name, field in VoiceRequest.model_fields.items():
+        if name != "params":
+            aliases = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else [name]
+            names.extend(str(alias) for alias in aliases)
+    return names
+
+
+def _unknown_fields(data: Mapping[str, Any]) -> list[str]:
+    """One problem per field the request names that /voice does not take, with the nearest valid name."""
+    known = _request_names()
     problems = []
-    try:
-        params = SynthesisParams.checked(given, spelled=spelled)
-    except ValueError as error:
-        params, problems = SynthesisParams(), [str(error)]
+    for key in data:
+        if key not in known:
+            nearest = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {nearest[0]!r}?)" if nearest else f"; known: {', '.join(known)}"
+            problems.append(f"unknown parameter {brief(key)}{hint}")
+    return problems
+
+
+def parse_voice_request(data: Mapping[str, Any]) -> VoiceRequest:
+    """The request's fields, each checked; every problem (unknown fields too) is named in one 422 answer."""
+    given, spelled = _given_params(data)
+    problems = _unknown_fields(data)
     rest = {key: value for key, value in data.items() if key not in spelled.values()}
+    request = None
     try:
         request = VoiceRequest.model_validate(rest)
     except ValidationError as error:
-        problems.insert(0, _describe_validation_error(error))
-    if problems:
+        problems.append(_describe_validation_error(error))
+    try:
+        params = SynthesisParams.checked(given, spelled=spelled)
+    except ValueError as error:
+        problems.append(str(error))
+    if problems or request is None:
         raise ClientError(422, "; ".join(problems))
     return request.model_copy(update={"params": params})
+
+
+def _check_speaker(model: LoadedModel, speaker: str) -> None:
+    if speaker not in model.synthesizer.speaker_ids:
+        known = ", ".join(model.synthesizer.speakers)
+        raise ClientError(404, f"unknown speaker {brief(speaker)} of model {model.name!r}; known speakers: {known}")
 
 
 def _find_model(registry: ModelRegistry, key: str | int | None) -> LoadedModel:
@@ -231,15 +261,21 @@ def resolve_job(registry: ModelRegistry, request: VoiceRequest, max_text_length:
     for name, value in (("text", text), ("style_text", request.params.style_text or "")):
         if len(value) > max_text_length:
             raise ClientError(422, f"{name} is {len(value)} characters long; the limit is {max_text_length}")
-    if request.speaker not in synthesizer.speaker_ids:
-        known = ", ".join(synthesizer.speakers)
-        raise ClientError(404, f"unknown speaker {request.speaker!r} of model {model.name!r}; known speakers: {known}")
+    _check_speaker(model, request.speaker)
     language = normalize_language(request.language or model.spec.language)
     if language not in model.languages:
         raise ClientError(
             400,
-            f"unknown language {request.language!r} for model {model.name!r}; use one of {', '.join(model.languages)}",
+            f"unknown language {brief(request.language)} for model {model.name!r}; "
+            f"use one of {', '.join(model.languages)}",
         )
+    if language == MIX:  # its syntax and speakers are checked here, before the request takes a place in the queue
+        try:
+            pieces = parse_mix(text, request.speaker)
+        except ValueError as error:
+            raise ClientError(400, str(error)) from error
+        for piece in pieces:
+            _check_speaker(model, piece.speaker)
     audio_format = request.format.lower()
     formats = _formats_at(synthesizer.sampling_rate)
     if audio_format not in formats:
@@ -248,7 +284,7 @@ def resolve_job(registry: ModelRegistry, request: VoiceRequest, max_text_length:
             if audio_format in AUDIO_FORMATS
             else "unknown"
         )
-        raise ClientError(400, f"format {request.format!r} is {why}; use one of {', '.join(formats)}")
+        raise ClientError(400, f"format {brief(request.format)} is {why}; use one of {', '.join(formats)}")
     preset = model.spec.presets.get(request.speaker, DEFAULT_PARAMS)
     given = request.params
     params = preset.model_copy(update={name: getattr(given, name) for name in given.model_fields_set})

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from synthesis_params import brief
 from text.symbols import LANGUAGES
 
 # What a request may give as its language: one language, tagged parts ("mix") or identified parts ("auto").
@@ -54,7 +55,7 @@ def check_language(language: str) -> str:
     """One of the model's languages "ZH", "JP", "EN" (case-insensitive)."""
     code = str(language).upper()
     if code not in LANGUAGES:
-        raise ValueError(f"unknown language {language!r}: use one of {', '.join(LANGUAGES)}")
+        raise ValueError(f"unknown language {brief(language)}: use one of {', '.join(LANGUAGES)}")
     return code
 
 
@@ -65,7 +66,7 @@ def check_request_language(language: str) -> str:
         return code.lower()
     if code.upper() in LANGUAGES:
         return code.upper()
-    raise ValueError(f"unknown language {language!r}: use one of {', '.join(REQUEST_LANGUAGES)}")
+    raise ValueError(f"unknown language {brief(language)}: use one of {', '.join(REQUEST_LANGUAGES)}")
 
 
 class Utterance(NamedTuple):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import infer
-from synthesis_params import SynthesisParams
+from synthesis_params import SynthesisParams, brief
 from synthesis_plan import REQUEST_LANGUAGES
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class ModelRegistry:
         if text.isdigit() and int(text) < len(self.models):
             return self.models[int(text)]
         known = ", ".join(f"{model.index} ({model.name})" for model in self.models)
-        raise KeyError(f"unknown model {key!r}; known models: {known}")
+        raise KeyError(f"unknown model {brief(key)}; known models: {known}")
 
 
 def normalize_language(language: str) -> str:

@@ -270,6 +270,15 @@ def test_speaker_preset_applies_unless_the_request_overrides_it(client: httpx.Cl
     assert soundfile.info(io.BytesIO(preset)).frames > soundfile.info(io.BytesIO(explicit)).frames
 
 
+def test_echoed_values_are_cut_short(client: httpx.Client) -> None:
+    for field in ("speaker", "model", "format", "language"):
+        response = client.post(
+            "/voice", json={"text": "你好", "speaker": "spk0", field: "x" * 1000}
+        )  # within the body limit
+        assert response.status_code in (400, 404), response.text
+        assert len(response.json()["error"]) < 400 and "xxx..." in response.json()["error"], field
+
+
 def test_post_voice_matches_get(client: httpx.Client) -> None:
     query = {"text": "今天天气很好。", "speaker": "spk2", "language": "zh", "length": 1.0, **DETERMINISTIC}
     by_get = client.get("/voice", params=query)
@@ -312,7 +321,7 @@ def test_style_text_and_languages_reach_the_synthesizer(client: httpx.Client) ->
     )
     assert mixed.status_code == 200 and mixed.content == plain  # the [spk1] tag picks the voice
     bad_mix = client.get("/voice", params={"text": "[nobody]<zh>你好", "speaker": "spk0", "language": "mix"})
-    assert bad_mix.status_code == 422 and "nobody" in bad_mix.json()["error"]
+    assert bad_mix.status_code == 404 and "nobody" in bad_mix.json()["error"]  # as an unknown `speaker`
 
 
 INVALID_REQUESTS = [
@@ -337,6 +346,18 @@ INVALID_REQUESTS = [
     ("negative seed", "GET", {"text": "你好", "speaker": "spk0", "seed": "-3"}, 422, "seed"),
     ("split not a bool", "GET", {"text": "你好", "speaker": "spk0", "split": "maybe"}, 422, "split"),
     ("nothing to say", "GET", {"text": "。。。", "speaker": "spk0"}, 422, "nothing to pronounce"),
+    ("not in the language", "GET", {"text": "hello", "speaker": "spk0"}, 422, "ZH (Chinese) cannot pronounce 'hello'"),
+    ("unknown field", "GET", {"txt": "你好", "speaker": "spk0"}, 422, "unknown parameter 'txt' (did you mean 'text'?)"),
+    ("misspelled", "GET", {"text": "你好", "speaker": "spk0", "noise_w": "1"}, 422, "(did you mean 'noisew'?)"),
+    ("post unknown field", "POST", {"text": "你好", "speaker": "spk0", "sped": 1}, 422, "unknown parameter 'sped'"),
+    (
+        "mix speaker",
+        "GET",
+        {"text": "[eve]<zh>你好", "speaker": "spk0", "language": "mix"},
+        404,
+        "unknown speaker 'eve'",
+    ),
+    ("mix syntax", "GET", {"text": "<zh>你好<en", "speaker": "spk0", "language": "mix"}, 400, "mix text: unmatched"),
     ("post out of range", "POST", {"text": "你好", "speaker": "spk0", "sdp_ratio": -1}, 422, "sdp_ratio"),
     ("post missing text", "POST", {"speaker": "spk0"}, 422, "missing parameter 'text'"),
     ("post text not a string", "POST", {"text": 5, "speaker": "spk0"}, 422, "text"),
