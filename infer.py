@@ -656,7 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     synthesis_params.add_arguments(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (CUDA when available)")
     parser.add_argument("--subtype", default=None, help="soundfile subtype, e.g. PCM_16 (default) or FLOAT")
-    parser.add_argument("-o", "--output", required=True, help="output audio file (.wav, .flac, .ogg)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output audio file in an existing folder (.wav, .flac, .ogg, .mp3)"
+    )
     return parser
 
 

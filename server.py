@@ -334,13 +334,6 @@ def run_job(job: Job) -> tuple[bytes, str]:
     return encode_audio(audio, sampling_rate, job.audio_format)
 
 
-def synthesize_request(
-    registry: ModelRegistry, data: Mapping[str, Any], max_text_length: int = DEFAULT_MAX_TEXT_LENGTH
-) -> tuple[bytes, str]:
-    """Validate, synthesize and encode one request in the calling thread: (audio bytes, media type)."""
-    return run_job(resolve_job(registry, parse_voice_request(data), max_text_length))
-
-
 class SynthesisQueue:
     """A fixed pool of worker threads behind a bounded count of admitted requests.
 
