@@ -244,6 +244,9 @@ def _browser_or_skip() -> None:
 
 def test_a_missing_browser_fails_under_ci_and_skips_outside(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    driver = tmp_path / "chromedriver"  # present, so the message is about chromium alone on any machine
+    driver.touch()
+    monkeypatch.setattr(sys.modules[__name__], "CHROMEDRIVER", driver)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="no-chromium not installed.*under CI the browser test is required"):
         _browser_or_skip()
