@@ -1189,3 +1189,31 @@ def freeze_parts(net: SynthesizerTrn, names: list[str] | tuple[str, ...]) -> int
                 frozen += int(parameter.requires_grad)
                 parameter.requires_grad_(False)
     return frozen
+
+
+def build_duration_discriminator(cfg: Any) -> DurationDiscriminator | None:
+    """``net_dur_disc`` as the reference training script builds it; ``None`` unless
+    ``model.use_duration_discriminator`` (it is conditioned on the speaker only in multi-speaker models)."""
+    from config import as_model_config
+
+    cfg = as_model_config(cfg)
+    model = cfg.model
+    if not model.use_duration_discriminator:
+        return None
+    gin_channels = model.gin_channels if cfg.data.n_speakers != 0 else 0
+    return DurationDiscriminator(model.hidden_channels, model.hidden_channels, 3, 0.1, gin_channels=gin_channels)
+
+
+def build_period_discriminator(cfg: Any) -> MultiPeriodDiscriminator:
+    """``net_d``: the multi-period discriminator (``model.use_spectral_norm`` picks its weight normalisation)."""
+    from config import as_model_config
+
+    return MultiPeriodDiscriminator(as_model_config(cfg).model.use_spectral_norm)
+
+
+def build_wavlm_discriminator(cfg: Any) -> WavLMDiscriminator:
+    """``net_wd``: the discriminator on the frozen WavLM's hidden states (``model.slm``)."""
+    from config import as_model_config
+
+    slm = as_model_config(cfg).model.slm
+    return WavLMDiscriminator(slm.hidden, slm.nlayers, slm.initial_channel)

@@ -55,7 +55,10 @@ from models import (
     SynthesizerOutput,
     SynthesizerTrn,
     WavLMDiscriminator,
+    build_duration_discriminator,
     build_generator,
+    build_period_discriminator,
+    build_wavlm_discriminator,
 )
 
 logger = logging.getLogger(__name__)
@@ -347,15 +350,11 @@ def build_nets(
     hps: Any,
 ) -> tuple[SynthesizerTrn, MultiPeriodDiscriminator, WavLMDiscriminator, DurationDiscriminator | None]:
     """The four nets exactly as the reference training script constructs them (same order of random draws)."""
-    model, data = hps.model, hps.data
-    net_dur_disc = None
-    if model.get("use_duration_discriminator", False):
-        gin = model.gin_channels if data.n_speakers != 0 else 0
-        net_dur_disc = DurationDiscriminator(model.hidden_channels, model.hidden_channels, 3, 0.1, gin_channels=gin)
+    net_dur_disc = build_duration_discriminator(hps)
     net_g = build_generator(hps, for_training=True)
     freeze_bert_projections(net_g, hps.train)
-    net_d = MultiPeriodDiscriminator(model.use_spectral_norm)
-    net_wd = WavLMDiscriminator(model.slm.hidden, model.slm.nlayers, model.slm.initial_channel)
+    net_d = build_period_discriminator(hps)
+    net_wd = build_wavlm_discriminator(hps)
     return net_g, net_d, net_wd, net_dur_disc
 
 

@@ -1,6 +1,8 @@
-"""Test helpers: build the four nets from a Bert-VITS2 config dict exactly as the training script does, a
-seeded random batch for tests that need no reference numbers, and a patch that makes torch's random draws
-return zeros (the kit's "zero-random patch")."""
+"""Test helpers: a seeded random batch for tests that need no reference numbers, the kit's state-dict layout
+rows, and a patch that makes torch's random draws return zeros (the kit's "zero-random patch").
+
+Tests build their nets with the production builders (models.build_generator, build_period_discriminator,
+build_duration_discriminator, build_wavlm_discriminator), the ones training.build_nets calls."""
 
 from __future__ import annotations
 
@@ -9,30 +11,8 @@ import torch
 from torch import nn
 
 from data_utils import Batch
-from models import DurationDiscriminator, MultiPeriodDiscriminator, SynthesizerTrn, WavLMDiscriminator, build_generator
 
 FLOAT_TOL = {"atol": 1e-4, "rtol": 1e-4}
-
-
-def build_net_g(config: dict, n_vocab: int) -> SynthesizerTrn:
-    """The generator exactly as train_ms builds it (models.build_generator, training mode)."""
-    return build_generator(config, for_training=True, n_vocab=n_vocab)
-
-
-def build_net_dur_disc(config: dict) -> DurationDiscriminator:
-    model = config["model"]
-    return DurationDiscriminator(
-        model["hidden_channels"], model["hidden_channels"], 3, 0.1, gin_channels=model["gin_channels"]
-    )
-
-
-def build_net_wd(config: dict) -> WavLMDiscriminator:
-    slm = config["model"]["slm"]
-    return WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"])
-
-
-def build_net_d(config: dict) -> MultiPeriodDiscriminator:
-    return MultiPeriodDiscriminator(config["model"]["use_spectral_norm"])
 
 
 def random_batch(config: dict, n_vocab: int, text_lengths: list[int], spec_lengths: list[int], seed: int = 0) -> Batch:

@@ -174,10 +174,10 @@ def test_kl_loss_is_float32_for_half_inputs() -> None:
 
 @pytest.fixture(scope="module")
 def wavlm_loss(golden: dict, dev_config: dict) -> WavLMLoss:
-    from models import WavLMDiscriminator
+    from models import build_wavlm_discriminator
 
     slm = dev_config["model"]["slm"]
-    net_wd = WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"])
+    net_wd = build_wavlm_discriminator(dev_config)
     net_wd.load_state_dict(golden["weights_wd"])
     net_wd.eval()
     g = golden["wavlm_loss"]
@@ -188,11 +188,11 @@ def wavlm_loss(golden: dict, dev_config: dict) -> WavLMLoss:
 @pytest.fixture(scope="module")
 def local_wavlm_loss(tiny_model_config: dict, tiny_wavlm_dir: Path) -> WavLMLoss:
     """The WavLM loss of the tiny config, with the session's tiny WavLM and a seeded WD: no kit needed."""
-    from models import WavLMDiscriminator
+    from models import build_wavlm_discriminator
 
     slm = tiny_model_config["model"]["slm"]
     torch.manual_seed(0)
-    net_wd = WavLMDiscriminator(slm["hidden"], slm["nlayers"], slm["initial_channel"]).eval()
+    net_wd = build_wavlm_discriminator(tiny_model_config).eval()
     return WavLMLoss(tiny_wavlm_dir, net_wd, tiny_model_config["data"]["sampling_rate"], slm["sr"])
 
 

@@ -11,13 +11,10 @@ from kit import net_d_state_dict
 from model_nets import (
     assert_exact,
     assert_float_close,
-    build_net_d,
-    build_net_dur_disc,
-    build_net_g,
-    build_net_wd,
     patch_random_to_zeros,
 )
 
+import models
 import monotonic_align
 
 GOLDEN_SETS = ["golden", "golden_perturbed"]
@@ -27,25 +24,25 @@ TEXT_INPUTS = ("x", "x_lengths", "sid", "tone", "language", "bert", "ja_bert", "
 
 @pytest.fixture(scope="module")
 def net_g(dev_config: dict, symbols_json: dict):
-    net = build_net_g(dev_config, len(symbols_json["symbols"]))
+    net = models.build_generator(dev_config, for_training=True, n_vocab=len(symbols_json["symbols"]))
     return net.eval()
 
 
 @pytest.fixture(scope="module")
 def net_dur_disc(dev_config: dict):
-    return build_net_dur_disc(dev_config).eval()
+    return models.build_duration_discriminator(dev_config).eval()
 
 
 @pytest.fixture(scope="module")
 def net_d(dev_config: dict, golden: dict):
-    net = build_net_d(dev_config)
+    net = models.build_period_discriminator(dev_config)
     net.load_state_dict(net_d_state_dict(golden), strict=True)
     return net.eval()
 
 
 @pytest.fixture(scope="module")
 def net_wd(dev_config: dict, golden: dict):
-    net = build_net_wd(dev_config)
+    net = models.build_wavlm_discriminator(dev_config)
     net.load_state_dict(golden["weights_wd"], strict=True)
     return net.eval()
 

@@ -3,13 +3,16 @@
 The kit built net_g, net_d, net_dur_disc and net_wd in that order right after torch.manual_seed(1234),
 with no other random draw in between. Equal weights prove that every module creates its parameters
 and runs its init in the reference's order, so a seeded run starts exactly where the reference's does.
+The nets come from the production builders in models.py, the ones training.build_nets calls.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tests.model_nets import build_net_d, build_net_dur_disc, build_net_g, build_net_wd
+import config
+import models
+import training
 from text.symbols import symbols
 
 
@@ -22,13 +25,31 @@ def _assert_state_equal(actual: dict[str, torch.Tensor], expected: dict[str, tor
 
 def test_seeded_build_reproduces_reference_initial_weights(golden, dev_config):
     torch.manual_seed(1234)
-    net_g = build_net_g(dev_config, len(symbols))
-    net_d = build_net_d(dev_config)
-    net_dur_disc = build_net_dur_disc(dev_config)
-    net_wd = build_net_wd(dev_config)
+    net_g = models.build_generator(dev_config, for_training=True, n_vocab=len(symbols))
+    net_d = models.build_period_discriminator(dev_config)
+    net_dur_disc = models.build_duration_discriminator(dev_config)
+    net_wd = models.build_wavlm_discriminator(dev_config)
 
     _assert_state_equal(net_g.state_dict(), golden["weights_g"], "net_g")
     # golden keeps only net_d's small tensors; the large weight_v ones were overwritten after the build.
     _assert_state_equal(net_d.state_dict(), golden["weights_d"], "net_d")
     _assert_state_equal(net_dur_disc.state_dict(), golden["weights_dur"], "net_dur_disc")
     _assert_state_equal(net_wd.state_dict(), golden["weights_wd"], "net_wd")
+
+
+def test_training_builds_the_nets_in_the_reference_scripts_order(tiny_model_config):
+    """The reference train_ms.py draws net_dur_disc first, then net_g, net_d and net_wd: a seeded training run
+    starts from the weights those builders give in that order."""
+    hps = config.as_model_config(tiny_model_config)
+    torch.manual_seed(7)
+    net_g, net_d, net_wd, net_dur_disc = training.build_nets(hps)
+    torch.manual_seed(7)
+    expected = {
+        "net_dur_disc": models.build_duration_discriminator(hps),
+        "net_g": models.build_generator(hps, for_training=True),
+        "net_d": models.build_period_discriminator(hps),
+        "net_wd": models.build_wavlm_discriminator(hps),
+    }
+    built = {"net_dur_disc": net_dur_disc, "net_g": net_g, "net_d": net_d, "net_wd": net_wd}
+    for name, net in built.items():
+        _assert_state_equal(net.state_dict(), expected[name].state_dict(), name)

@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from kit import assert_every_entry
-from model_nets import build_net_d, build_net_dur_disc, build_net_g, build_net_wd, state_dict_layout
+from model_nets import state_dict_layout
+
+import models
 
 CONFIGS = {
     "dev": ("dev/config.json", "dev/keys.json"),
     "official": ("official_config.json", "official_keys.json"),
 }
-BUILDERS = {"net_g": None, "net_dur_disc": build_net_dur_disc, "net_wd": build_net_wd}
+BUILDERS = {"net_dur_disc": models.build_duration_discriminator, "net_wd": models.build_wavlm_discriminator}
 
 
 def _summary(net: torch.nn.Module) -> dict:
@@ -43,7 +45,10 @@ def layouts(request, kit_dir: Path, symbols_json: dict) -> tuple[dict, dict]:
     reference = json.loads((kit_dir / keys_path).read_text(encoding="utf-8"))
     ours = {}
     for name in ("net_g", "net_dur_disc", "net_wd"):
-        net = build_net_g(config, len(symbols_json["symbols"])) if name == "net_g" else BUILDERS[name](config)
+        if name == "net_g":
+            net = models.build_generator(config, for_training=True, n_vocab=len(symbols_json["symbols"]))
+        else:
+            net = BUILDERS[name](config)
         ours[name] = _summary(net)
         del net
         gc.collect()
@@ -53,7 +58,7 @@ def layouts(request, kit_dir: Path, symbols_json: dict) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def net_d_summary(kit_dir: Path) -> dict:
     config = json.loads((kit_dir / "dev/config.json").read_text(encoding="utf-8"))
-    net = build_net_d(config)
+    net = models.build_period_discriminator(config)
     summary = _summary(net)
     del net
     gc.collect()
@@ -146,10 +151,10 @@ def test_config_b_parameter_counts(tiny_model_config: dict) -> None:
     from text.symbols import symbols
 
     config = _config_b(tiny_model_config)
-    net_g = build_net_g(config, len(symbols))
+    net_g = models.build_generator(config, for_training=True, n_vocab=len(symbols))
     assert sum(p.numel() for p in net_g.parameters()) == 598_829
-    assert sum(p.numel() for p in build_net_dur_disc(config).parameters()) == 18_505
-    assert sum(p.numel() for p in build_net_wd(config).parameters()) == 9_170
+    assert sum(p.numel() for p in models.build_duration_discriminator(config).parameters()) == 18_505
+    assert sum(p.numel() for p in models.build_wavlm_discriminator(config).parameters()) == 9_170
     # Residual coupling: still 4 couplings (plus flips); n_flow_layer is the WN depth inside each.
     couplings = [flow for flow in net_g.flow.flows if hasattr(flow, "enc")]
     assert len(couplings) == 4
@@ -162,7 +167,7 @@ def test_config_b_runs_forward_and_infer(tiny_model_config: dict) -> None:
 
     config = _config_b(tiny_model_config)
     torch.manual_seed(0)
-    net_g = build_net_g(config, len(symbols)).eval()
+    net_g = models.build_generator(config, for_training=True, n_vocab=len(symbols)).eval()
     hop, segment = config["data"]["hop_length"], config["train"]["segment_size"]
     b, t_x, t_spec = 2, 15, 52
     x = torch.randint(1, len(symbols), (b, t_x))

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from model_nets import assert_exact, assert_float_close, build_net_g, patch_random_to_zeros, random_batch
+from model_nets import assert_exact, assert_float_close, patch_random_to_zeros, random_batch
 
 import attentions
 import models
@@ -25,7 +25,7 @@ def local_net_g(tiny_model_config: dict):
     """The tiny config's generator (the kit's dev shape), seeded, every weight slightly perturbed so that the
     zero-initialised output layers (flows, duration predictors) are not the identity; in eval mode."""
     torch.manual_seed(0)
-    net = build_net_g(tiny_model_config, len(symbols)).eval()
+    net = models.build_generator(tiny_model_config, for_training=True).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in net.parameters():
@@ -132,7 +132,7 @@ def test_training_forward_with_batch_of_one(local_net_g, tiny_model_config: dict
 
 
 def test_generator_remove_weight_norm_keeps_output(local_net_g, tiny_model_config: dict) -> None:
-    decoder = build_net_g(tiny_model_config, len(symbols)).dec.eval()
+    decoder = models.build_generator(tiny_model_config, for_training=True).dec.eval()
     decoder.load_state_dict(local_net_g.dec.state_dict())
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(2, tiny_model_config["model"]["inter_channels"], 31, generator=generator)
@@ -149,7 +149,7 @@ def test_reference_encoder_replaces_speaker_table(tiny_model_config: dict) -> No
     config = json.loads(json.dumps(tiny_model_config))
     config["data"]["n_speakers"] = 0
     torch.manual_seed(0)
-    net = build_net_g(config, len(symbols)).eval()
+    net = models.build_generator(config, for_training=True).eval()
     assert not hasattr(net, "emb_g") and hasattr(net, "ref_enc")
     batch = random_batch(tiny_model_config, len(symbols), [17, 12], [60, 45])
     text = _text(batch)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_nets import build_net_dur_disc, build_net_g, build_net_wd
+
+import models
 
 BETAS = (0.8, 0.99)
 EPS = 1e-9
@@ -16,10 +17,10 @@ CHECKPOINTS = {"G_100.pth": "net_g", "DUR_100.pth": "net_dur_disc", "WD_100.pth"
 
 def _build(net_name: str, config: dict, n_vocab: int) -> torch.nn.Module:
     if net_name == "net_g":
-        return build_net_g(config, n_vocab)
+        return models.build_generator(config, for_training=True, n_vocab=n_vocab)
     if net_name == "net_dur_disc":
-        return build_net_dur_disc(config)
-    return build_net_wd(config)
+        return models.build_duration_discriminator(config)
+    return models.build_wavlm_discriminator(config)
 
 
 @pytest.mark.parametrize("file_name", sorted(CHECKPOINTS))
