@@ -188,6 +188,7 @@ def test_a_nonfinite_loss_on_one_rank_skips_the_same_updates_on_both(tmp_path, t
             assert torch.isfinite(param).all(), f"optimizer {net}: non-finite weights"
 
 
+@pytest.mark.slow  # two more two-rank torchrun runs (killed, resumed); CI runs it with -m slow
 def test_torchrun_two_ranks_resume_after_sigkill(two_process_run, tmp_path, tiny_train_config, dataset):
     """SIGKILL the whole torchrun group (agent and both workers) in the middle of step 3, after the step-2
     checkpoint; a new two-rank torchrun resumes from it and ends bitwise equal to the uninterrupted run."""
@@ -236,6 +237,7 @@ def test_torchrun_two_ranks_resume_after_sigkill(two_process_run, tmp_path, tiny
         assert _same(expected, actual), f"{prefix}_{MAX_STEPS}.pth differs from the uninterrupted run's"
 
 
+@pytest.mark.slow  # a third two-rank run, launched as two nodes; CI runs it with -m slow
 def test_torchrun_two_nodes_c10d_rendezvous(tmp_path, tiny_train_config, dataset):
     files = _setup(tmp_path / "run", tiny_train_config, dataset)
     probe_dir = tmp_path / "probe"

@@ -101,6 +101,7 @@ def _killed_at(files: dict, pause: str, folder: Path, expected_at: str) -> None:
     assert at.startswith(expected_at), at
 
 
+@pytest.mark.slow  # five train_ms.py runs (four killed, one resumed); CI runs it with -m slow
 def test_sigkill_at_each_phase_resumes_bit_identically(straight_run, tmp_path):
     """SIGKILL during a step, at startup (while reading the checkpoint), during evaluation and while writing
     G_2.pth (its siblings already written): every restart resumes from the newest complete checkpoint, and the
