@@ -18,6 +18,10 @@ from train_tiny import first_batch, make_dataset, tiny_config
 import training
 from config import model_config_from_dict
 
+# float16 convolutions have no fast CPU kernels: the four steps of the 46.7 M-parameter discriminator take minutes
+# on a 2-core machine. CI runs them with -m slow; tests/test_gpu.py repeats the overflow check on a GPU.
+pytestmark = pytest.mark.slow
+
 FP16_CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), amp_dtype=torch.float16)
 
 
