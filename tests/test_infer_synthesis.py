@@ -173,6 +173,7 @@ def test_command_line_mix_auto_style(model_files: dict, bert_dirs: dict[str, Pat
     assert not (tmp_path / "bad.wav").exists()
 
 
+@pytest.mark.slow  # two train_ms.py runs before the synthesis; CI runs it with -m slow
 def test_trained_models_speak_with_the_regime_of_their_config(
     tmp_path: Path, bert_dirs: dict[str, Path], tiny_train_config: dict
 ) -> None:
