@@ -50,6 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import config as global_config
 import reference_api
+import stream_api
 import synthesis_params
 from synthesis_params import DEFAULT_PARAMS, SynthesisParams, brief
 from synthesis_plan import MIX, REQUEST_LANGUAGES, parse_mix
@@ -433,6 +434,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="Bert-VITS2 2.3 TTS", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     registry = state.registry
     reference_api.mount(app, state, lambda work: queue_holder["queue"].submit(work), read_limited_body)
+    stream_api.mount(app, state, lambda work: queue_holder["queue"].submit(work), read_limited_body)
 
     def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status, headers=dict(headers or {}))
