@@ -210,3 +210,28 @@ def test_timings_are_plain_json(synths: dict[str, infer.Synthesizer]) -> None:
     assert set(encoded) == {"sampling_rate", "duration", "phones", "words"}
     assert set(encoded["phones"][0]) == {"symbol", "start", "end"}
     assert set(encoded["words"][0]) == {"text", "start", "end", "language", "kind"}
+
+
+@pytest.mark.slow  # the ONNX export of even the tiny generator takes half a minute on 2 busy cores
+def test_an_onnx_generator_streams_utterance_by_utterance(
+    tmp_path: Path, tiny_model_config: dict, bert_dirs: dict[str, Path]
+) -> None:
+    """The ONNX graph runs flow and decoder as one piece (the flow's attention needs the whole utterance), so
+    its stream has one chunk per utterance; joined, they are its `synthesize`. Timings need the torch pieces."""
+    import export
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_generator(tiny_model_config, for_training=False)
+    checkpoint, config_path = tmp_path / "G_0.pth", tmp_path / "config.json"
+    torch.save({"model": net.state_dict()}, checkpoint)
+    config_path.write_text(json.dumps(tiny_model_config), encoding="utf-8")
+    export.export_onnx(checkpoint, tmp_path / "tiny.onnx", config_path)
+    synth = infer.load_synthesizer(tmp_path / "tiny.onnx", bert_dirs=bert_dirs)
+    text = "你好，世界。\n今天天气很好！"
+    _, whole = synth.synthesize(text, "spk0", "ZH", **NOISY)
+    chunks = list(synth.stream(text, "spk0", "ZH", chunk_frames=4, **NOISY))
+    assert len(chunks) == 3  # two utterances and the paragraph pause
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="timings need the torch generator"):
+        synth.synthesize(text, "spk0", "ZH", timings=True)
