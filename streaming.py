@@ -115,13 +115,13 @@ class Timings:
 
 
 @dataclass
-class _Latent:
+class UtteranceLatent:
     z: Tensor  # [1, inter, t_y], masked
     g: Tensor  # [1, gin, 1]
     phone_frames: Tensor  # [t_x] frames per phone (long)
 
 
-def _latent_of(net: Any, prepared: PreparedText, speaker_id: int, params: SynthesisParams) -> _Latent:
+def utterance_latent(net: Any, prepared: PreparedText, speaker_id: int, params: SynthesisParams) -> UtteranceLatent:
     """`SynthesizerTrn.infer` up to the decoder, drawing torch's noise in the same order as it."""
     device = prepared.phones.device
     with torch.no_grad():
@@ -141,7 +141,7 @@ def _latent_of(net: Any, prepared: PreparedText, speaker_id: int, params: Synthe
         )
         z_p = prior.m_p + torch.randn_like(prior.m_p) * torch.exp(prior.logs_p) * params.noise_scale
         z = net.flow(z_p, prior.y_mask, g=g, reverse=True) * prior.y_mask
-    return _Latent(z, g, prior.attn[0, 0].sum(dim=0).round().long())
+    return UtteranceLatent(z, g, prior.attn[0, 0].sum(dim=0).round().long())
 
 
 def supports_windows(net: Any) -> bool:
@@ -169,7 +169,7 @@ def _utterance_chunks(
             raise ValueError("timings need the torch generator (a checkpoint or .safetensors export), not .onnx")
         yield synth.infer_prepared(prepared, speaker_id, params)
         return
-    latent = _latent_of(net, prepared, speaker_id, params)
+    latent = utterance_latent(net, prepared, speaker_id, params)
     if on_frames is not None:
         on_frames(latent.phone_frames)
     model = synth.config.model

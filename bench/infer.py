@@ -10,6 +10,9 @@ infer.py does), run three ways on the same weights, inputs and noise:
 * `torch (ours)`: `infer.infer_waveform` on our generator;
 * `torch (reference-like)`: the same net with attention and decoder run the reference's way
   (bench/reference_like.py says exactly what differs);
+* `torch (ours, streamed)`: the same through streaming.py (durations and flow once, then the decoder on
+  windows of `--chunk-frames` widened by its receptive field); `first s` is the time until its first chunk
+  exists (for the others, the whole run);
 * `onnxruntime`: the generator exported by `export.export_onnx` (to a temporary folder) and run by
   onnx_infer.py, with as many intra-op threads as torch.
 
@@ -39,7 +42,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import infer  # noqa: E402  (the repository root is put on the path just above)
+import config as settings  # noqa: E402  (the repository root is put on the path just above)
+import infer  # noqa: E402
 from bench.reference_like import reference_like  # noqa: E402
 from models import build_generator  # noqa: E402
 
@@ -91,14 +95,41 @@ class Timing(NamedTuple):
     wall: float
     cpu: float
     audio: float
+    first: float  # wall time until the first audio sample exists (the whole run unless streamed)
 
 
 def _run(net: Any, inputs: dict[str, torch.Tensor], sampling_rate: int, length_scale: float) -> tuple[Timing, Any]:
     torch.manual_seed(0)  # the same noise every run and variant, so every run makes the same number of frames
     wall, cpu = time.perf_counter(), time.process_time()
     o, _ = infer.infer_waveform(net, **inputs, **SCALES, length_scale=length_scale)
-    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu, o.shape[-1] / sampling_rate)
-    return timing, o
+    elapsed = time.perf_counter() - wall
+    return Timing(elapsed, time.process_time() - cpu, o.shape[-1] / sampling_rate, elapsed), o
+
+
+def _run_streamed(
+    net: Any, inputs: dict[str, torch.Tensor], config: Any, length_scale: float, chunk_frames: int
+) -> tuple[Timing, Any]:
+    """As `_run`, through streaming.py: durations and flow once, then the decoder window by window."""
+    import streaming
+    from synthesis_params import SynthesisParams
+
+    prepared = infer.PreparedText(
+        *(inputs[name][0] for name in ("x", "tone", "language", "bert", "ja_bert", "en_bert"))
+    )
+    # model_construct: the calibrated length scale of an untrained net may lie outside the API's range.
+    params = SynthesisParams.model_construct(**SCALES, length_scale=length_scale)
+    model, rate = config.model, config.data.sampling_rate
+    torch.manual_seed(0)
+    wall, cpu = time.perf_counter(), time.process_time()
+    latent = streaming.utterance_latent(net, prepared, int(inputs["sid"][0]), params)
+    windows = streaming.decode_in_windows(
+        net.dec, latent.z, latent.g, chunk_frames, streaming.decoder_receptive_field(model), streaming.hop_of(model)
+    )
+    chunks = [next(windows)]
+    first = time.perf_counter() - wall
+    chunks.extend(windows)
+    o = torch.cat(chunks).view(1, 1, -1)
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu, o.shape[-1] / rate, first), o
 
 
 def _calibrate(net: Any, inputs: dict[str, torch.Tensor], sampling_rate: int, seconds: float) -> float:
@@ -131,7 +162,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.6, help="target audio length")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime CPU threads")
-    parser.add_argument("--no-onnx", action="store_true", help="time the two torch variants only")
+    parser.add_argument("--no-onnx", action="store_true", help="time the torch variants only")
+    parser.add_argument("--chunk-frames", type=int, default=64, help="decoder window of the streamed variant")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -156,6 +188,10 @@ def main() -> int:
                 return _run(net, inputs, sampling_rate, scale)
 
         variants["torch (reference-like)"] = reference_run
+        model_config = settings.as_model_config(config)
+        variants["torch (ours, streamed)"] = lambda scale: _run_streamed(
+            net, inputs, model_config, scale, args.chunk_frames
+        )
         if not args.no_onnx:
             import onnx_infer
 
@@ -182,12 +218,13 @@ def main() -> int:
         f"random weights and random BERT features (front end and BERT not included), median of {args.repeats}"
     )
     reference = outputs["torch (ours)"]
-    print(f"{'variant':<24} {'audio s':>8} {'wall s':>8} {'RTF wall':>9} {'RTF cpu':>8}  max |o - ours|")
+    print(f"{'variant':<24} {'audio s':>8} {'wall s':>8} {'first s':>8} {'RTF wall':>9} {'RTF cpu':>8}  max |o - ours|")
     for name, runs in timings.items():
         audio = statistics.mean(t.audio for t in runs)
         difference = float((outputs[name] - reference).abs().max()) if outputs[name].shape == reference.shape else -1
         print(
             f"{name:<24} {audio:8.2f} {statistics.median(t.wall for t in runs):8.2f} "
+            f"{statistics.median(t.first for t in runs):8.2f} "
             f"{statistics.median(t.wall / t.audio for t in runs):9.3f} "
             f"{statistics.median(t.cpu / t.audio for t in runs):8.3f}  {difference:.2g}"
         )
