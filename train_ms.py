@@ -9,10 +9,19 @@ As in the reference, ``-m`` names the dataset folder and checkpoints, ``train.lo
 are used.
 
 This file is the wiring: it reads the settings, builds the runtime, data, nets and logger, and owns the cadence
-of training (epochs, logging, evaluation, checkpoints, stopping). The pieces live where the reference keeps
-them: ``training.py`` (the runtime, the nets with their optimizers, one iteration, the loaders, resuming),
-``losses.py`` (every loss formula), ``utils.py`` (checkpoints: the registry of everything that survives a
-restart; ``train.log`` and TensorBoard). Deliberate differences from the reference:
+of training (epochs, logging, evaluation, checkpoints, stopping). The pieces it wires:
+
+* ``train_runtime.py``: rank, device, precision and process group; backend flags; SIGTERM/SIGINT as a stop
+  request.
+* ``train_nets.py``: the four nets, each with its AdamW and LR schedule, the GradScaler and the train state.
+* ``training.py``: one iteration, and how a non-finite loss or gradient skips an update on every rank.
+* ``train_data.py``: the training loader and where in an epoch a resumed run continues.
+* ``train_resume.py``: what a checkpoint holds, resuming from it, and settings changed since.
+* ``train_eval.py``: evaluation on the validation clips.
+* ``losses.py`` (every loss formula) and ``utils.py`` (the checkpoint registry's files; ``train.log`` and
+  TensorBoard), where the reference keeps them.
+
+Deliberate differences from the reference:
 
 * The iteration is the reference's with fewer WavLM runs and frozen discriminators in the generator step (see
   ``training.py``); ``warmup_epochs`` > 0 ramps the learning rate linearly (the reference ignores it).
@@ -46,11 +55,17 @@ from torch.utils.data import DataLoader
 
 import atomic_io
 import check_dataset
+import train_data
+import train_eval
+import train_nets
+import train_resume
+import train_runtime
 import training
 import utils
 from config import as_model_config, check_trainable, load_model_config
 from data_utils import DEFAULT_BUCKET_BOUNDARIES
-from training import Runtime, StopRequest, Trainer
+from train_nets import Trainer
+from train_runtime import Runtime, StopRequest
 
 logger = logging.getLogger("train_ms")
 
@@ -117,7 +132,7 @@ class Trainloop:
         hps: Any,
         rt: Runtime,
         options: RunOptions,
-        loaders: tuple[DataLoader, training.ResumableBatchSampler, DataLoader | None],
+        loaders: tuple[DataLoader, train_data.ResumableBatchSampler, DataLoader | None],
         log: utils.TrainLogger,
         stop: StopRequest,
     ) -> None:
@@ -138,13 +153,13 @@ class Trainloop:
     def _run_epoch(self) -> bool:
         """Train the rest of the current epoch; True when training must stop."""
         state, trainer, rt = self.trainer.state, self.trainer, self.rt
-        skip = training.resume_skip(state, rt, int(self.hps.train.batch_size))
+        skip = train_data.resume_skip(state, rt, int(self.hps.train.batch_size))
         state.batch_in_epoch, state.world_size, state.batch_size = skip, rt.world_size, int(self.hps.train.batch_size)
         self.batches.start_epoch(state.epoch, skip)
         trainer.set_train_mode()
         progress = self._progress(skip)
         try:
-            with training.stop_signals_blocked():  # the workers start here and must ignore Ctrl-C
+            with train_runtime.stop_signals_blocked():  # the workers start here and must ignore Ctrl-C
                 batches = iter(self.loader)
             for batch in batches:
                 metrics, fwd = training.train_step(
@@ -193,7 +208,7 @@ class Trainloop:
             progress.update(1)
         if state.step % train.eval_interval == 0:
             if self.rt.is_main and self.eval_loader is not None:
-                mels, audios = training.evaluate(self.trainer, self.eval_loader, self.hps, self.rt)
+                mels, audios = train_eval.evaluate(self.trainer, self.eval_loader, self.hps, self.rt)
                 self.log.log_eval(state.step, mels, audios, self.hps.data.sampling_rate)
             self.save()
 
@@ -208,7 +223,7 @@ class Trainloop:
         if step == 0 or step == self.last_saved_step:
             return
         with self.stop.shielded():
-            training.save_training_checkpoint(self.trainer, self.hps, self.rt, self.options.keep_ckpts)
+            train_resume.save_training_checkpoint(self.trainer, self.hps, self.rt, self.options.keep_ckpts)
         self.last_saved_step = step
 
 
@@ -330,12 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # threads, e.g. ~5x slower steps with torchrun's one single-threaded process per core.
     os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
 
-    rt = training.init_runtime(args.device, hps.train)
+    rt = train_runtime.init_runtime(args.device, hps.train)
     os.makedirs(hps.model_dir, exist_ok=True)
     log = utils.TrainLogger(hps.model_dir, rt.rank)
     if added:
         logger.info("environment defaults from %s: %s", yml.source, added)
-    training.configure_kernels(rt.device, hps.train)
+    train_runtime.configure_kernels(rt.device, hps.train)
     stop = StopRequest()
     stop.install()
     try:
@@ -367,12 +382,12 @@ def train_from_config(
     workers = args.num_workers
     if workers is None:
         workers = min(yml.train_ms.num_workers, max((os.cpu_count() or 1) - 1, 0))
-    loader, batches = training.build_train_loader(hps, rt, workers)
-    eval_loader = training.build_eval_loader(hps) if rt.is_main else None
+    loader, batches = train_data.build_train_loader(hps, rt, workers)
+    eval_loader = train_eval.build_eval_loader(hps) if rt.is_main else None
 
-    trainer = training.build_trainer(hps, rt)
+    trainer = train_nets.build_trainer(hps, rt)
     base_dir = yml.train_ms.base.model_dir if yml.train_ms.base.use_base_model else None
-    training.restore_or_initialise(trainer, hps, rt, base_dir, previous_config)
+    train_resume.restore_or_initialise(trainer, hps, rt, base_dir, previous_config)
 
     options = RunOptions(
         max_steps=args.max_steps,

@@ -389,7 +389,8 @@ def check_train_step(
     import torch
     import train_step as bench
 
-    import training
+    import train_nets
+    import train_runtime
 
     device = torch.device(device_name)
     on_cuda = device.type == "cuda"
@@ -405,10 +406,10 @@ def check_train_step(
                     report.skip(f"train_step {precision}", "no native bfloat16 on this GPU")
                 continue
             hps = _hparams(config, folder, precision, **PRECISIONS[precision])
-            rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
-            training.configure_kernels(device, hps.train)
+            rt = train_runtime.Runtime(0, 0, 1, device, train_runtime.resolve_amp_dtype(hps.train, device))
+            train_runtime.configure_kernels(device, hps.train)
             torch.manual_seed(hps.train.seed)
-            trainer = training.build_trainer(hps, rt)
+            trainer = train_nets.build_trainer(hps, rt)
             trainer.set_train_mode()
             for batch_size in batch_sizes:
                 name = f"train_step {precision} batch {batch_size}"

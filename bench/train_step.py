@@ -34,6 +34,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the re
 
 import reference_like  # noqa: E402
 
+import train_nets  # noqa: E402
+import train_runtime  # noqa: E402
 import training  # noqa: E402
 from config import ModelConfig, load_model_config  # noqa: E402
 from data_utils import Batch  # noqa: E402
@@ -76,7 +78,7 @@ def step_function(ref_like: bool) -> Callable[..., Any]:
 
 
 def time_steps(
-    trainer: training.Trainer, batch: Batch, hps: ModelConfig, rt: training.Runtime, ref_like: bool, steps: int
+    trainer: train_nets.Trainer, batch: Batch, hps: ModelConfig, rt: train_runtime.Runtime, ref_like: bool, steps: int
 ) -> list[float]:
     step = step_function(ref_like)
     seconds = []
@@ -95,10 +97,10 @@ VARIANTS = {"ours": False, "reference_like": True}
 
 
 def compare_steps(
-    trainer: training.Trainer,
+    trainer: train_nets.Trainer,
     batches: Sequence[Batch],
     hps: ModelConfig,
-    rt: training.Runtime,
+    rt: train_runtime.Runtime,
     warmup_rounds: int,
     rounds: int,
 ) -> dict[str, dict[str, Any]]:
@@ -135,10 +137,10 @@ def varied_batches(hps: ModelConfig, batch_size: int, lengths_s: Sequence[float]
 
 
 def bench_device(hps: ModelConfig, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
-    rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
-    training.configure_kernels(device, hps.train)  # the kernels train_ms.py uses on this device (cuDNN autotuning)
+    rt = train_runtime.Runtime(0, 0, 1, device, train_runtime.resolve_amp_dtype(hps.train, device))
+    train_runtime.configure_kernels(device, hps.train)  # the kernels train_ms.py uses on this device (cuDNN autotuning)
     torch.manual_seed(hps.train.seed)
-    trainer = training.build_trainer(hps, rt)
+    trainer = train_nets.build_trainer(hps, rt)
     trainer.set_train_mode()
     batches = varied_batches(hps, args.batch_size, args.seconds, device)
     figures = compare_steps(trainer, batches, hps, rt, args.warmup, args.steps)

@@ -2,7 +2,7 @@
 rows, and a patch that makes torch's random draws return zeros (the kit's "zero-random patch").
 
 Tests build their nets with the production builders (models.build_generator, build_period_discriminator,
-build_duration_discriminator, build_wavlm_discriminator), the ones training.build_nets calls."""
+build_duration_discriminator, build_wavlm_discriminator), the ones train_nets.build_nets calls."""
 
 from __future__ import annotations
 

@@ -27,7 +27,9 @@ import losses
 import monotonic_align
 import training
 from data_utils import Batch
-from training import GeneratorPass, Runtime, Trainer
+from train_nets import Trainer
+from train_runtime import Runtime
+from training import GeneratorPass
 
 
 def per_parameter_grad_norm(parameters: Iterable[Tensor], norm_type: float = 2.0) -> Tensor:

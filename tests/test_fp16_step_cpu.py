@@ -15,6 +15,8 @@ import pytest
 import torch
 from train_tiny import first_batch, make_dataset, tiny_config
 
+import train_nets
+import train_runtime
 import training
 from config import model_config_from_dict
 
@@ -22,7 +24,9 @@ from config import model_config_from_dict
 # on a 2-core machine. CI runs them with -m slow; tests/test_gpu.py repeats the overflow check on a GPU.
 pytestmark = pytest.mark.slow
 
-FP16_CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), amp_dtype=torch.float16)
+FP16_CPU = train_runtime.Runtime(
+    rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), amp_dtype=torch.float16
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +38,14 @@ def fp16_setup(tmp_path_factory, tiny_train_config) -> dict:
     return {"hps": hps, "batch": first_batch(hps, FP16_CPU)}
 
 
-def _trainer(hps) -> training.Trainer:
+def _trainer(hps) -> train_nets.Trainer:
     torch.manual_seed(0)
-    trainer = training.build_trainer(hps, FP16_CPU)
+    trainer = train_nets.build_trainer(hps, FP16_CPU)
     assert trainer.scaler.is_enabled()
     return trainer
 
 
-def _weights(part: training.Part) -> dict[str, torch.Tensor]:
+def _weights(part: train_nets.Part) -> dict[str, torch.Tensor]:
     return {name: value.clone() for name, value in part.raw.state_dict().items()}
 
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 from model_nets import random_batch
 
+import train_nets
+import train_runtime
 import training
 from config import model_config_from_dict
 from data_utils import Batch
@@ -25,7 +27,7 @@ N_STEPS = 2
 # The training crop is shortened from the dev config's 8192 samples (32 frames) to keep the 46.7 M-parameter
 # MultiPeriodDiscriminator cheap on CPU; the nets themselves are exactly the dev config's.
 SEGMENT_SIZE = 2048
-CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = train_runtime.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 # Trainable parameters that cannot move in the first two iterations, with the reason. Keep this short: a
 # parameter that does not move and is not listed here is a bug in the step.
@@ -46,7 +48,7 @@ def two_steps(tiny_train_config: dict) -> dict:
     config["train"]["segment_size"] = SEGMENT_SIZE
     hps = model_config_from_dict(config)
     torch.manual_seed(1234)
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     trainer.set_train_mode()
     trainer.wl.train()
     names = {p.prefix: dict(p.raw.named_parameters()) for p in trainer.parts()}

@@ -140,13 +140,14 @@ def tiny_hparams(config: dict, tmp_path: Path, **train: object):
 
 def build(hps, seed: int = 1234):
     """Trainer (nets, optimizers, scaler) on the GPU with the precision of ``hps``, from seeded weights."""
-    import training
+    import train_nets
+    import train_runtime
 
     device = cuda()
-    rt = training.Runtime(0, 0, 1, device, training.resolve_amp_dtype(hps.train, device))
-    training.configure_kernels(device, hps.train)
+    rt = train_runtime.Runtime(0, 0, 1, device, train_runtime.resolve_amp_dtype(hps.train, device))
+    train_runtime.configure_kernels(device, hps.train)
     torch.manual_seed(seed)
-    trainer = training.build_trainer(hps, rt)
+    trainer = train_nets.build_trainer(hps, rt)
     trainer.set_train_mode()
     return trainer, rt
 
@@ -334,6 +335,8 @@ def ddp_worker(config_path: str, result_path: str) -> None:
     """One rank of ``test_ddp_with_two_ranks_on_one_gpu``: gloo, every rank on cuda:0, its own seed and batch."""
     import torch.distributed as dist
 
+    import train_nets
+    import train_runtime
     import training
     from config import load_model_config
 
@@ -342,10 +345,10 @@ def ddp_worker(config_path: str, result_path: str) -> None:
     device = torch.device("cuda", 0)
     torch.cuda.set_device(device)
     hps = load_model_config(config_path)
-    rt = training.Runtime(rank, 0, world_size, device, training.resolve_amp_dtype(hps.train, device))
-    training.configure_kernels(device, hps.train)
+    rt = train_runtime.Runtime(rank, 0, world_size, device, train_runtime.resolve_amp_dtype(hps.train, device))
+    train_runtime.configure_kernels(device, hps.train)
     torch.manual_seed(1234 + rank)  # different weights on each rank: DDP must start them from rank 0's
-    trainer = training.build_trainer(hps, rt)
+    trainer = train_nets.build_trainer(hps, rt)
     trainer.set_train_mode()
     start = _flat_weights(trainer)
     batch = gpu_batch(hps, seed=rank)  # different data on each rank: DDP must average the gradients

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import training
+import train_nets
+import train_runtime
 from config import load_model_config
 
 
@@ -69,7 +70,7 @@ def test_cuda_runs_use_tf32_and_medium_matmul_precision_like_the_reference(
 ) -> None:
     torch.set_float32_matmul_precision("highest")
     # Sets flags only: no device is touched, so this runs on a machine without CUDA too.
-    training.configure_kernels(torch.device("cuda", 0), train_section(tmp_path, tiny_model_config, **train))
+    train_runtime.configure_kernels(torch.device("cuda", 0), train_section(tmp_path, tiny_model_config, **train))
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     assert torch.get_float32_matmul_precision() == "medium"
     assert torch.backends.cudnn.benchmark
@@ -77,7 +78,9 @@ def test_cuda_runs_use_tf32_and_medium_matmul_precision_like_the_reference(
 
 @pytest.mark.usefixtures("restore_backend_flags")
 def test_allow_tf32_false_gives_a_strict_fp32_run(tmp_path: Path, tiny_model_config: dict) -> None:
-    training.configure_kernels(torch.device("cuda", 0), train_section(tmp_path, tiny_model_config, allow_tf32=False))
+    train_runtime.configure_kernels(
+        torch.device("cuda", 0), train_section(tmp_path, tiny_model_config, allow_tf32=False)
+    )
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     assert torch.get_float32_matmul_precision() == "highest"
 
@@ -85,7 +88,7 @@ def test_allow_tf32_false_gives_a_strict_fp32_run(tmp_path: Path, tiny_model_con
 @pytest.mark.usefixtures("restore_backend_flags")
 def test_cpu_runs_keep_full_float32_matmuls(tmp_path: Path, tiny_model_config: dict) -> None:
     torch.set_float32_matmul_precision("highest")
-    training.configure_kernels(torch.device("cpu"), train_section(tmp_path, tiny_model_config))
+    train_runtime.configure_kernels(torch.device("cpu"), train_section(tmp_path, tiny_model_config))
     assert torch.get_float32_matmul_precision() == "highest"  # "medium" could mean bf16 matmuls on some CPUs
 
 
@@ -98,7 +101,7 @@ def _twin_nets(tmp_path: Path, tiny_model_config: dict) -> list[tuple[torch.nn.M
         cfg = load_model_config(write_config(folder, tiny_model_config, **train))
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3), torch.nn.ReLU(), torch.nn.Conv1d(8, 2, 1))
-        pairs.append((net, training.make_optimizer(net.parameters(), cfg.train)))
+        pairs.append((net, train_nets.make_optimizer(net.parameters(), cfg.train)))
     return pairs
 
 

@@ -3,7 +3,7 @@
 The kit built net_g, net_d, net_dur_disc and net_wd in that order right after torch.manual_seed(1234),
 with no other random draw in between. Equal weights prove that every module creates its parameters
 and runs its init in the reference's order, so a seeded run starts exactly where the reference's does.
-The nets come from the production builders in models.py, the ones training.build_nets calls.
+The nets come from the production builders in models.py, the ones train_nets.build_nets calls.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 import config
 import models
-import training
+import train_nets
 from text.symbols import symbols
 
 
@@ -42,7 +42,7 @@ def test_training_builds_the_nets_in_the_reference_scripts_order(tiny_model_conf
     starts from the weights those builders give in that order."""
     hps = config.as_model_config(tiny_model_config)
     torch.manual_seed(7)
-    net_g, net_d, net_wd, net_dur_disc = training.build_nets(hps)
+    net_g, net_d, net_wd, net_dur_disc = train_nets.build_nets(hps)
     torch.manual_seed(7)
     expected = {
         "net_dur_disc": models.build_duration_discriminator(hps),

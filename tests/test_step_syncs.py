@@ -20,10 +20,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 from train_tiny import first_batch, make_dataset, tiny_config
 
+import train_nets
+import train_runtime
 import training
 from config import model_config_from_dict
 
-CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = train_runtime.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 HOST_READS = {"item", "tolist", "__float__", "__bool__", "__int__", "__index__", "numpy"}
 TORCH_DIR = str(Path(torch.__file__).parent)
 
@@ -61,12 +63,12 @@ def tiny_step(tmp_path_factory, tiny_train_config) -> dict:
     return {"config": config, "batch": first_batch(model_config_from_dict(config), CPU)}
 
 
-def _run_step(tiny_step: dict, fused: bool, poison: bool = False) -> tuple[HostReads, dict, training.Trainer]:
+def _run_step(tiny_step: dict, fused: bool, poison: bool = False) -> tuple[HostReads, dict, train_nets.Trainer]:
     config = json.loads(json.dumps(tiny_step["config"]))
     config["train"]["fused_adamw"] = fused
     hps = model_config_from_dict(config)
     torch.manual_seed(0)
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     batch = tiny_step["batch"]
     if poison:
         batch = batch._replace(wav=torch.full_like(batch.wav, float("nan")))
@@ -97,7 +99,7 @@ def test_fused_adamw_skips_a_poisoned_update_on_the_device(tiny_step: dict) -> N
     config["train"]["fused_adamw"] = True
     hps = model_config_from_dict(config)
     torch.manual_seed(0)
-    before = training.build_trainer(hps, CPU)
+    before = train_nets.build_trainer(hps, CPU)
     start = {p.prefix: {k: v.clone() for k, v in p.raw.state_dict().items()} for p in before.parts()}
     recorder, metrics, trainer = _run_step(tiny_step, fused=True, poison=True)
     assert sorted(metrics["skipped"]) == ["D", "G", "WD"]
@@ -126,7 +128,7 @@ def test_a_nan_loss_with_a_finite_gradient_still_skips_its_update(tiny_step: dic
     config = json.loads(json.dumps(tiny_step["config"]))
     hps = model_config_from_dict(config)
     torch.manual_seed(0)
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     start = {p.prefix: {k: v.clone() for k, v in p.raw.state_dict().items()} for p in trainer.parts()}
     metrics, _ = training.train_step(trainer, tiny_step["batch"], hps, CPU)
     assert metrics["skipped"] == ["WD"]

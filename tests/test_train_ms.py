@@ -24,6 +24,8 @@ from train_tiny import (
 )
 
 import train_ms
+import train_nets
+import train_runtime
 import training
 import utils
 from config import ModelConfig, TrainConfig, model_config_from_dict
@@ -37,7 +39,7 @@ from models import (
     WavLMDiscriminator,
 )
 
-CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = train_runtime.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
 def _close(actual, expected, name: str) -> None:
@@ -50,7 +52,7 @@ def _close(actual, expected, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def golden_trainer(golden: dict, dev_config: dict) -> training.Trainer:
+def golden_trainer(golden: dict, dev_config: dict) -> train_nets.Trainer:
     """The kit's net_d / net_dur_disc / net_wd (eval mode, as the golden values were made) with its tiny WavLM."""
     import kit
 
@@ -65,20 +67,20 @@ def golden_trainer(golden: dict, dev_config: dict) -> training.Trainer:
     net_wd.load_state_dict(golden["weights_wd"])
     for net in (net_d, net_dur, net_wd):
         net.eval()
-    trainer = training.Trainer(
+    trainer = train_nets.Trainer(
         g=None,
-        d=training.Part("D", net_d, None, None),
-        wd=training.Part("WD", net_wd, None, None),
-        dur=training.Part("DUR", net_dur, None, None),
+        d=train_nets.Part("D", net_d, None, None),
+        wd=train_nets.Part("WD", net_wd, None, None),
+        dur=train_nets.Part("DUR", net_dur, None, None),
         scaler=torch.amp.GradScaler("cpu", enabled=False),
-        state=training.TrainState(),
+        state=train_nets.TrainState(),
     )
-    trainer.wl = training.build_wavlm_loss(hps, trainer, CPU)
+    trainer.wl = train_nets.build_wavlm_loss(hps, trainer, CPU)
     return trainer
 
 
 def _golden_pass(
-    golden: dict, hps: ModelConfig, trainer: training.Trainer, reference_like: bool
+    golden: dict, hps: ModelConfig, trainer: train_nets.Trainer, reference_like: bool
 ) -> training.GeneratorPass:
     f, i = golden["forward"], golden["inputs"]
     out = SynthesizerOutput(
@@ -160,21 +162,21 @@ def tiny(tmp_path_factory, tiny_train_config) -> dict:
     hps = model_config_from_dict(tiny_config(tiny_train_config, make_dataset(folder / "data")))
     hps.model_dir = str(folder / "models")
     torch.manual_seed(1)
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     return {"trainer": trainer, "hps": hps, "batch": first_batch(hps, CPU), "start": _snapshot(trainer)}
 
 
-def _snapshot(trainer: training.Trainer) -> dict[str, dict[str, torch.Tensor]]:
+def _snapshot(trainer: train_nets.Trainer) -> dict[str, dict[str, torch.Tensor]]:
     return {p.prefix: {k: v.clone() for k, v in p.raw.state_dict().items()} for p in trainer.parts()}
 
 
-def _reset(tiny: dict) -> training.Trainer:
+def _reset(tiny: dict) -> train_nets.Trainer:
     trainer = tiny["trainer"]
     for part in trainer.parts():
         part.raw.load_state_dict(tiny["start"][part.prefix])
         part.optimizer.state.clear()
         part.optimizer.zero_grad(set_to_none=True)
-    trainer.state = training.TrainState()
+    trainer.state = train_nets.TrainState()
     trainer.set_train_mode()
     return trainer
 
@@ -272,7 +274,7 @@ def test_frozen_bert_projection_is_not_trained(tiny_train_config):
             freeze_EN_bert=True,
         )
     )
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     net_g = trainer.g.raw
     optimized = {id(p) for group in trainer.g.optimizer.param_groups for p in group["params"]}
     for name, frozen in (("bert_proj", True), ("ja_bert_proj", False), ("en_bert_proj", True)):
@@ -281,7 +283,7 @@ def test_frozen_bert_projection_is_not_trained(tiny_train_config):
 
 
 def test_nonfinite_streak_stops_with_clear_error():
-    state = training.TrainState(step=7)
+    state = train_nets.TrainState(step=7)
     for _ in range(2):
         training.update_nonfinite_streak(state, ["G"], limit=3, model_dir="m")
     training.update_nonfinite_streak(state, [], limit=3, model_dir="m")
@@ -295,16 +297,16 @@ def test_nonfinite_streak_stops_with_clear_error():
 def test_warmup_schedule_ramps_then_decays_and_round_trips():
     param = torch.nn.Parameter(torch.zeros(1))
     train = TrainConfig(learning_rate=1.0, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.5, warmup_epochs=3)
-    optimizer = training.make_optimizer([param], train)
-    scheduler = training.make_scheduler(optimizer, train)
+    optimizer = train_nets.make_optimizer([param], train)
+    scheduler = train_nets.make_scheduler(optimizer, train)
     lrs = [optimizer.param_groups[0]["lr"]]
     for _ in range(4):
         optimizer.step()  # no gradient, so a no-op; keeps the training loop's optimizer-then-scheduler order
         scheduler.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([1 / 3, 2 / 3 * 0.5, 0.25, 0.125, 0.0625])
-    again = training.make_optimizer([param], train)
-    restored = training.make_scheduler(again, train)
+    again = train_nets.make_optimizer([param], train)
+    restored = train_nets.make_scheduler(again, train)
     again.load_state_dict(optimizer.state_dict())
     restored.load_state_dict(scheduler.state_dict())
     again.step()
@@ -315,7 +317,8 @@ def test_warmup_schedule_ramps_then_decays_and_round_trips():
     # Without warm-up it is the reference's ExponentialLR.
     plain = TrainConfig(learning_rate=2e-4, betas=[0.8, 0.99], eps=1e-9, lr_decay=0.99995, warmup_epochs=0)
     assert isinstance(
-        training.make_scheduler(training.make_optimizer([param], plain), plain), torch.optim.lr_scheduler.ExponentialLR
+        train_nets.make_scheduler(train_nets.make_optimizer([param], plain), plain),
+        torch.optim.lr_scheduler.ExponentialLR,
     )
 
 
@@ -327,9 +330,9 @@ def test_config_errors_name_the_setting(tiny_model_config):
         tiny_model_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True, fp16_run=True
     )
     with pytest.raises(ValueError, match="bf16_run and train.fp16_run"):
-        training.resolve_amp_dtype(model_config_from_dict(config).train, torch.device("cuda"))
+        train_runtime.resolve_amp_dtype(model_config_from_dict(config).train, torch.device("cuda"))
     bf16_only = tiny_config(tiny_model_config, {"training_files": "t", "validation_files": "v"}, bf16_run=True)
-    assert training.resolve_amp_dtype(model_config_from_dict(bf16_only).train, torch.device("cpu")) is None
+    assert train_runtime.resolve_amp_dtype(model_config_from_dict(bf16_only).train, torch.device("cpu")) is None
 
 
 # ------------------------------------------------------------------------------------- a real training run

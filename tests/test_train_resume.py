@@ -30,11 +30,14 @@ from train_tiny import (
     write_run_files,
 )
 
+import train_nets
+import train_resume
+import train_runtime
 import training
 import utils
 from config import ModelConfig, model_config_from_dict
 
-CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = train_runtime.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 PREFIXES = ("G", "D", "WD", "DUR")
 N_STEPS = 3  # 2 batches per epoch: the runs cross an epoch boundary (LR decay, sampler epoch)
 OPTIMIZERS_PER_STEP = 4  # DUR, D, WD, G
@@ -200,10 +203,10 @@ def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
     hps = _tiny_hps(tmp_path, dev_config, skip_optimizer=False)
     _copy_reference_checkpoints(dev_dir, Path(hps.model_dir))
     torch.manual_seed(0)
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     fresh_d = {k: v.clone() for k, v in trainer.d.raw.state_dict().items()}
     with caplog.at_level(logging.WARNING):
-        assert training.restore_or_initialise(trainer, hps, CPU, base_dir=None) is True
+        assert train_resume.restore_or_initialise(trainer, hps, CPU, base_dir=None) is True
     assert "no D_*.pth" in caplog.text and "fresh weights" in caplog.text
 
     for part, name in ((trainer.g, "G_100.pth"), (trainer.dur, "DUR_100.pth"), (trainer.wd, "WD_100.pth")):
@@ -223,9 +226,9 @@ def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
     assert metrics["skipped"] == []
     trainer.state.step += 1
     trainer.state.batch_in_epoch += 1
-    training.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=0)
-    again = training.build_trainer(hps, CPU)
-    training.restore_or_initialise(again, hps, CPU, base_dir=None)
+    train_resume.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=0)
+    again = train_nets.build_trainer(hps, CPU)
+    train_resume.restore_or_initialise(again, hps, CPU, base_dir=None)
     assert again.state == trainer.state
     for a, b in zip(again.parts(), trainer.parts()):
         _assert_same_tree(a.raw.state_dict(), b.raw.state_dict(), a.prefix)
@@ -236,8 +239,8 @@ def test_reference_checkpoints_resume(tmp_path, dev_dir, dev_config, caplog):
 def test_reference_checkpoints_honour_skip_optimizer(tmp_path, dev_dir, dev_config):
     hps = _tiny_hps(tmp_path, dev_config, skip_optimizer=True)
     _copy_reference_checkpoints(dev_dir, Path(hps.model_dir))
-    trainer = training.build_trainer(hps, CPU)
-    training.restore_or_initialise(trainer, hps, CPU, base_dir=None)
+    trainer = train_nets.build_trainer(hps, CPU)
+    train_resume.restore_or_initialise(trainer, hps, CPU, base_dir=None)
     assert all(not part.optimizer.state for part in trainer.parts())
     assert trainer.g.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.99995**2, rel=1e-12)
 
@@ -251,9 +254,9 @@ def test_base_model_fine_tuning_loads_weights_only(tmp_path, dev_dir, dev_config
     hps = _tiny_hps(tmp_path, dev_config)
     hps.data.n_speakers = 2
     hps.data.spk2id = {"spk0": 0, "spk1": 1, "spk2": 1, "spk3": 0}
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     with caplog.at_level(logging.WARNING):
-        assert training.restore_or_initialise(trainer, hps, CPU, base_dir=str(base_dir)) is False
+        assert train_resume.restore_or_initialise(trainer, hps, CPU, base_dir=str(base_dir)) is False
     assert "emb_g.weight" in caplog.text
     saved = torch.load(base_dir / "G_100.pth", map_location="cpu", weights_only=True)["model"]
     state = trainer.g.raw.state_dict()
@@ -262,6 +265,6 @@ def test_base_model_fine_tuning_loads_weights_only(tmp_path, dev_dir, dev_config
     assert trainer.state.step == 0 and all(not part.optimizer.state for part in trainer.parts())
 
     trainer.state.step = 1
-    training.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=2)
+    train_resume.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=2)
     assert (Path(hps.model_dir) / "G_1.pth").is_file()
     assert {p.name: p.read_bytes() for p in base_dir.iterdir()} == before

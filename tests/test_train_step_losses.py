@@ -21,6 +21,7 @@ from kit import assert_every_entry, net_d_state_dict
 from model_nets import random_batch
 from test_full_backward import CPU, golden_batch
 
+import train_nets
 import training
 from config import ModelConfig, model_config_from_dict
 from data_utils import Batch
@@ -55,26 +56,26 @@ def zero_random() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def golden_trainer(golden: dict, dev_config: dict) -> training.Trainer:
+def golden_trainer(golden: dict, dev_config: dict) -> train_nets.Trainer:
     """The four nets as train_ms builds them, with the kit's discriminator weights, in eval mode."""
     hps = model_config_from_dict(dev_config)
-    net_g, net_d, net_wd, net_dur = training.build_nets(hps)
+    net_g, net_d, net_wd, net_dur = train_nets.build_nets(hps)
     net_d.load_state_dict(net_d_state_dict(golden))
     net_wd.load_state_dict(golden["weights_wd"])
-    trainer = training.Trainer(
-        g=training.Part("G", net_g, None, None),
-        d=training.Part("D", net_d, None, None),
-        wd=training.Part("WD", net_wd, None, None),
-        dur=training.Part("DUR", net_dur, None, None),
+    trainer = train_nets.Trainer(
+        g=train_nets.Part("G", net_g, None, None),
+        d=train_nets.Part("D", net_d, None, None),
+        wd=train_nets.Part("WD", net_wd, None, None),
+        dur=train_nets.Part("DUR", net_dur, None, None),
         scaler=torch.amp.GradScaler("cpu", enabled=False),
-        state=training.TrainState(),
+        state=train_nets.TrainState(),
     )
-    trainer.wl = training.build_wavlm_loss(hps, trainer, CPU)
+    trainer.wl = train_nets.build_wavlm_loss(hps, trainer, CPU)
     trainer.set_train_mode(False)
     return trainer
 
 
-def step_loss_terms(trainer: training.Trainer, hps: ModelConfig, batch: Batch) -> dict:
+def step_loss_terms(trainer: train_nets.Trainer, hps: ModelConfig, batch: Batch) -> dict:
     """All loss terms of one production iteration (no backward), named like golden `train_step_losses`."""
     with zero_random():
         out = training.synthesizer_forward(trainer, batch, CPU)
@@ -158,7 +159,7 @@ def _check_scalar(ours: torch.Tensor, reference) -> None:
 
 @pytest.fixture(scope="module", params=["golden", "golden_perturbed"])
 def step_terms(
-    request: pytest.FixtureRequest, golden: dict, dev_config: dict, golden_trainer: training.Trainer
+    request: pytest.FixtureRequest, golden: dict, dev_config: dict, golden_trainer: train_nets.Trainer
 ) -> tuple[dict, dict]:
     weights = request.getfixturevalue(request.param)
     from text.symbols import symbols
@@ -202,7 +203,7 @@ def test_duration_terms_have_one_entry_per_batch_item(tiny_train_config: dict) -
     config["train"]["segment_size"] = 2048  # 8 frames: keeps the multi-period discriminator cheap
     hps = model_config_from_dict(config)
     torch.manual_seed(0)
-    trainer = training.build_trainer(hps, CPU)
+    trainer = train_nets.build_trainer(hps, CPU)
     trainer.set_train_mode(False)
     batch = random_batch(config, len(symbols), text_lengths=[9, 7, 5], spec_lengths=[14, 12, 10])
     with torch.no_grad():

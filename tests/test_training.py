@@ -15,11 +15,14 @@ from conftest import CONFIGS_DIR
 from torch import nn
 from train_tiny import make_dataset, read_jsonl, start_training, tiny_config, wait_for, write_run_files
 
-import training
+import train_data
+import train_nets
+import train_resume
+import train_runtime
 import utils
 from config import ModelConfig, model_config_from_dict
 
-CPU = training.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = train_runtime.Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------------ config drift
@@ -35,28 +38,28 @@ def _hps(tmp_path: Path, hidden: int = 4, **train) -> ModelConfig:
     return model_config_from_dict(data)
 
 
-def _trainer(hps: ModelConfig) -> training.Trainer:
+def _trainer(hps: ModelConfig) -> train_nets.Trainer:
     """Stand-in nets (the resume logic does not depend on what the nets are) with the real optimizers,
     schedules, scaler and train state."""
     torch.manual_seed(0)
     hidden = hps.model.hidden_channels
 
-    def part(prefix: str) -> training.Part:
+    def part(prefix: str) -> train_nets.Part:
         net = nn.Linear(hidden, hidden)
-        optimizer = training.make_optimizer(net.parameters(), hps.train)
-        return training.Part(prefix, net, optimizer, training.make_scheduler(optimizer, hps.train))
+        optimizer = train_nets.make_optimizer(net.parameters(), hps.train)
+        return train_nets.Part(prefix, net, optimizer, train_nets.make_scheduler(optimizer, hps.train))
 
-    return training.Trainer(
+    return train_nets.Trainer(
         g=part("G"),
         d=part("D"),
         wd=part("WD"),
         dur=None,
         scaler=torch.amp.GradScaler("cpu", enabled=False),
-        state=training.TrainState(batch_size=hps.train.batch_size),
+        state=train_nets.TrainState(batch_size=hps.train.batch_size),
     )
 
 
-def _save_at_epoch_3(hps: ModelConfig) -> training.Trainer:
+def _save_at_epoch_3(hps: ModelConfig) -> train_nets.Trainer:
     trainer = _trainer(hps)
     for _ in range(2):  # two epochs done
         for part in trainer.parts():
@@ -64,7 +67,7 @@ def _save_at_epoch_3(hps: ModelConfig) -> training.Trainer:
             part.optimizer.step()
             part.scheduler.step()
     trainer.state.step, trainer.state.epoch, trainer.state.batch_in_epoch = 6, 3, 1
-    training.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=0)
+    train_resume.save_training_checkpoint(trainer, hps, CPU, keep_ckpts=0)
     return trainer
 
 
@@ -72,7 +75,7 @@ def test_unchanged_settings_resume_the_schedule_exactly(tmp_path, caplog):
     saved = _save_at_epoch_3(_hps(tmp_path))
     again = _trainer(_hps(tmp_path))
     with caplog.at_level(logging.WARNING):
-        assert training.restore_or_initialise(again, _hps(tmp_path), CPU, base_dir=None) is True
+        assert train_resume.restore_or_initialise(again, _hps(tmp_path), CPU, base_dir=None) is True
     assert "changed since" not in caplog.text
     assert again.state == saved.state
     for a, b in zip(again.parts(), saved.parts()):
@@ -87,7 +90,7 @@ def test_switching_on_warmup_and_a_new_learning_rate_on_resume(tmp_path, caplog)
     hps = _hps(tmp_path, warmup_epochs=3, learning_rate=1e-3)
     trainer = _trainer(hps)
     with caplog.at_level(logging.WARNING):
-        training.restore_or_initialise(trainer, hps, CPU, base_dir=None)
+        train_resume.restore_or_initialise(trainer, hps, CPU, base_dir=None)
     assert "train.warmup_epochs changed since" in caplog.text and ": 0 -> 3; the LR schedule follows" in caplog.text
     assert "train.learning_rate changed since" in caplog.text and "0.0002 -> 0.001" in caplog.text
     expected = 1e-3 * min(1.0, 3 / 3) * 0.5**2  # two epochs done: ramp (2+1)/3, decay 0.5**2
@@ -109,12 +112,12 @@ def test_batch_size_and_segment_size_changes_are_reported(tmp_path, caplog):
     hps = _hps(tmp_path, batch_size=4, segment_size=4096)
     trainer = _trainer(hps)
     with caplog.at_level(logging.WARNING):
-        training.restore_or_initialise(trainer, hps, CPU, base_dir=None)
+        train_resume.restore_or_initialise(trainer, hps, CPU, base_dir=None)
     assert "train.batch_size changed since" in caplog.text and "2 -> 4; batches of 4 from now on" in caplog.text
     assert "train.segment_size changed since" in caplog.text and "segments of 4096 samples" in caplog.text
     # The same share of the epoch: 5 batches of 2 clips are 2 whole batches of 4.
     trainer.state.batch_in_epoch = 5
-    assert training.resume_skip(trainer.state, CPU, batch_size=4) == 2
+    assert train_data.resume_skip(trainer.state, CPU, batch_size=4) == 2
 
 
 def test_model_setting_changes_are_reported_or_refused(tmp_path, caplog):
@@ -122,19 +125,35 @@ def test_model_setting_changes_are_reported_or_refused(tmp_path, caplog):
     hps = _hps(tmp_path)
     hps.model.p_dropout = 0.2  # no effect on the weights' shapes
     with caplog.at_level(logging.WARNING):
-        training.restore_or_initialise(_trainer(hps), hps, CPU, base_dir=None)
+        train_resume.restore_or_initialise(_trainer(hps), hps, CPU, base_dir=None)
     assert "model.p_dropout changed since" in caplog.text and "0.1 -> 0.2; 0.2 applies from now on" in caplog.text
 
     wider = _hps(tmp_path, hidden=8)
     with pytest.raises(ValueError, match=r"model.hidden_channels \(4 there, 8 now\).*do not fit"):
-        training.restore_or_initialise(_trainer(wider), wider, CPU, base_dir=None)
+        train_resume.restore_or_initialise(_trainer(wider), wider, CPU, base_dir=None)
 
 
-def test_config_changes_lists_only_watched_and_model_settings():
-    old = {"train": {"learning_rate": 1e-4, "epochs": 10}, "data": {"n_speakers": 2}, "model": {"a": {"b": 1}}}
-    new = {"train": {"learning_rate": 1e-4, "epochs": 99, "warmup_epochs": 0}, "data": {"n_speakers": 3}}
-    new["model"] = {"a": {"b": 2}, "slm": {"model": "elsewhere"}}
-    assert training.config_changes(old, new) == [("data.n_speakers", 2, 3), ("model.a.b", 1, 2)]
+def test_config_changes_lists_only_watched_and_model_settings(tmp_path):
+    """Through config.changed_settings: the watched train and data settings and every model setting, but not
+    train.epochs, another data setting or the WavLM's folder; a default spelled out is no change."""
+    saved = _hps(tmp_path).to_dict()
+    saved["train"].pop("warmup_epochs")  # its default is 0, as the current config spells out
+    current = _hps(tmp_path, epochs=99, learning_rate=1e-3)
+    current.data.n_speakers = 3
+    current.data.mel_fmin = 10.0
+    current.model.p_dropout = 0.2
+    current.model.slm.model = "elsewhere"
+    assert train_resume.config_changes(saved, current, "G_6.pth") == [
+        ("train.learning_rate", 2e-4, 1e-3),
+        ("data.n_speakers", 4, 3),
+        ("model.p_dropout", 0.1, 0.2),
+    ]
+
+
+def test_a_stored_config_that_no_longer_validates_is_reported_not_compared(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert train_resume.config_changes({"train": {"epochs": 10}}, _hps(tmp_path), "G_6.pth") == []
+    assert "the config stored with G_6.pth is not comparable" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------- Ctrl-C

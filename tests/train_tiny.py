@@ -22,6 +22,8 @@ import soundfile
 import torch
 import yaml
 
+import train_data
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBE_SCRIPT = Path(__file__).resolve().parent / "probe_run.py"
 SAMPLING_RATE = 22050
@@ -232,8 +234,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def first_batch(hps: Any, rt: Any, epoch: int = 1) -> Any:
     """The first training batch of ``epoch`` as train_ms.py's loader yields it (no workers)."""
-    import training
 
-    loader, batches = training.build_train_loader(hps, rt, num_workers=0)
+    loader, batches = train_data.build_train_loader(hps, rt, num_workers=0)
     batches.start_epoch(epoch)
     return next(iter(loader))
