@@ -103,7 +103,17 @@ REQUIRED_MODULES = {
 }
 CARRYABLE = list(REQUIRED_MODULES.values())[4:]
 # This package's modules the checks import (bench and test scaffolding included), checked before torch loads.
-PROJECT_MODULES = ["training", "models", "monotonic_align", "commons", "config", "train_step", "reference_like"]
+PROJECT_MODULES = [
+    "training",
+    "train_runtime",
+    "train_nets",
+    "models",
+    "monotonic_align",
+    "commons",
+    "config",
+    "train_step",
+    "reference_like",
+]
 MAS_SHAPES = [(200, 860), (300, 1000)]  # (text tokens, frames), batch 16
 PRECISIONS = {"fp32": {}, "bf16": {"bf16_run": True}, "fp16": {"fp16_run": True}}
 # Host-synchronising CUDA runtime calls, as the profiler names them (cudaDeviceSynchronize is left out: only the

@@ -136,3 +136,21 @@ def test_a_fused_run_keeps_its_setting_when_it_loads_a_default_optimizer_state(
     assert all(float(state["step"]) == 2 for state in opt_fused.state.values())
     opt_plain.load_state_dict(opt_fused.state_dict())  # and the other way round
     assert not any(group["fused"] for group in opt_plain.param_groups)
+
+
+def test_bf16_run_refuses_emulated_bfloat16(tmp_path: Path, tiny_model_config: dict, monkeypatch) -> None:
+    """V100 and T4 make bfloat16 tensors by emulation, so torch.cuda.is_bf16_supported() says yes by default, but
+    they have no bfloat16 units (slow, and cuDNN has no bf16 convolutions there): training asks without emulation."""
+    asked = []
+
+    def emulating_gpu(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulating_gpu)
+    train = train_section(tmp_path, tiny_model_config, bf16_run=True)
+    with pytest.raises(ValueError, match="fp16_run"):
+        train_runtime.resolve_amp_dtype(train, torch.device("cuda", 0))
+    assert asked == [False]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert train_runtime.resolve_amp_dtype(train, torch.device("cuda", 0)) is torch.bfloat16
