@@ -297,6 +297,9 @@ class TrainMsConfig(_YmlSection):
         "val/dnsmos_ovrl", description="validation metric that picks the best checkpoints (metrics.py)"
     )
     all_in_mem: bool = Field(False, description="keep every decoded training item in memory")
+    process_group_timeout: float = Field(
+        1800, ge=1, description="seconds a rank waits for the others in one operation before it stops with an error"
+    )
     model_dir = property(lambda self: self.model)
 
 

@@ -70,6 +70,8 @@ from train_runtime import Runtime, StopRequest
 logger = logging.getLogger("train_ms")
 
 DEFAULT_MAX_NONFINITE_STEPS = 5
+# What a rank waits for in a training step (named when it waits too long: train_runtime.HangGuard).
+STEP_OPERATION = "the training step (DDP's gradient all-reduce, the iteration's agreement)"
 DEMO_DATASET_DIR = Path("Data/demo")
 DEMO_CONFIG = Path("configs/demo.json")
 
@@ -148,7 +150,8 @@ class Trainloop:
                 break
         with self.stop.shielded(final=True):  # a second Ctrl-C now must not cut the checkpoint short
             self.save()
-            self.rt.barrier()
+            with self.rt.watch("the barrier after the final checkpoint", state.step):
+                self.rt.barrier()
 
     def _run_epoch(self) -> bool:
         """Train the rest of the current epoch; True when training must stop."""
@@ -162,9 +165,10 @@ class Trainloop:
             with train_runtime.stop_signals_blocked():  # the workers start here and must ignore Ctrl-C
                 batches = iter(self.loader)
             for batch in batches:
-                metrics, fwd = training.train_step(
-                    trainer, batch.to(rt.device, non_blocking=True), self.hps, rt, self.stop.requested
-                )
+                with rt.watch(STEP_OPERATION, state.step + 1):
+                    metrics, fwd = training.train_step(
+                        trainer, batch.to(rt.device, non_blocking=True), self.hps, rt, self.stop.requested
+                    )
                 state.step += 1
                 state.batch_in_epoch += 1
                 self.stop_agreed = metrics["stop_requested"]
@@ -222,7 +226,7 @@ class Trainloop:
         step = self.trainer.state.step
         if step == 0 or step == self.last_saved_step:
             return
-        with self.stop.shielded():
+        with self.stop.shielded(), self.rt.watch("the checkpoint (gathering every rank's RNG state)", step):
             train_resume.save_training_checkpoint(self.trainer, self.hps, self.rt, self.options.keep_ckpts)
         self.last_saved_step = step
 
@@ -244,7 +248,9 @@ def run_dataset_check(hps: Any, rt: Runtime) -> None:
             check_dataset.assert_dataset_ok(filelists, hps, list(DEFAULT_BUCKET_BOUNDARIES), fast=True)
         except check_dataset.DatasetError as err:
             error = err
-    if rt.any_rank([error is not None])[0]:
+    with rt.watch("the dataset check (rank 0's verdict)", 0):
+        failed = rt.any_rank([error is not None])[0]
+    if failed:
         if error is not None:
             raise error
         raise RuntimeError("rank 0 found problems in the dataset (see its log)")
@@ -345,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # threads, e.g. ~5x slower steps with torchrun's one single-threaded process per core.
     os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
 
-    rt = train_runtime.init_runtime(args.device, hps.train)
+    rt = train_runtime.init_runtime(args.device, hps.train, yml.train_ms.process_group_timeout)
     os.makedirs(hps.model_dir, exist_ok=True)
     log = utils.TrainLogger(hps.model_dir, rt.rank)
     if added:
@@ -357,8 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_from_config(hps, rt, yml, args, log, stop)
     finally:
         log.close()
-        if rt.distributed:
-            dist.destroy_process_group()
+    # Not on an error: with a lost peer, destroying the group can block (NCCL); the exit frees it anyway.
+    if rt.distributed:
+        dist.destroy_process_group()
     return 0
 
 

@@ -20,6 +20,11 @@ Only public torch hooks and module attributes are used, so the training code can
   every ``torch.distributed`` collective called from Python is logged as ``{"event": "collective", "name"}``
   (DDP's gradient buckets are reduced inside its C++ reducer, overlapping the backward, and do not show).
 - ``BV2_PROBE_POISON=RANK:N``: rank RANK's N-th iteration gets NaN audio (a poisoned batch on one rank).
+- ``BV2_PROBE_KILL=ATTEMPT:RANK:PHASE:N[:SIGNAL],...``: in torchrun attempt ATTEMPT (TORCHELASTIC_RESTART_COUNT),
+  rank RANK sends itself SIGNAL (KILL by default; STOP leaves a rank stuck instead of gone) at the N-th event
+  of PHASE: ``step`` (after its N-th optimizer step) or ``save`` (half-way through its N-th ``torch.save``).
+  It first appends ``{"event": "kill", "attempt", "signal", "time"}``. Every process also starts its log with
+  ``{"event": "start", "attempt", "pid", "time"}``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import json
 import os
 import re
 import runpy
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,7 +53,14 @@ class Probe:
         self.counts: dict[str, int] = {}
         self.pause_phase, self.pause_at, self.pause_pattern = None, 0, None
         self.iterations = 0
+        self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.poison_rank, self.poison_at = -1, 0
+        self.kill: tuple[str, int, str] | None = None  # phase, count, signal name
+        self.kill_counts: dict[str, int] = {}
+        for entry in filter(None, os.environ.get("BV2_PROBE_KILL", "").split(",")):
+            attempt, rank, phase, count, *name = entry.split(":")
+            if (int(attempt), int(rank)) == (self.attempt, self.rank):
+                self.kill = (phase, int(count), name[0] if name else "KILL")
         if poison := os.environ.get("BV2_PROBE_POISON"):
             self.poison_rank, self.poison_at = (int(v) for v in poison.split(":"))
         if pause:
@@ -65,6 +78,18 @@ class Probe:
             return False
         self.counts[phase] = self.counts.get(phase, 0) + 1
         return self.counts[phase] == self.pause_at
+
+    def doomed(self, phase: str) -> bool:
+        """Count an event of ``phase``; True when this process is to signal itself there."""
+        if self.kill is None or self.kill[0] != phase:
+            return False
+        self.kill_counts[phase] = self.kill_counts.get(phase, 0) + 1
+        return self.kill_counts[phase] == self.kill[1]
+
+    def die(self) -> None:
+        name = self.kill[2]
+        self.write(event="kill", attempt=self.attempt, signal=name, time=time.time())
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
     def hold(self, what: str) -> None:
         (self.folder / f"paused.{self.rank}").write_text(json.dumps({"at": what, "pid": os.getpid()}))
@@ -99,6 +124,17 @@ class Probe:
 
         def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
             name = file_name(f)
+            if self.doomed("save"):
+                buffer = io.BytesIO()
+                real_save(obj, buffer, *args, **kwargs)
+                half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+                if isinstance(f, (str, os.PathLike)):
+                    with open(f, "wb") as handle:
+                        handle.write(half)
+                else:
+                    f.write(half)
+                    f.flush()
+                self.die()
             if not self.reached("save", name):
                 return real_save(obj, f, *args, **kwargs)
             buffer = io.BytesIO()
@@ -134,6 +170,8 @@ class Probe:
                 digest.update(param.detach().cpu().contiguous().numpy().tobytes())
             numel = sum(p.numel() for p in params)
             self.write(event="opt", optimizer=index, numel=numel, checksum=digest.hexdigest())
+            if self.doomed("step"):
+                self.die()
             if self.reached("step"):
                 self.hold(f"after optimizer step {self.counts['step']}")
 
@@ -205,6 +243,7 @@ def main(argv: list[str]) -> int:
     folder = Path(os.environ["BV2_PROBE_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
     probe = Probe(folder, os.environ.get("BV2_PROBE_PAUSE"))
+    probe.write(event="start", attempt=probe.attempt, pid=os.getpid(), time=time.time())
     probe.install()
     sys.argv = [str(REPO_ROOT / "train_ms.py"), *argv]
     try:

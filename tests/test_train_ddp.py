@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from train_tiny import (
     PROBE_SCRIPT,
     REPO_ROOT,
@@ -273,3 +276,87 @@ def test_torchrun_two_nodes_c10d_rendezvous(tmp_path, tiny_train_config, dataset
             if process.poll() is None:
                 process.kill()
     _check_ranks_agree(probe_dir, files)
+
+
+# ------------------------------------------------------------------------------------------ torchrun restarts
+
+
+def _kill_points(rng: random.Random) -> list[str]:
+    """Two BV2_PROBE_KILL entries: attempt 0 dies within steps 1-2 or while writing the step-2 checkpoint (so
+    the step-3 checkpoint does not exist yet), attempt 1 within its first iteration or its first checkpoint
+    write (it resumes from step 0 or 2, so both always come)."""
+    points = []
+    for attempt, opt_steps in ((0, NETS * EVAL_INTERVAL), (1, NETS)):
+        if rng.random() < 0.25:
+            points.append(f"{attempt}:0:save:{rng.randint(1, len(PREFIXES))}")  # rank 0 writes the checkpoints
+        else:
+            points.append(f"{attempt}:{rng.randint(0, 1)}:step:{rng.randint(1, opt_steps)}")
+    return points
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_after_two_kills_end_bit_identical(two_process_run, tmp_path, tiny_train_config, dataset):
+    """torchrun --max-restarts with the c10d rendezvous: a worker is SIGKILLed at a random point (mid-step, or
+    half-way through a checkpoint file), twice; each restarted group joins its own process group, resumes from
+    the newest complete checkpoint, and the run exits 0 with every net and optimizer state bitwise equal to the
+    uninterrupted run's. The survivors of each kill are gone before the next attempt starts."""
+    seed = int(os.environ.get("BV2_RESTART_SEED") or time.time_ns() % 1_000_000)
+    kills = _kill_points(random.Random(seed))
+    files = _setup(tmp_path / "run", tiny_train_config, dataset)
+    probe_dir = tmp_path / "probe"
+    command = _torchrun(
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--max-restarts=2",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--rdzv-id=train_ms_restarts",
+        str(PROBE_SCRIPT),
+        *train_args(files, "--max-steps", str(MAX_STEPS)),
+    )
+    env = probe_env(probe_dir)
+    env["BV2_PROBE_KILL"] = ",".join(kills)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    where = f"seed {seed} (BV2_RESTART_SEED), kills {kills}"
+    assert result.returncode == 0, f"{where}: exit {result.returncode}\n{result.stderr[-6000:]}"
+
+    records = [r for rank in (0, 1) for r in read_jsonl(probe_dir / f"rank{rank}.jsonl")]
+    killed = sorted((r for r in records if r["event"] == "kill"), key=lambda r: r["time"])
+    assert [r["attempt"] for r in killed] == [0, 1], where
+    starts = {(r["attempt"], r["pid"]): r["time"] for r in records if r["event"] == "start"}
+    assert sorted(attempt for attempt, _ in starts) == [0, 0, 1, 1, 2, 2], f"{where}: {starts}"
+    for kill in killed:
+        restart = min(t for (attempt, _), t in starts.items() if attempt == kill["attempt"] + 1)
+        assert restart - kill["time"] < 120, (
+            f"{where}: attempt {kill['attempt'] + 1} began only after {restart - kill['time']:.0f} s"
+        )
+
+    expected_dir = two_process_run["files"]["model_dir"]
+    for prefix in PREFIXES:
+        expected, actual = (
+            _checkpoint(expected_dir, prefix, MAX_STEPS),
+            _checkpoint(files["model_dir"], prefix, MAX_STEPS),
+        )
+        expected.pop("config", None), actual.pop("config", None)  # the configs name their own folders
+        assert _same(expected, actual), f"{where}: {prefix}_{MAX_STEPS}.pth differs from the uninterrupted run's"
+
+
+@pytest.mark.slow
+def test_a_stuck_rank_is_an_error_naming_rank_step_and_operation(tmp_path, tiny_train_config, dataset):
+    """Rank 1 stops (SIGSTOP: stuck, its connections open) after the duration discriminator's update of step 2;
+    rank 0 then waits in the DDP gradient all-reduce of that step until train_ms.process_group_timeout, and
+    exits with an error that names its rank, the step and the operation instead of hanging."""
+    files = _setup(tmp_path / "run", tiny_train_config, dataset)
+    yml = yaml.safe_load(files["yml"].read_text(encoding="utf-8"))
+    yml["train_ms"]["process_group_timeout"] = 60
+    files["yml"].write_text(yaml.safe_dump(yml), encoding="utf-8")
+    probe_dir = tmp_path / "probe"
+    command = _torchrun("--standalone", "--nproc_per_node=2", str(PROBE_SCRIPT), *train_args(files, "--max-steps", "3"))
+    env = probe_env(probe_dir)
+    env["BV2_PROBE_KILL"] = f"0:1:step:{NETS + 1}:STOP"
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    message = "rank 0, step 2: the training step (DDP's gradient all-reduce, the iteration's agreement) did not finish within 60 s"
+    assert message in result.stderr, result.stderr[-6000:]
+    stopped = next(r for r in read_jsonl(probe_dir / "rank1.jsonl") if r["event"] == "kill")
+    assert stopped["signal"] == "STOP"

@@ -1,5 +1,6 @@
 """training: settings changed since a checkpoint (reported, LR schedule re-derived, shape changes refused),
-the resume position under another batch size, and Ctrl-C with DataLoader workers (a real subprocess)."""
+the resume position under another batch size, Ctrl-C with DataLoader workers (a real subprocess), and the
+HangGuard that turns a wait for a lost rank into an error."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import CONFIGS_DIR
 from torch import nn
-from train_tiny import make_dataset, read_jsonl, start_training, tiny_config, wait_for, write_run_files
+from train_tiny import REPO_ROOT, make_dataset, read_jsonl, start_training, tiny_config, wait_for, write_run_files
 
 import train_data
 import train_nets
@@ -197,3 +201,32 @@ def test_ctrl_c_with_dataloader_workers_stops_once_and_a_second_one_during_the_s
         assert utils.read_checkpoint(path)["model"]
     assert utils.read_checkpoint(model_dir / f"G_{last}.pth")["train_state"]["step"] == last
     assert not list(model_dir.glob(".*.tmp")), "a temporary file was left behind"
+
+
+# ---------------------------------------------------------------------------------------------- lost ranks
+
+
+def test_a_distributed_operation_past_the_timeout_ends_the_process_naming_rank_step_and_operation():
+    """The HangGuard's thread ends a process whose main thread is stuck (here in a sleep) past the timeout."""
+    code = (
+        "import logging, time, train_runtime\n"
+        "logging.basicConfig()\n"
+        "guard = train_runtime.HangGuard(rank=1, timeout=0.5)\n"
+        "with guard.watch('the iteration agreement', 7):\n"
+        "    time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == train_runtime.HANG_EXIT_STATUS, result.stderr
+    assert "rank 1, step 7: the iteration agreement did not finish within 0.5 s" in result.stderr
+    assert time.monotonic() - started < 50
+
+
+def test_an_error_in_a_watched_operation_is_logged_with_rank_step_and_operation(caplog):
+    guard = train_runtime.HangGuard(rank=0, timeout=60)
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="Connection closed by peer"):
+        with guard.watch("the checkpoint", 4), guard.watch("the inner one", 4):
+            pass
+        with guard.watch("the checkpoint", 4):
+            raise RuntimeError("Connection closed by peer")
+    assert "rank 0, step 4: the checkpoint failed: Connection closed by peer" in caplog.text
