@@ -605,18 +605,34 @@ class Generator(Recomputable, nn.Module):
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
 
     def forward(self, x: Tensor, g: Tensor | None = None) -> Tensor:
-        x = self.conv_pre(x)  # [b, upsample_initial_channel, t]
+        rows = self._runs_in_rows(x)
+        if rows:
+            x = modules.to_rows(x)  # [b, c, 1, t] time-major; every layer keeps that layout
+        x = modules.apply_conv(self.conv_pre, x)  # [b, upsample_initial_channel, (1,) t]
         if g is not None:
-            x = x + self.cond(g)
+            cond = self.cond(g)  # [b, upsample_initial_channel, 1]
+            x = x + (cond.unsqueeze(2) if rows else cond)
         for i in range(self.num_upsamples):
             x = self._run_stage(functools.partial(self._upsample_stage, i), x)
         x = F.leaky_relu(x)  # default slope 0.01 here, as in the reference
-        x = self.conv_post(x)  # [b, 1, t_wav]
-        return torch.tanh_(x)  # in place on the fresh conv output (tanh's backward uses its result)
+        x = modules.apply_conv(self.conv_post, x)  # [b, 1, (1,) t_wav]
+        x = torch.tanh_(x)  # in place on the fresh conv output (tanh's backward uses its result)
+        return x.squeeze(2) if rows else x
+
+    def _runs_in_rows(self, x: Tensor) -> bool:
+        """Inference on the CPU runs the convolutions as 2-D ones over time-major rows (`modules.to_rows`):
+        the same numbers to float rounding, ~1.3x faster. Not while recording a graph (ONNX export, tracing:
+        the exported graph stays the 1-D one), not with gradients, not with weight norm unfolded (the rows
+        form reads the plain weights)."""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 3:
+            return False
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+            return False
+        return not any(hasattr(layer, "weight_g") for layer in self.modules())
 
     def _upsample_stage(self, i: int, x: Tensor) -> Tensor:
         x = F.leaky_relu(x, LRELU_SLOPE)
-        x = self.ups[i](x)  # [b, c / 2^(i+1), t · prod(rates[:i+1])]
+        x = modules.apply_conv(self.ups[i], x)  # [b, c / 2^(i+1), (1,) t · prod(rates[:i+1])]
         # Multi-receptive-field fusion: average of the resblocks of this stage.
         stage = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
         xs = stage[0](x)

@@ -214,12 +214,12 @@ class ResBlock1(nn.Module):
         self.convs2.apply(init_weights)
 
     def forward(self, x: Tensor, x_mask: Tensor | None = None) -> Tensor:
-        """x [b, c, t], x_mask [b, 1, t] or None -> [b, c, t]."""
+        """x [b, c, t], x_mask [b, 1, t] or None -> [b, c, t]; or rows [b, c, 1, t] (`to_rows`) without a mask."""
         for c1, c2 in zip(self.convs1, self.convs2):
-            xt = c1(_masked(F.leaky_relu(x, LRELU_SLOPE), x_mask))
+            xt = apply_conv(c1, _masked(F.leaky_relu(x, LRELU_SLOPE), x_mask))
             # In place on the fresh convolution outputs, saving two [b, c, t] buffers per step (the decoder's
             # largest tensors); a convolution's backward needs its input and weight, not its output.
-            xt = c2(_masked(F.leaky_relu_(xt, LRELU_SLOPE), x_mask))
+            xt = apply_conv(c2, _masked(F.leaky_relu_(xt, LRELU_SLOPE), x_mask))
             x = xt.add_(x)
         return _masked(x, x_mask)
 
@@ -244,10 +244,10 @@ class ResBlock2(nn.Module):
         self.convs.apply(init_weights)
 
     def forward(self, x: Tensor, x_mask: Tensor | None = None) -> Tensor:
-        """x [b, c, t], x_mask [b, 1, t] or None -> [b, c, t]."""
+        """x [b, c, t], x_mask [b, 1, t] or None -> [b, c, t]; or rows [b, c, 1, t] (`to_rows`) without a mask."""
         for conv in self.convs:
             xt = _masked(F.leaky_relu(x, LRELU_SLOPE), x_mask)
-            x = conv(xt).add_(x)  # in place on the fresh convolution output, as in ResBlock1
+            x = apply_conv(conv, xt).add_(x)  # in place on the fresh convolution output, as in ResBlock1
         return _masked(x, x_mask)
 
     def remove_weight_norm(self) -> None:
@@ -257,6 +257,42 @@ class ResBlock2(nn.Module):
 
 def _masked(x: Tensor, x_mask: Tensor | None) -> Tensor:
     return x if x_mask is None else x * x_mask
+
+
+def to_rows(x: Tensor) -> Tensor:
+    """[b, c, t] -> [b, c, 1, t] stored time-major (channels last): the layout in which oneDNN's CPU
+    convolutions run fastest (1.3-1.8x the channel-major [b, c, t] for the decoder's 16-256 channels)."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def apply_conv(conv: nn.Conv1d | nn.ConvTranspose1d, x: Tensor) -> Tensor:
+    """`conv(x)` for x [b, c, t], or the same convolution as a 2-D one over rows [b, c, 1, t] (see `to_rows`).
+
+    The rows form reads `conv.weight` directly, so it needs plain weights (weight norm folded) and zero padding.
+    """
+    if x.dim() == 3:
+        return conv(x)
+    weight = conv.weight.unsqueeze(2)  # [out, in, 1, k] (transposed: [in, out, 1, k])
+    if isinstance(conv, nn.ConvTranspose1d):
+        return F.conv_transpose2d(
+            x,
+            weight,
+            conv.bias,
+            stride=(1, conv.stride[0]),
+            padding=(0, conv.padding[0]),
+            output_padding=(0, conv.output_padding[0]),
+            groups=conv.groups,
+            dilation=(1, conv.dilation[0]),
+        )
+    return F.conv2d(
+        x,
+        weight,
+        conv.bias,
+        stride=(1, conv.stride[0]),
+        padding=(0, conv.padding[0]),
+        dilation=(1, conv.dilation[0]),
+        groups=conv.groups,
+    )
 
 
 class Log(nn.Module):

@@ -145,6 +145,26 @@ def test_generator_remove_weight_norm_keeps_output(local_net_g, tiny_model_confi
     assert_float_close(after, before, "decoder output", atol=1e-5)
 
 
+@pytest.mark.parametrize("resblock", ["1", "2"])
+def test_decoder_inference_in_rows_equals_the_channel_major_pass(resblock: str, tiny_model_config: dict) -> None:
+    """Without gradients on the CPU, a folded decoder runs its convolutions over time-major rows (oneDNN's fast
+    layout); the waveform is the channel-major pass's to float rounding, in the usual [b, 1, t] layout."""
+    config = json.loads(json.dumps(tiny_model_config))
+    config["model"]["resblock"] = resblock
+    torch.manual_seed(2)
+    decoder = models.build_generator(config, for_training=False).dec.eval()
+    decoder.remove_weight_norm()
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, config["model"]["inter_channels"], 23, generator=generator)
+    g = torch.randn(2, config["model"]["gin_channels"], 1, generator=generator)
+    with torch.no_grad():
+        assert decoder._runs_in_rows(z)
+        rows = decoder(z, g=g)
+    channel_major = decoder(z, g=g)  # with gradients: the training layout
+    assert not decoder._runs_in_rows(z) and rows.shape == channel_major.shape and rows.is_contiguous()
+    assert_float_close(rows, channel_major.detach(), "decoder output", atol=1e-5)
+
+
 def test_reference_encoder_replaces_speaker_table(tiny_model_config: dict) -> None:
     config = json.loads(json.dumps(tiny_model_config))
     config["data"]["n_speakers"] = 0
