@@ -621,12 +621,10 @@ class Generator(Recomputable, nn.Module):
 
     def _runs_in_rows(self, x: Tensor) -> bool:
         """Inference on the CPU runs the convolutions as 2-D ones over time-major rows (`modules.to_rows`):
-        the same numbers to float rounding, ~1.3x faster. Not while recording a graph (ONNX export, tracing:
-        the exported graph stays the 1-D one), not with gradients, not with weight norm unfolded (the rows
-        form reads the plain weights)."""
+        the same numbers to float rounding, ~1.3x faster. The ONNX export records the same 2-D convolutions
+        (onnxruntime then runs them in its blocked NCHWc layout, ~1.4x its 1-D ones). Not with gradients, not
+        with weight norm unfolded (the rows form reads the plain weights)."""
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 3:
-            return False
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
             return False
         return not any(hasattr(layer, "weight_g") for layer in self.modules())
 
