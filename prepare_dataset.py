@@ -296,6 +296,50 @@ def prepare(layout: Layout, options: Options, template: Path, redo: str | None =
     return None, []
 
 
+def check_arguments(layout: Layout, options: Options, template: Path, redo: str | None) -> None:
+    """Raise ``ValueError`` naming the argument for anything that would stop a stage still to run; writes nothing.
+
+    Only what the stages still to run need is checked: a run resumed after transcription needs neither the
+    recordings nor the Whisper folder."""
+    import slice as slicer
+    import transcribe
+
+    if options.processes < 0:
+        raise ValueError(f"--processes: give 0 (one per CPU core but one) or more, got {options.processes}")
+    model_config = layout.config if layout.config.is_file() else template
+    flag = "--config-template" if model_config == template else "--out"
+    if not model_config.is_file():
+        raise ValueError(f"{flag}: model config template not found: {template}")
+    try:
+        config.load_model_config(model_config)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+    targets = [layout.out / STATE_NAME, layout.config, layout.sliced / slicer.MANIFEST_NAME, layout.esd_list]
+    targets += [layout.wavs / "clip.wav", layout.transcription, layout.cleaned, layout.train, layout.val]
+    for target in targets:  # config.yml may put some of them outside --out
+        try:
+            atomic_io.check_output_target(target)
+        except ValueError as error:
+            raise ValueError(f"--out: {error}") from None
+    todo = stages_to_run(read_state(layout), redo)
+    if "slice" in todo:
+        settings = options.slice_settings
+        if settings.max_seconds is None:
+            settings = replace(settings, max_seconds=longest_clip_seconds(model_config))
+        slicer.Settings(**vars(settings))
+        slicer.check_folders(options.raw, layout.sliced, "--raw", "--out")
+        slicer.sources_or_error(options.raw, layout.sliced, None, "--raw")
+    if "transcribe" in todo:
+        try:
+            config.resolve_device(options.device)
+        except ValueError as error:
+            raise ValueError(f"--device: {error}") from None
+        try:
+            transcribe.check_model_folder(options.asr_model)
+        except ValueError as error:
+            raise ValueError(f"--asr-model: {error}") from None
+
+
 def train_command(layout: Layout, yml_path: str | None) -> str:
     parts = ["python3", "train_ms.py", "-c", layout.config.as_posix(), "-m", layout.out.as_posix()]
     if yml_path:
@@ -362,12 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 2
-    if not options.raw.is_dir():
-        logger.error("raw recordings folder not found: %s (--raw)", options.raw)
-        return 2
     template = Path(args.config_template)
-    if not layout.config.is_file() and not template.is_file():
-        logger.error("model config template not found: %s (--config-template)", template)
+    try:  # every argument before any work: a mistake costs nothing and writes nothing
+        check_arguments(layout, options, template, args.redo)
+    except ValueError as error:
+        logger.error("%s", error)
         return 2
     try:
         stage, problems = prepare(layout, options, template, args.redo)

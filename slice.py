@@ -163,6 +163,34 @@ def find_sources(in_dir: Path, out_dir: Path, default_speaker: str) -> list[Sour
     return sources
 
 
+def check_folders(in_dir: Path, out_dir: Path, in_flag: str = "--in-dir", out_flag: str = "--out-dir") -> None:
+    """Raise ``ValueError`` naming the argument when the input is no folder or the clips cannot be written; writes
+    nothing. An output folder inside the input one is refused: its clips would be sliced again on the next run."""
+    if not in_dir.is_dir():
+        raise ValueError(f"{in_flag}: input folder not found: {in_dir}")
+    try:
+        atomic_io.check_output_target(out_dir / MANIFEST_NAME)
+    except ValueError as error:
+        raise ValueError(f"{out_flag}: {error}") from None
+    if out_dir.resolve().is_relative_to(in_dir.resolve()):
+        raise ValueError(
+            f"{out_flag}: {out_dir} is inside {in_flag} {in_dir}: its clips would be read as recordings on the next "
+            "run; choose a folder outside it"
+        )
+
+
+def sources_or_error(
+    in_dir: Path, out_dir: Path, default_speaker: str | None, in_flag: str = "--in-dir"
+) -> list[Source]:
+    """:func:`find_sources`, raising ``ValueError`` naming ``in_flag`` when there is nothing to slice."""
+    sources = find_sources(in_dir, out_dir, default_speaker or in_dir.resolve().name)
+    if not sources:
+        others = [p.name for p in sorted(in_dir.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+        held = f"; it holds {len(others)} other file(s), e.g. {others[0]}: convert them" if others else ""
+        raise ValueError(f"{in_flag}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}{held}")
+    return sources
+
+
 def read_manifest(path: Path) -> list[Row]:
     if not path.is_file():
         return []
@@ -589,10 +617,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    if not in_dir.is_dir():
-        logger.error("input folder not found: %s (--in-dir)", in_dir)
-        return 2
-    try:
+    try:  # every argument before any work: a mistake costs nothing and writes nothing
+        check_folders(in_dir, out_dir)
+        if args.processes < 0:
+            raise ValueError(f"--processes: give 0 (one per CPU core but one) or more, got {args.processes}")
         settings = Settings(
             args.min_seconds,
             args.max_seconds,
@@ -604,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.vad,
             args.threshold,
         )
+        sources_or_error(in_dir, out_dir, args.speaker)
         processes = args.processes or max(1, (os.cpu_count() or 2) - 1)
         results = slice_all(in_dir, out_dir, settings, processes, args.force, args.speaker)
     except ValueError as error:

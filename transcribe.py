@@ -15,6 +15,7 @@ says what to put there.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -73,6 +74,12 @@ def check_model_folder(folder: Path) -> None:
     missing = [name for name, options in needed.items() if not any((folder / o).is_file() for o in options)]
     if missing:
         raise ModelFolderError(f"{folder} lacks {', '.join(missing)}: it must hold {MODEL_FILES_HINT}")
+    try:  # transformers would load another model type's weights into a Whisper with only warnings
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError) as error:
+        raise ModelFolderError(f"{folder / 'config.json'} is not a model config ({error})") from None
+    if model_type != "whisper":
+        raise ModelFolderError(f"{folder} holds a {model_type!r} model, not Whisper: it must hold {MODEL_FILES_HINT}")
 
 
 def find_clips(in_dir: Path, default_speaker: str | None = None) -> list[Clip]:
@@ -105,6 +112,7 @@ class Recogniser:
 
     def __init__(self, folder: Path, device: str = "auto") -> None:
         import torch
+        from safetensors import SafetensorError
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         import config
@@ -113,8 +121,12 @@ class Recogniser:
         self.device = torch.device(config.resolve_device(device))
         # fp16 halves the memory and time on a GPU; a CPU computes in fp32.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.processor = WhisperProcessor.from_pretrained(folder, local_files_only=True)
-        model = WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True)
+        try:
+            self.processor = WhisperProcessor.from_pretrained(folder, local_files_only=True)
+            model = WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, SafetensorError) as error:  # a damaged file: say which folder, in one line
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelFolderError(f"cannot load the Whisper model in {folder}: {reason}") from None
         self.model = model.to(self.device, self.dtype).eval()
         self.rate = self.processor.feature_extractor.sampling_rate
         lang_to_id = getattr(self.model.generation_config, "lang_to_id", None) or {}
@@ -196,10 +208,14 @@ def format_line(transcript: Transcript) -> str:
     return f"{transcript.clip.path.as_posix()}|{transcript.clip.speaker}|{transcript.language}|{text}\n"
 
 
+def report_path(output: Path) -> Path:
+    return output.with_name(output.name + ".report.txt")
+
+
 def write_outputs(outcome: Outcome, output: Path) -> Path:
     """The list, and beside it the report of what was left out; returns the report's path."""
     atomic_io.atomic_write_text(output, "".join(format_line(t) for t in outcome.transcripts))
-    report = output.with_name(output.name + ".report.txt")
+    report = report_path(output)
     lines = [f"{clip.path.as_posix()}\tno text recognised\n" for clip in outcome.empty]
     lines += [f"{clip.path.as_posix()}\tunreadable: {reason}\n" for clip, reason in outcome.unreadable]
     atomic_io.atomic_write_text(report, "".join(lines))
@@ -218,24 +234,44 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_arguments(args: argparse.Namespace) -> list[Clip]:
+    """Every argument, before the model loads; raises ``ValueError`` naming the argument. Returns the clips."""
+    import config
+
+    in_dir, output = Path(args.in_dir), Path(args.output)
+    if not in_dir.is_dir():
+        raise ValueError(f"--in-dir: clip folder not found: {in_dir}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: give 1 or more, got {args.batch_size}")
+    for target in (output, report_path(output)):
+        try:
+            atomic_io.check_output_target(target)
+        except ValueError as error:
+            raise ValueError(f"-o/--output: {error}") from None
+    try:
+        config.resolve_device(args.device)
+        check_model_folder(Path(args.model))
+    except ModelFolderError as error:
+        raise ValueError(f"--model: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"--device: {error}") from None
+    clips = find_clips(in_dir, args.speaker)
+    if not clips:
+        raise ValueError(f"--in-dir: no .wav clips under {in_dir} (slice.py writes them)")
+    return clips
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
-    in_dir = Path(args.in_dir)
-    if not in_dir.is_dir():
-        logger.error("clip folder not found: %s (--in-dir)", in_dir)
-        return 2
-    if args.batch_size < 1:
-        logger.error("--batch-size must be at least 1, got %d", args.batch_size)
-        return 2
-    clips = find_clips(in_dir, args.speaker)
-    if not clips:
-        logger.error("no .wav clips under %s (slice.py writes them)", in_dir)
-        return 2
     try:
+        clips = check_arguments(args)
         recogniser = Recogniser(Path(args.model), args.device)
         outcome = transcribe_clips(clips, recogniser, args.language, args.batch_size)
-    except ValueError as error:  # a model folder that is missing or incomplete, a device that is not there
+    except ModelFolderError as error:  # found only when loading: a damaged file, a language the model lacks
+        logger.error("--model: %s", error)
+        return 2
+    except ValueError as error:
         logger.error("%s", error)
         return 2
     report = write_outputs(outcome, Path(args.output))

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
+from tiny_whisper import whisper_folder_stub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +38,26 @@ def _workspace(tmp: Path) -> None:
     (tmp / "raw").mkdir()
     (tmp / "old.safetensors").mkdir()
     (tmp / "esd.list").write_text("raw/a.wav|spk|ZH|你好\nonly|three|fields\n", encoding="utf-8")
+    (tmp / "clips" / "spk").mkdir(parents=True)  # a recording for slice, a clip for transcribe
+    soundfile.write(tmp / "clips" / "spk" / "a.wav", np.zeros(1600, dtype=np.float32), 16000)
+    (tmp / "texts").mkdir()  # an input folder of the wrong kind of files
+    (tmp / "texts" / "notes.txt").write_text("not audio", encoding="utf-8")
+    whisper_folder_stub(tmp / "whisper")  # passes the folder check; never loaded by a row
+    whisper_folder_stub(tmp / "bert-model", model_type="bert")
+
+
+def _slice(t: Path, *extra: str, in_dir: str = "clips", out_dir: str = "sliced") -> list[str]:
+    return ["--in-dir", str(t / in_dir), "--out-dir", str(t / out_dir), *extra]
+
+
+def _transcribe(t: Path, *extra: str, in_dir: str = "clips", model: str = "whisper", out: str = "e.list") -> list[str]:
+    return ["--in-dir", str(t / in_dir), "--model", str(t / model), "-o", str(t / out), *extra]
+
+
+def _prepare(t: Path, *extra: str, raw: str = "clips", out: str = "data", asr: str = "whisper") -> list[str]:
+    """prepare_dataset with the repository's config.yml (read only) and the demo model config as template."""
+    args = ["--raw", str(t / raw), "--out", str(t / out), "--asr-model", str(t / asr)]
+    return [*args, "--yml", str(REPO_ROOT / "config.yml"), "--config-template", str(t / "config.json"), *extra]
 
 
 ROWS = [
@@ -85,6 +108,38 @@ ROWS = [
         2,
         "cannot write",
     ),
+    Row("slice", lambda t: _slice(t, out_dir="/proc/x"), 2, "--out-dir: cannot write /proc/x/slices.csv"),
+    Row("slice", lambda t: _slice(t, out_dir="a_file"), 2, "--out-dir: cannot write"),
+    Row("slice", lambda t: _slice(t, out_dir="clips/sliced"), 2, "--out-dir: " + "{t}/clips/sliced is inside --in-dir"),
+    Row("slice", lambda t: ["--out-dir", str(t / "sliced")], 2, "required: --in-dir"),
+    Row("slice", lambda t: _slice(t, in_dir="none"), 2, "--in-dir: input folder not found"),
+    Row("slice", lambda t: _slice(t, in_dir="raw"), 2, "--in-dir: no audio files (.wav, .flac, .ogg, .mp3) under"),
+    Row("slice", lambda t: _slice(t, in_dir="texts"), 2, "e.g. notes.txt: convert them"),
+    Row("slice", lambda t: _slice(t, "--min-seconds", "5", "--max-seconds", "2"), 2, "--max-seconds (2.0) must be"),
+    Row("slice", lambda t: _slice(t, "--processes", "-1"), 2, "--processes: give 0"),
+    Row("transcribe", lambda t: _transcribe(t, out="/proc/x.list"), 2, "-o/--output: cannot write /proc/x.list"),
+    Row("transcribe", lambda t: _transcribe(t, out="a_file/x.list"), 2, "is a file, not a folder"),
+    Row("transcribe", lambda t: _transcribe(t, out="clips"), 2, "-o/--output: " + "{t}/clips is a folder"),
+    Row("transcribe", lambda t: _transcribe(t, in_dir="raw"), 2, "--in-dir: no .wav clips under"),
+    Row("transcribe", lambda t: _transcribe(t, in_dir="none"), 2, "--in-dir: clip folder not found"),
+    Row("transcribe", lambda t: _transcribe(t, model="none"), 2, "--model: Whisper model folder not found"),
+    Row("transcribe", lambda t: _transcribe(t, model="bert-model"), 2, "holds a 'bert' model, not Whisper"),
+    Row("transcribe", lambda t: _transcribe(t, "--device", "gpu"), 2, "--device: device 'gpu'"),
+    Row("transcribe", lambda t: _transcribe(t, "--batch-size", "0"), 2, "--batch-size: give 1 or more"),
+    Row("prepare_dataset", lambda t: _prepare(t, out="/proc/ds"), 2, "--out: cannot write /proc/ds/"),
+    Row("prepare_dataset", lambda t: _prepare(t, out="a_file"), 2, "is a file, not a folder"),
+    Row("prepare_dataset", lambda t: _prepare(t, out="clips/ds"), 2, "is inside --raw"),
+    Row("prepare_dataset", lambda t: _prepare(t, raw="raw"), 2, "--raw: no audio files"),
+    Row("prepare_dataset", lambda t: _prepare(t, raw="none"), 2, "--raw: input folder not found"),
+    Row("prepare_dataset", lambda t: _prepare(t, asr="none"), 2, "--asr-model: Whisper model folder not found"),
+    Row(
+        "prepare_dataset", lambda t: _prepare(t, asr="bert-model"), 2, "--asr-model: " + "{t}/bert-model holds a 'bert'"
+    ),
+    Row("prepare_dataset", lambda t: _prepare(t, "--min-seconds", "0.1"), 2, "--min-seconds must be at least 0.4"),
+    Row("prepare_dataset", lambda t: _prepare(t, "--min-seconds", "5", "--max-seconds", "2"), 2, "--max-seconds"),
+    Row("prepare_dataset", lambda t: _prepare(t, "--device", "gpu"), 2, "--device: device 'gpu'"),
+    Row("prepare_dataset", lambda t: _prepare(t, "--processes", "-2"), 2, "--processes: give 0"),
+    Row("prepare_dataset", lambda t: _prepare(t, "--config-template", str(t / "no.json")), 2, "--config-template"),
     # A malformed line: reported (status 1), and nothing written: no lists, the config keeps its speakers.
     Row(
         "preprocess_text",
@@ -108,13 +163,21 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def _run(command: str, argv: list[str]) -> int:
+    """The command's exit status; argparse's own refusals (a missing required argument) exit through SystemExit."""
     module = __import__(command)
-    return module.main(argv)
+    try:
+        return module.main(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"{r.command}-{i}" for i, r in enumerate(ROWS)])
 def test_bad_input_exits_with_one_line_and_changes_nothing(
-    row: Row, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    row: Row,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _workspace(tmp_path)
     monkeypatch.chdir(tmp_path)  # no config.yml here: every default the row needs is on its command line
@@ -122,8 +185,9 @@ def test_bad_input_exits_with_one_line_and_changes_nothing(
     with caplog.at_level(logging.INFO):
         status = _run(row.command, row.argv(tmp_path))
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    errors += [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]  # argparse's line
     assert status == row.status, errors
-    assert any(row.message in e for e in errors), errors
+    assert any(row.message.format(t=tmp_path) in e for e in errors), errors
     assert all("Traceback" not in e for e in errors)
     assert _snapshot(tmp_path) == before
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 import yaml
 from planted_recordings import build_raw
-from tiny_whisper import WORDS, build_tiny_whisper
+from tiny_whisper import WORDS, build_tiny_whisper, whisper_folder_stub
 from train_tiny import free_port, subprocess_env
 
 import config
@@ -58,7 +58,8 @@ def test_stops_at_slicing_naming_the_unreadable_recording(tmp_path, tiny_model_c
     raw.mkdir(parents=True)
     (raw / "broken.flac").write_bytes(b"fLaC but not really")
     out = tmp_path / "data"
-    args = ["--raw", str(tmp_path / "raw"), "--out", str(out), "--asr-model", str(tmp_path / "no-whisper")]
+    whisper = whisper_folder_stub(tmp_path / "whisper")  # checked before slicing, never loaded here
+    args = ["--raw", str(tmp_path / "raw"), "--out", str(out), "--asr-model", str(whisper)]
     args += ["--yml", str(write_yml(tmp_path)), "--config-template", str(write_template(tmp_path, tiny_model_config))]
     assert prepare_dataset.main(args + ["--processes", "1"]) == 1
     assert "stopped at stage slice with 1 problem(s)" in caplog.text

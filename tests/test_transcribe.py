@@ -3,6 +3,8 @@ loading, feature extraction, language detection, batched decoding and list writi
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,27 @@ def test_a_missing_or_incomplete_model_folder_says_what_to_put_there(clip_dir, t
     assert transcribe.main(args + ["--model", str(partial)]) == 2
     assert "lacks weights, preprocessor_config.json, tokenizer" in caplog.text
     assert not (tmp_path / "esd.list").exists()
+
+
+def test_a_damaged_or_foreign_model_is_one_line_before_any_clip_is_read(
+    whisper_dir, clip_dir, tmp_path, caplog
+) -> None:
+    """A truncated weights file fails while loading (one line naming the folder, no safetensors traceback); a
+    folder of another model type fails before loading, where transformers would only warn."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(whisper_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    args = ["--in-dir", str(clip_dir), "-o", str(tmp_path / "esd.list"), "--device", "cpu"]
+    assert transcribe.main(args + ["--model", str(damaged)]) == 2
+    assert f"--model: cannot load the Whisper model in {damaged}: " in caplog.text
+    foreign = tmp_path / "foreign"
+    shutil.copytree(whisper_dir, foreign)
+    model_config = json.loads((foreign / "config.json").read_text(encoding="utf-8"))
+    (foreign / "config.json").write_text(json.dumps({**model_config, "model_type": "bert"}), encoding="utf-8")
+    assert transcribe.main(args + ["--model", str(foreign)]) == 2
+    assert f"--model: {foreign} holds a 'bert' model, not Whisper" in caplog.text
+    assert "Traceback" not in caplog.text and not (tmp_path / "esd.list").exists()
 
 
 def test_long_clip_and_separator_in_text_are_handled(recogniser, tmp_path, caplog) -> None:

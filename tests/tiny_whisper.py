@@ -132,3 +132,13 @@ def build_tiny_whisper(folder: Path, seed: int = 0, max_new_tokens: int = 8, spe
     processor = WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer)
     processor.save_pretrained(folder)
     return folder
+
+
+def whisper_folder_stub(folder: Path, model_type: str = "whisper") -> Path:
+    """A folder that passes transcribe.check_model_folder without holding a model: for tests that must stop
+    before any model loads (``model_type`` other than whisper: a model of another kind)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
+    for name in ("model.safetensors", "preprocessor_config.json", "tokenizer.json"):
+        (folder / name).write_text("{}", encoding="utf-8")
+    return folder
