@@ -7,7 +7,10 @@ The page has the reference web UI's controls: text, model, speaker, language (ZH
 sdp ratio / noise / noise_w / length sliders, style text and its weight, splitting long text into sentences
 with pauses, and the audio player; ranges and defaults are `synthesis_params.SynthesisParams`'. Choosing a
 speaker sets the four sliders to its preset from config.yml (`speakers:` of its model entry), else to the
-defaults. The same calls are API endpoints for `gradio_client`: `/tts` and `/preset`.
+defaults. "Generate" makes the whole file; "Stream" plays the audio while it is synthesized
+(`Synthesizer.stream`: sentence by sentence, and decoder windows within a sentence), through Gradio's streaming
+audio player, which encodes each chunk with ffmpeg (without ffmpeg on the PATH the button is left out). The same
+calls are API endpoints for `gradio_client`: `/tts`, `/tts_stream` and `/preset`.
 
 Nothing is fetched from the network: analytics and the version check are off, no share link is made, and the
 theme uses the system's fonts instead of web fonts.
@@ -20,13 +23,17 @@ import base64
 import io
 import logging
 import os
+import queue
+import shutil
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 import config as global_config
+import streaming
 from synthesis_params import DEFAULT_PARAMS, FIELDS, SynthesisParams, value_range
 from synthesis_plan import REQUEST_LANGUAGES
 from text.bert_features import add_bert_dir_argument, parse_bert_dirs
@@ -83,21 +90,86 @@ class VoiceService:
         """The parameters `speaker` of `model` starts from: its config.yml preset, else the defaults."""
         return self.model(model).spec.presets.get(speaker, DEFAULT_PARAMS)
 
-    def synthesize(
-        self, text: str, model: str, speaker: str, language: str, params: SynthesisParams
-    ) -> tuple[int, np.ndarray]:
-        """Check the request and speak it: (sampling rate, int16 samples). Bad input raises ValueError."""
+    def _checked(self, text: str, model: str) -> tuple[str, LoadedModel]:
+        """The stripped text and the model, or ValueError. Speaker and language are the synthesizer's to check."""
         text = (text or "").strip()
         if not text:
             raise ValueError("the text is empty: type something to say")
         if len(text) > self.max_text_length:
             raise ValueError(f"the text is {len(text)} characters long; the limit is {self.max_text_length}")
-        # Everything else (speaker, language) is checked by the synthesizer itself.
-        loaded = self.model(model)
+        return text, self.model(model)
+
+    def synthesize(
+        self, text: str, model: str, speaker: str, language: str, params: SynthesisParams
+    ) -> tuple[int, np.ndarray]:
+        """Check the request and speak it: (sampling rate, int16 samples). Bad input raises ValueError."""
+        text, loaded = self._checked(text, model)
         with loaded.lock:
             sampling_rate, audio = loaded.synthesizer.synthesize(text, speaker, language, params)
         # 16-bit PCM is what the browser gets anyway; converting here keeps Gradio from warning about floats.
         return sampling_rate, to_int16(audio)
+
+    def stream(
+        self,
+        text: str,
+        model: str,
+        speaker: str,
+        language: str,
+        params: SynthesisParams,
+        chunk_frames: int = streaming.DEFAULT_CHUNK_FRAMES,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Check the request (ValueError at the call) and yield (sampling rate, int16 chunk) as each is decoded.
+
+        The synthesis runs in a thread of its own that holds the model's lock until it ends, so a stream whose
+        reader goes away never leaves the model locked: closing the iterator stops it at the next chunk, and
+        one that is dropped unclosed still runs out. The reader meanwhile encodes the chunk before.
+        """
+        text, loaded = self._checked(text, model)
+        synth = loaded.synthesizer
+        chunks = synth.stream(text, speaker, language, params, chunk_frames=chunk_frames)  # checks speaker, text
+        messages: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                with loaded.lock:
+                    for chunk in chunks:
+                        if stop.is_set():
+                            return
+                        messages.put(("chunk", to_int16(chunk)))
+                messages.put(("end", None))
+            except Exception as error:  # handed to the reader, which raises it
+                messages.put(("error", error))
+
+        threading.Thread(target=produce, name="webui-stream", daemon=True).start()
+        return _read_stream(messages, stop, synth.sampling_rate)
+
+
+def _read_stream(messages: queue.Queue, stop: threading.Event, sampling_rate: int) -> Iterator[tuple[int, np.ndarray]]:
+    try:
+        while True:
+            kind, value = messages.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield sampling_rate, value
+    finally:
+        stop.set()
+
+
+def wav_bytes(sampling_rate: int, samples: np.ndarray) -> bytes:
+    """16-bit mono WAV file contents."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sampling_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def can_stream_audio() -> bool:
+    """Whether Gradio's streaming audio player can work here: it encodes every chunk with ffmpeg."""
+    return shutil.which("ffmpeg") is not None
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:
@@ -106,11 +178,7 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
 
 def audio_player_html(sampling_rate: int, samples: np.ndarray) -> str:
     """An <audio> element that carries the audio itself (a WAV data URI), so it plays without another request."""
-    import soundfile
-
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, sampling_rate, format="WAV", subtype="PCM_16")
-    source = "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    source = "data:audio/wav;base64," + base64.b64encode(wav_bytes(sampling_rate, samples)).decode("ascii")
     return f'<audio controls preload="metadata" style="width: 100%" src="{source}"></audio>'
 
 
@@ -154,9 +222,15 @@ def _params_from_controls(values: Sequence[Any]) -> SynthesisParams:
     return SynthesisParams.checked(given)
 
 
-def build_app(service: VoiceService, default_language: str | None = None) -> Any:
-    """The Gradio Blocks app; `launch` it or mount it."""
+def build_app(service: VoiceService, default_language: str | None = None, stream_audio: bool | None = None) -> Any:
+    """The Gradio Blocks app; `launch` it or mount it. `stream_audio`: offer the streamed player (default: when
+    ffmpeg is found)."""
     import gradio as gr
+
+    if stream_audio is None:
+        stream_audio = can_stream_audio()
+        if not stream_audio:
+            logger.warning("ffmpeg not found: the page has no streamed player (Gradio encodes its chunks with it)")
 
     first = service.model(service.model_names[0])
     language = default_language or first.spec.language
@@ -175,6 +249,15 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
             # gr.Error shows the message on the page and hands it to API clients; other errors stay generic.
             raise gr.Error(str(error)) from error
         return (sampling_rate, samples), audio_player_html(sampling_rate, samples)
+
+    def generate_stream(text: str, model: str, speaker: str, language: str, *values: Any) -> Iterator[bytes]:
+        """The audio as WAV chunks, each as soon as it is decoded, for the streaming player."""
+        try:
+            params = _params_from_controls(values)
+            for sampling_rate, chunk in service.stream(text, model, speaker, language, params):
+                yield wav_bytes(sampling_rate, chunk)
+        except (ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error)) from error
 
     def speaker_chosen(model: str, speaker: str) -> list[float]:
         """The speaker's preset (config.yml), else the defaults, for the preset sliders."""
@@ -225,7 +308,18 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
                 for name in ("sentence_pause", "paragraph_pause"):
                     controls[name] = _slider(gr, name, getattr(start, name))
                 controls["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="seed")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    # Gradio's streaming player needs ffmpeg; without it the button is left out (see can_stream_audio).
+                    stream_button = gr.Button("Stream", elem_id="stream_button", visible=stream_audio)
+                streamed = gr.Audio(
+                    label="Streamed audio (plays while it is synthesized)",
+                    streaming=True,
+                    autoplay=True,
+                    interactive=False,
+                    elem_id="streamed",
+                    visible=stream_audio,
+                )
                 # The page plays the result in the browser's own <audio> element (Gradio 6's audio component
                 # leaves that element without a source unless it draws a waveform); the audio component,
                 # hidden, is what API clients get: a WAV file.
@@ -236,6 +330,10 @@ def build_app(service: VoiceService, default_language: str | None = None) -> Any
         speaker.change(speaker_chosen, inputs=[model, speaker], outputs=preset_controls, api_name="preset")
         inputs = [text, model, speaker, language_box, *(controls[name] for name in FIELDS)]
         button.click(generate, inputs=inputs, outputs=[audio, player], api_name="tts", concurrency_limit=1)
+        if stream_audio:
+            stream_button.click(
+                generate_stream, inputs=inputs, outputs=streamed, api_name="tts_stream", concurrency_limit=1
+            )
     return app
 
 

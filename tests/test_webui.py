@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin
 
+import httpx
 import numpy as np
 import pytest
 import soundfile
@@ -150,7 +152,7 @@ def client(webui_url: str, voices: TinyVoices):
     return Client(webui_url, verbose=False, download_files=str(downloads))
 
 
-def _tts(client, text: str, model: str, speaker: str, **overrides) -> tuple[np.ndarray, int]:
+def _arguments(text: str, model: str, speaker: str, **overrides) -> dict:
     arguments = {
         "text": text,
         "model": model,
@@ -165,7 +167,11 @@ def _tts(client, text: str, model: str, speaker: str, **overrides) -> tuple[np.n
         "seed": 1234,
     }
     arguments.update(overrides)
-    path, player = client.predict(*arguments.values(), api_name="/tts")
+    return arguments
+
+
+def _tts(client, text: str, model: str, speaker: str, **overrides) -> tuple[np.ndarray, int]:
+    path, player = client.predict(*_arguments(text, model, speaker, **overrides).values(), api_name="/tts")
     assert player.startswith("<audio controls") and 'src="data:audio/wav;base64,' in player
     audio, sampling_rate = soundfile.read(path, dtype="int16")
     return audio, sampling_rate
@@ -201,6 +207,64 @@ def test_api_pauses_and_model_choice(client) -> None:
         client, TWO_SENTENCES, "voice_a", "spk1", sentence_pause=0.0, style_text="你好世界", style_weight=1
     )
     assert not np.array_equal(styled, base)
+
+
+def _ffmpeg_or_skip() -> None:
+    if webui.can_stream_audio():
+        return
+    message = "ffmpeg not installed (apt-get install -y ffmpeg): Gradio's streaming player encodes with it"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + "; under CI the streaming test is required")
+    pytest.skip(message)
+
+
+def test_api_streams_chunk_by_chunk(webui_url: str, voices: TinyVoices) -> None:
+    """/tts_stream (the page's "Stream" button) sends one update per chunk of Synthesizer.stream as it comes, and
+    its joined stream is the whole audio (AAC-encoded by Gradio: lengths to the encoder's padding)."""
+    _ffmpeg_or_skip()
+    from gradio_client import Client
+    from pydub import AudioSegment
+
+    # Two paragraphs, the second long enough for two decoder windows.
+    two_lines = "你好，世界。\n今天天气很好，我们一起去公园散步，然后回家吃饭。"
+    streamer = Client(webui_url, verbose=False, download_files=False)  # the playlist's address, not a copy
+    job = streamer.submit(*_arguments(two_lines, "voice_b", "bob").values(), api_name="/tts_stream")
+    playlist_url = job.result(timeout=120)["url"]
+    checkpoint, config_path = voices.models[1]
+    synthesizer = infer.load_synthesizer(checkpoint, config_path, bert_dirs={"ZH": voices.bert_dir})
+    chunks = list(synthesizer.stream(two_lines, "bob", "ZH", **PARAMS, seed=1234, paragraph_pause=1.0))
+    assert len(chunks) >= 4  # two utterances (the second in windows) and the pause between them
+    assert len(job.outputs()) == len(chunks)  # one update per chunk, each sent as it came
+    # The HLS playlist the page's player follows: one segment per chunk, of the chunk's length (in ms).
+    playlist = httpx.get(playlist_url, timeout=30).text.splitlines()
+    assert playlist[-1] == "#EXT-X-ENDLIST"  # the stream was closed when the synthesis ended
+    durations = [float(line.split(":", 1)[1].rstrip(",")) for line in playlist if line.startswith("#EXTINF:")]
+    np.testing.assert_allclose(durations, [chunk.size / synthesizer.sampling_rate for chunk in chunks], atol=1e-3)
+    segments = [line for line in playlist if line and not line.startswith("#")]
+    loudest = 0
+    for segment, chunk in zip(segments, chunks, strict=True):
+        answer = httpx.get(urljoin(playlist_url, segment), timeout=30)
+        decoded = AudioSegment.from_file(io.BytesIO(answer.content), format="aac")  # ADTS: AAC, as Gradio sends it
+        assert decoded.frame_rate == synthesizer.sampling_rate
+        # AAC frames are 1024 samples, and the encoder adds up to two frames of padding.
+        assert chunk.size <= len(decoded.get_array_of_samples()) <= chunk.size + 3 * 1024
+        loudest = max(loudest, decoded.max)
+    assert loudest > 100
+
+
+def test_without_ffmpeg_the_page_offers_the_whole_file_only(
+    voices: TinyVoices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voice_registry import command_line_specs, load_models
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ffmpeg on it
+    checkpoint, config_path = voices.models[0]
+    registry = load_models(command_line_specs([str(checkpoint)], [str(config_path)], "cpu", "ZH"))
+    app = webui.build_app(webui.VoiceService(registry))
+    api_names = {dependency.get("api_name") for dependency in app.config["dependencies"]}
+    assert "tts" in api_names and "tts_stream" not in api_names
+    hidden = {block.elem_id for block in app.blocks.values() if getattr(block, "visible", True) is False}
+    assert {"stream_button", "streamed"} <= hidden
 
 
 def test_api_reports_bad_input(client) -> None:
@@ -294,6 +358,9 @@ def test_browser_generates_audio(browser, webui_url: str, tmp_path: Path) -> Non
     wait = WebDriverWait(browser, 120)
     text_box = wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, "#text textarea")))
     text_box.send_keys(TWO_SENTENCES)
+    seed_box = browser.find_element(By.CSS_SELECTOR, "#seed input")
+    seed_box.clear()
+    seed_box.send_keys("7")  # a fixed seed: "Generate" and "Stream" below speak the same audio
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     source = wait.until(
         lambda driver: driver.execute_script(
@@ -310,6 +377,18 @@ def test_browser_generates_audio(browser, webui_url: str, tmp_path: Path) -> Non
     assert sampling_rate == 22050 and audio.size > 0.5 * sampling_rate and np.abs(audio).max() > 10
     duration = browser.execute_script("return document.querySelector('#audio audio').duration")
     assert duration == pytest.approx(audio.size / sampling_rate, abs=0.01)
+    # "Stream": the streamed player (Gradio's, through media source extensions) starts playing by itself when the
+    # first chunk is there, and grows as the next chunks arrive (two sentences and the pause between them).
+    browser.find_element(By.CSS_SELECTOR, "#stream_button").click()
+    script = "const a = document.querySelector('#streamed audio'); return a && [a.currentTime, a.paused, a.duration];"
+    first = wait.until(lambda driver: (state := driver.execute_script(script)) and state[0] > 0 and state)
+    assert first[1] is False and first[2] > 0
+    # Joined, the chunks are the file "Generate" made (AAC frames of 1024 samples, up to two of padding a chunk).
+    whole = audio.size / sampling_rate
+    streamed = WebDriverWait(browser, 60).until(
+        lambda driver: (state := driver.execute_script(script)) and state[2] >= whole - 0.01 and state[2]
+    )
+    assert streamed <= whole + 3 * 2 * 1024 / sampling_rate
     labels = browser.find_element(By.TAG_NAME, "body").text
     for label in ("SDP ratio", "Noise", "Noise_W", "Length", "Style text", "Split by sentence"):
         assert label in labels
