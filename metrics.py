@@ -755,9 +755,10 @@ class TrainingMonitor:
     """What the training loop measures besides its losses: the ``perf/...`` scalars of each logging interval
     (:class:`PerfMeter`, every rank) and, on rank 0, the validation metrics with the best checkpoints.
 
-    The loop calls ``perf.batch_arrived(batch)`` / ``perf.step_finished()`` around each step, adds
-    ``perf.read()`` to its log scalars, calls :meth:`validate` at each evaluation (before saving that step)
-    and passes ``best`` to the checkpoint save, whose retention then keeps the best checkpoints.
+    The loop calls ``perf.batch_arrived(batch)`` when the loader hands a batch over, :meth:`step_finished` after
+    the step, adds :meth:`perf_scalars` to its log scalars, and :meth:`waiting_for_batch` before asking for the
+    next batch. At each evaluation (rank 0, before saving that step) it runs inside :meth:`evaluation` and calls
+    :meth:`validate`; it passes ``best`` to the checkpoint save, whose retention then keeps the best checkpoints.
     """
 
     def __init__(
@@ -770,24 +771,51 @@ class TrainingMonitor:
         keep_best: int = 0,
         best_metric: str = "val/dnsmos_ovrl",
         whisper_dir: str = "",
+        score: bool = True,
     ) -> None:
         import utils
 
         self.perf = PerfMeter(device, world_size, sampling_rate)
-        self.device, self.sampling_rate = device, sampling_rate
+        self.device, self.sampling_rate, self.score = device, sampling_rate, score and is_main
+        # best.json exists on rank 0 only; without scores it still protects the best of an earlier run.
         self.best = utils.BestCheckpoints(model_dir, best_metric, keep_best) if is_main and keep_best > 0 else None
         self._scorer: Scorer | None = None
         self.whisper_dir = whisper_dir
+        self.last_evaluation_end = _perf_counter()
+
+    def step_finished(self) -> None:
+        self.perf.step_finished()
+
+    def waiting_for_batch(self) -> None:
+        self.perf.waiting_for_batch()
+
+    def perf_scalars(self) -> dict[str, float]:
+        """This logging interval's ``perf/...`` scalars (see :class:`PerfMeter`); a new interval starts."""
+        return self.perf.read()
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[dict[str, float]]:
+        """Time an evaluation: left out of the throughput; on exit the yielded dict holds ``perf/eval_seconds``
+        and ``perf/eval_share`` (its share of the wall time since the previous evaluation ended, itself included).
+        """
+        timing: dict[str, float] = {}
+        start = _perf_counter()
+        with self.perf.paused():
+            yield timing
+        end = _perf_counter()
+        spent = end - start
+        timing["perf/eval_seconds"] = spent
+        timing["perf/eval_share"] = spent / max(end - self.last_evaluation_end, 1e-9)
+        self.last_evaluation_end = end
 
     def validate(self, net_g: Any, dataset: Any, data: Any, step: int) -> dict[str, float]:
-        """Every ``val/...`` metric of ``net_g`` on ``dataset`` plus ``perf/eval_seconds``, recorded for the best
-        checkpoints; the evaluation's time is left out of the training throughput."""
-        with self.perf.paused():
-            start = _perf_counter()
-            if self._scorer is None:
-                self._scorer = Scorer(self.sampling_rate, whisper_dir=self.whisper_dir)
-            scores = score_validation(net_g, dataset, data, self.device, self._scorer)
-            if self.best is not None:
-                self.best.record(step, scores)
-            scores["perf/eval_seconds"] = _perf_counter() - start
+        """Every ``val/...`` metric of ``net_g`` on ``dataset``, recorded for the best checkpoints (empty when
+        scoring is off)."""
+        if not self.score:
+            return {}
+        if self._scorer is None:
+            self._scorer = Scorer(self.sampling_rate, whisper_dir=self.whisper_dir)
+        scores = score_validation(net_g, dataset, data, self.device, self._scorer)
+        if self.best is not None:
+            self.best.record(step, scores)
         return scores

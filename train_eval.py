@@ -1,5 +1,7 @@
-"""Evaluation during training: every validation clip synthesized with and without the stochastic duration
-predictor, for the TensorBoard images and audio that rank 0 logs at each ``eval_interval``."""
+"""Evaluation during training, on rank 0 at each ``eval_interval``: every validation clip synthesized with and
+without the stochastic duration predictor (TensorBoard images and audio, as the reference), and the voice-quality
+metrics of metrics.py (``val/...`` scalars and one ``Validation`` line of train.log) that rank the best
+checkpoints. ``build_monitor`` makes the loop's metrics.TrainingMonitor (also its throughput and memory meter)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+import metrics
+import utils
 from data_utils import TextAudioSpeakerCollate, TextAudioSpeakerLoader
 from mel_processing import spec_to_mel_torch
 from train_nets import Trainer
@@ -82,3 +86,39 @@ def evaluate(
     finally:
         trainer.g.net.train()
     return mels, audios
+
+
+def build_monitor(hps: Any, rt: Runtime, settings: Any) -> metrics.TrainingMonitor:
+    """The loop's monitor from config.yml's ``train_ms`` section (``eval_metrics``, ``eval_whisper``,
+    ``keep_best``, ``best_metric``)."""
+    return metrics.TrainingMonitor(
+        hps.model_dir,
+        rt.device,
+        rt.world_size,
+        hps.data.sampling_rate,
+        rt.is_main,
+        keep_best=settings.keep_best,
+        best_metric=settings.best_metric,
+        whisper_dir=settings.eval_whisper,
+        score=settings.eval_metrics,
+    )
+
+
+def evaluate_and_log(
+    trainer: Trainer,
+    loader: DataLoader,
+    hps: Any,
+    rt: Runtime,
+    monitor: metrics.TrainingMonitor,
+    log: utils.TrainLogger,
+) -> dict[str, float]:
+    """Rank 0's evaluation at this step: images and audio, then the metrics (recorded for the best checkpoints,
+    so call it before saving the step), logged with the evaluation's time; returns the logged scalars."""
+    step = trainer.state.step
+    with monitor.evaluation() as timing:
+        mels, audios = evaluate(trainer, loader, hps, rt)
+        log.log_eval(step, mels, audios, hps.data.sampling_rate)
+        scores = monitor.validate(trainer.g.raw, loader.dataset, hps.data, step)
+    scores.update(timing)
+    log.log_metrics(step, scores)
+    return scores

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader
 
 import atomic_io
 import check_dataset
+import metrics
 import train_data
 import train_eval
 import train_nets
@@ -137,8 +138,10 @@ class Trainloop:
         loaders: tuple[DataLoader, train_data.ResumableBatchSampler, DataLoader | None],
         log: utils.TrainLogger,
         stop: StopRequest,
+        monitor: metrics.TrainingMonitor,
     ) -> None:
         self.trainer, self.hps, self.rt, self.options, self.log, self.stop = trainer, hps, rt, options, log, stop
+        self.monitor = monitor  # throughput and memory (every rank); validation metrics, best checkpoints (rank 0)
         self.loader, self.batches, self.eval_loader = loaders
         self.last_saved_step = trainer.state.step if trainer.state.step > 0 else None
         self.stop_agreed = False  # a stop request of any rank, agreed in the last step's all-reduce
@@ -165,6 +168,7 @@ class Trainloop:
             with train_runtime.stop_signals_blocked():  # the workers start here and must ignore Ctrl-C
                 batches = iter(self.loader)
             for batch in batches:
+                self.monitor.perf.batch_arrived(batch)
                 with rt.watch(STEP_OPERATION, state.step + 1):
                     metrics, fwd = training.train_step(
                         trainer, batch.to(rt.device, non_blocking=True), self.hps, rt, self.stop.requested
@@ -189,21 +193,29 @@ class Trainloop:
         return False
 
     def _progress(self, skip: int) -> Any:
+        """Rank 0's bar for this epoch, counting the run's steps: its it/s and ETA reach to the configured
+        epochs (or --max-steps)."""
         if not self.rt.is_main:
             return None
         from tqdm import tqdm
 
+        state = self.trainer.state
+        total = state.step + len(self.batches) + (self.hps.train.epochs - state.epoch) * len(self.batches.batch_sampler)
+        if self.options.max_steps is not None:
+            total = min(total, self.options.max_steps)
         # disable=None: a bar on a terminal, none in log files (the logger reports every log_interval).
-        total, epoch = len(self.batches) + skip, self.trainer.state.epoch
-        return tqdm(total=total, initial=skip, desc=f"epoch {epoch}", disable=None, dynamic_ncols=True)
+        return tqdm(
+            total=total, initial=state.step, desc=f"epoch {state.epoch}", unit="step", disable=None, dynamic_ncols=True
+        )
 
     def _after_step(self, metrics: dict[str, Any], fwd: training.GeneratorPass, progress: Any) -> None:
         state, train = self.trainer.state, self.hps.train
+        self.monitor.step_finished()
         # Loss values leave the device at log steps only: a read per step would stall the GPU queue.
         if self.rt.is_main and state.step % train.log_interval == 0:
             mels = {"slice/mel_org": fwd.y_mel[0], "slice/mel_gen": fwd.y_hat_mel[0], "all/mel": fwd.mel[0]}
             fraction = state.batch_in_epoch / max(len(self.batches.batch_sampler), 1)
-            scalars = training.scalar_values(metrics)
+            scalars = training.scalar_values(metrics) | self.monitor.perf_scalars()
             self.log.log_train(state.step, state.epoch, fraction, scalars, mels, {"all/attn": fwd.attn[0, 0]})
             if progress is not None:
                 short = {"g": "loss/g/total", "d": "loss/d/total", "mel": "loss/g/mel"}
@@ -212,9 +224,9 @@ class Trainloop:
             progress.update(1)
         if state.step % train.eval_interval == 0:
             if self.rt.is_main and self.eval_loader is not None:
-                mels, audios = train_eval.evaluate(self.trainer, self.eval_loader, self.hps, self.rt)
-                self.log.log_eval(state.step, mels, audios, self.hps.data.sampling_rate)
+                train_eval.evaluate_and_log(self.trainer, self.eval_loader, self.hps, self.rt, self.monitor, self.log)
             self.save()
+        self.monitor.waiting_for_batch()
 
     def _should_stop(self) -> bool:
         # Identical on every rank without a collective: the step's all-reduce agreed on the stop request.
@@ -227,7 +239,9 @@ class Trainloop:
         if step == 0 or step == self.last_saved_step:
             return
         with self.stop.shielded(), self.rt.watch("the checkpoint (gathering every rank's RNG state)", step):
-            train_resume.save_training_checkpoint(self.trainer, self.hps, self.rt, self.options.keep_ckpts)
+            train_resume.save_training_checkpoint(
+                self.trainer, self.hps, self.rt, self.options.keep_ckpts, self.monitor.best
+            )
         self.last_saved_step = step
 
 
@@ -401,7 +415,8 @@ def train_from_config(
         keep_ckpts=args.keep_ckpts if args.keep_ckpts is not None else yml.train_ms.keep_ckpts,
         max_nonfinite_steps=args.max_nonfinite_steps,
     )
-    Trainloop(trainer, hps, rt, options, (loader, batches, eval_loader), log, stop).run()
+    monitor = train_eval.build_monitor(hps, rt, yml.train_ms)
+    Trainloop(trainer, hps, rt, options, (loader, batches, eval_loader), log, stop, monitor).run()
     if stop.requested:
         logger.info("stopped by signal at step %d; checkpoint saved", trainer.state.step)
 

@@ -39,11 +39,16 @@ def build_registry(trainer: Trainer, hps: Any, rt: Runtime) -> utils.CheckpointR
     return registry
 
 
-def save_training_checkpoint(trainer: Trainer, hps: Any, rt: Runtime, keep_ckpts: int) -> None:
-    """Write G_/D_/WD_/DUR_<step>.pth on rank 0 (every rank must call it: the RNG states are gathered)."""
+def save_training_checkpoint(
+    trainer: Trainer, hps: Any, rt: Runtime, keep_ckpts: int, best: utils.BestCheckpoints | None = None
+) -> None:
+    """Write G_/D_/WD_/DUR_<step>.pth on rank 0 (every rank must call it: the RNG states are gathered); the
+    ``keep_ckpts`` retention then keeps the newest and the ``best`` sets (rank 0's best.json, rewritten)."""
     registry = build_registry(trainer, hps, rt)
     state = trainer.state
-    registry.save(hps.model_dir, state.step, state.epoch, hps.train.learning_rate, write=rt.is_main, keep=keep_ckpts)
+    registry.save(
+        hps.model_dir, state.step, state.epoch, hps.train.learning_rate, write=rt.is_main, keep=keep_ckpts, best=best
+    )
 
 
 # Settings whose change on resume is reported with what now applies (train) or checked against the weights.

@@ -1,12 +1,14 @@
 """train_ms.py: the loss terms of one iteration against the reference kit, the step's bookkeeping, and a real
 short training run through the command line whose TensorBoard values are checked (learning rate per epoch, the
-totals as sums of their terms, finite scalars, evaluation audio)."""
+totals as sums of their terms, finite scalars, evaluation audio, validation metrics and throughput, best.json,
+evaluate.py's numbers equal to the trainer's)."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ from train_tiny import (
     write_run_files,
 )
 
+import evaluate
+import metrics
 import train_ms
 import train_nets
 import train_runtime
@@ -371,6 +375,22 @@ def _events(folder: Path) -> event_accumulator.EventAccumulator:
 
 RUN_STEPS = 6  # 4 clips, batch 2, one rank: 2 batches per epoch, so 3 epochs
 RUN_EVAL_INTERVAL = 3
+RUN_EVALS = [step for step in range(1, RUN_STEPS + 1) if step % RUN_EVAL_INTERVAL == 0]
+# The per-interval throughput and memory scalars (metrics.PerfMeter), at every log step.
+PERF_TAGS = [
+    "perf/step_seconds",
+    "perf/data_wait_seconds",
+    "perf/samples_per_second",
+    "perf/audio_seconds_per_second",
+    "perf/peak_memory_gb",
+]
+EVAL_TIME_TAGS = ["perf/eval_seconds", "perf/eval_share"]
+# Every validation metric of a Chinese clip without a Whisper folder (wer_en needs English clips, cer_* Whisper).
+VAL_TAGS = [tag for tag in metrics.METRICS if tag not in ("val/wer_en", "val/cer_zh", "val/cer_jp")]
+
+
+def _evaluation_tag(tag: str) -> bool:
+    return tag.startswith("val/") or tag in EVAL_TIME_TAGS
 
 
 def _epoch_of_step(step: int) -> int:
@@ -420,9 +440,9 @@ def _scalars(events: event_accumulator.EventAccumulator, tag: str) -> dict[int, 
 def test_tiny_run_logs_every_scalar_at_every_step_and_all_are_finite(tiny_run):
     train = tiny_run["train"]
     tags = train.Tags()["scalars"]
-    missing = [tag for tag in SCALAR_TAGS if tag not in tags]
+    missing = [tag for tag in SCALAR_TAGS + PERF_TAGS if tag not in tags]
     assert not missing, f"scalar tags missing: {missing}"
-    for tag in tags:
+    for tag in [tag for tag in tags if not _evaluation_tag(tag)]:
         values = _scalars(train, tag)
         assert sorted(values) == list(range(1, RUN_STEPS + 1)), f"{tag}: steps {sorted(values)}"
         assert all(math.isfinite(v) for v in values.values()), f"{tag}: {values}"
@@ -498,3 +518,71 @@ def test_longer_run_lowers_the_mel_loss(tmp_path, tiny_train_config):
     assert len(mel) == 80
     first, last = sum(mel[:10]) / 10, sum(mel[-10:]) / 10
     assert last < 0.8 * first, f"mel loss {first:.2f} -> {last:.2f}"
+
+
+def test_tiny_run_logs_validation_metrics_and_throughput(tiny_run):
+    """val/... at every evaluation (train.log's Validation line too) with the evaluation's time; perf/... at every
+    log step with plausible values."""
+    train = tiny_run["train"]
+    tags = set(train.Tags()["scalars"])
+    assert not set(VAL_TAGS) - tags, f"validation tags missing: {sorted(set(VAL_TAGS) - tags)}"
+    for tag in sorted(tag for tag in tags if _evaluation_tag(tag)):
+        values = _scalars(train, tag)
+        # f0_rmse needs frames voiced in both clips, which an untrained voice may not have at every evaluation.
+        assert set(values) <= set(RUN_EVALS) and (values.keys() == set(RUN_EVALS) or tag == "val/f0_rmse"), tag
+        assert all(math.isfinite(v) for v in values.values()), f"{tag}: {values}"
+    for tag in EVAL_TIME_TAGS:
+        assert sorted(_scalars(train, tag)) == RUN_EVALS, tag
+    assert all(0 < share <= 1 for share in _scalars(train, "perf/eval_share").values())
+
+    perf = {tag: _scalars(train, tag) for tag in PERF_TAGS}
+    for step in range(1, RUN_STEPS + 1):
+        assert 0 <= perf["perf/data_wait_seconds"][step] < perf["perf/step_seconds"][step], step
+        clips_per_second = 2 / perf["perf/step_seconds"][step]  # batch 2, one rank, one step per interval
+        assert perf["perf/samples_per_second"][step] == pytest.approx(clips_per_second, rel=1e-3), step
+        # The tiny clips are 0.5-0.85 s long.
+        assert 0.5 <= perf["perf/audio_seconds_per_second"][step] / perf["perf/samples_per_second"][step] <= 0.85
+        assert 0.05 < perf["perf/peak_memory_gb"][step] < 64, step
+    log = (tiny_run["files"]["model_dir"] / "train.log").read_text(encoding="utf-8")
+    for step in RUN_EVALS:
+        assert f"Validation step {step}: mel_l1 " in log and "eval_seconds" in log, step
+    assert f"Perf step {RUN_STEPS}: " in log
+
+
+def _best_document(tiny_run) -> dict:
+    return json.loads((tiny_run["files"]["model_dir"] / utils.BestCheckpoints.FILE).read_text(encoding="utf-8"))
+
+
+def test_tiny_run_best_json_names_complete_sets_ranked_by_the_metric(tiny_run):
+    model_dir = tiny_run["files"]["model_dir"]
+    document = _best_document(tiny_run)
+    assert (document["metric"], document["keep"]) == ("val/dnsmos_ovrl", 3)  # config.yml's defaults
+    assert [entry["step"] for entry in document["scored"]] == RUN_EVALS
+    logged = {step: value for step, value in _scalars(tiny_run["train"], "val/dnsmos_ovrl").items()}
+    ranked = sorted(RUN_EVALS, key=lambda step: (-logged[step], step))
+    assert [entry["step"] for entry in document["best"]] == ranked
+    for entry in document["best"]:
+        for prefix in utils.CHECKPOINT_PREFIXES:
+            assert utils.is_complete_checkpoint(model_dir / f"{prefix}_{entry['step']}.pth"), (prefix, entry)
+        # The trainer's values at full precision (TensorBoard keeps float32).
+        assert entry["metrics"]["val/dnsmos_ovrl"] == pytest.approx(logged[entry["step"]], rel=1e-6)
+
+
+def test_evaluate_reproduces_the_trainers_numbers(tiny_run, tmp_path):
+    """evaluate.py on copies of the run's generator checkpoints gives the numbers the trainer logged (best.json
+    holds them at full precision) to 1e-4."""
+    model_dir = tiny_run["files"]["model_dir"]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(model_dir / "config.json", folder)
+    for step in RUN_EVALS:
+        shutil.copy(model_dir / f"G_{step}.pth", folder)
+    assert evaluate.main(["-m", str(folder)]) == 0
+    table = evaluate.read_table(folder / evaluate.CSV_NAME)
+    trainer = {entry["step"]: entry["metrics"] for entry in _best_document(tiny_run)["scored"]}
+    assert sorted(table) == RUN_EVALS
+    for step in RUN_EVALS:
+        logged = {tag: value for tag, value in trainer[step].items() if value is not None}
+        assert table[step].keys() == logged.keys(), step
+        for tag, value in logged.items():
+            assert table[step][tag] == pytest.approx(value, abs=1e-4), (step, tag)
