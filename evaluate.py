@@ -7,9 +7,9 @@
 Every complete ``G_<step>.pth`` in the folder (or the ones named) is scored on the validation list (default: the
 config's ``data.validation_files``) with the same functions, seed and settings as the trainer's evaluation, so a
 checkpoint gets the numbers the trainer logged at its step. Results go to ``<folder>/metrics.csv`` (a row per
-checkpoint, a column per metric; written atomically), one PNG per metric against the step in
-``<folder>/metrics/``, and the best checkpoint per metric is printed. Checkpoints already in metrics.csv are
-skipped unless ``--force``, so it can run beside a training run.
+checkpoint, a column per metric; written atomically), one PNG per metric against the step and ``overview.png``
+(every metric in one figure) in ``<folder>/metrics/``, and the best checkpoint per metric is printed.
+Checkpoints already in metrics.csv are skipped unless ``--force``, so it can run beside a training run.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import atomic_io
 import metrics
@@ -32,6 +33,8 @@ logger = logging.getLogger("evaluate")
 
 CSV_NAME = "metrics.csv"
 PLOT_DIR = "metrics"
+OVERVIEW_NAME = "overview.png"  # every metric in one figure (README's plot)
+OVERVIEW_COLUMNS = 4
 KEY_COLUMNS = ("step", "checkpoint")
 
 
@@ -79,32 +82,58 @@ def best_steps(rows: Mapping[int, Mapping[str, float]]) -> dict[str, tuple[int, 
     return best
 
 
+def _series(rows: Mapping[int, Mapping[str, float]]) -> dict[str, list[tuple[int, float]]]:
+    """Per metric present in any row, its (step, value) points by step."""
+    series = {tag: sorted((step, row[tag]) for step, row in rows.items() if tag in row) for tag in metrics.METRICS}
+    return {tag: points for tag, points in series.items() if points}
+
+
+def _draw(axes: Any, tag: str, points: Sequence[tuple[int, float]], small: bool = False) -> None:
+    info = metrics.METRICS[tag]
+    axes.plot([step for step, _ in points], [value for _, value in points], marker="o", markersize=3 if small else 6)
+    better = f"closest to {info.target:g}" if info.better == "target" else f"{info.better} is better"
+    if small:
+        axes.set_title(f"{tag.removeprefix('val/')} ({info.unit}), {better}", fontsize=8)
+        axes.tick_params(labelsize=7)
+    else:
+        axes.set_xlabel("step")
+        axes.set_ylabel(f"{tag} ({info.unit})")
+        axes.set_title(f"{tag}: {better}")
+    axes.grid(True, alpha=0.3)
+
+
+def _save(figure: Any, path: Path, dpi: int) -> Path:
+    figure.tight_layout()
+    with atomic_io.atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, format="png", dpi=dpi)
+    return path
+
+
 def plot_metrics(folder: Path, rows: Mapping[int, Mapping[str, float]]) -> list[Path]:
-    """One PNG per metric (value against step) in ``folder``; returns the paths written."""
+    """One PNG per metric (value against step) in ``folder``, and ``overview.png`` with every metric in a grid;
+    returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    series = _series(rows)
     written = []
-    for tag in metrics.METRICS:
-        points = sorted((step, row[tag]) for step, row in rows.items() if tag in row)
-        if not points:
-            continue
-        info = metrics.METRICS[tag]
+    for tag, points in series.items():
         figure = Figure(figsize=(6, 3.5))
-        axes = figure.subplots()
-        axes.plot([step for step, _ in points], [value for _, value in points], marker="o")
-        axes.set_xlabel("step")
-        better = f"closest to {info.target:g}" if info.better == "target" else f"{info.better} is better"
-        axes.set_ylabel(f"{tag} ({info.unit})")
-        axes.set_title(f"{tag}: {better}")
-        axes.grid(True, alpha=0.3)
-        figure.tight_layout()
-        path = folder / f"{tag.replace('/', '_')}.png"
-        with atomic_io.atomic_path(path, suffix=".png") as temporary:
-            figure.savefig(temporary, format="png", dpi=100)
-        written.append(path)
+        _draw(figure.subplots(), tag, points)
+        written.append(_save(figure, folder / f"{tag.replace('/', '_')}.png", dpi=100))
+    if series:
+        columns = min(len(series), OVERVIEW_COLUMNS)
+        rows_needed = math.ceil(len(series) / columns)
+        figure = Figure(figsize=(3.2 * columns, 2.2 * rows_needed))
+        grid = figure.subplots(rows_needed, columns, squeeze=False)
+        for axes, (tag, points) in zip(grid.flat, series.items()):
+            _draw(axes, tag, points, small=True)
+        for axes in list(grid.flat)[len(series) :]:
+            axes.set_visible(False)
+        figure.supxlabel("step", fontsize=8)
+        written.append(_save(figure, folder / OVERVIEW_NAME, dpi=72))
     return written
 
 

@@ -62,8 +62,9 @@ def test_evaluate_reproduces_the_in_memory_metrics(scored_folder: dict, capsys: 
         assert float(rows[1][tag]) == pytest.approx(value, abs=1e-4), tag
     assert rows[0]["val/mcd"] != rows[1]["val/mcd"]  # other weights, other numbers
     plots = sorted(path.name for path in (model_dir / evaluate.PLOT_DIR).glob("*.png"))
-    assert "val_mcd.png" in plots and "val_dnsmos_ovrl.png" in plots
-    assert (model_dir / evaluate.PLOT_DIR / "val_mcd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "val_mcd.png" in plots and "val_dnsmos_ovrl.png" in plots and evaluate.OVERVIEW_NAME in plots
+    for name in ("val_mcd.png", evaluate.OVERVIEW_NAME):
+        assert (model_dir / evaluate.PLOT_DIR / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     printed = capsys.readouterr().out
     best_mcd = min(rows, key=lambda row: float(row["val/mcd"]))["step"]
     assert f"best val/mcd: G_{best_mcd}.pth" in printed
