@@ -586,3 +586,26 @@ def test_evaluate_reproduces_the_trainers_numbers(tiny_run, tmp_path):
         assert table[step].keys() == logged.keys(), step
         for tag, value in logged.items():
             assert table[step][tag] == pytest.approx(value, abs=1e-4), (step, tag)
+
+
+@pytest.mark.slow
+def test_a_run_with_every_language_and_whisper_logs_every_validation_tag(tmp_path, tiny_train_config):
+    """Chinese, English and Japanese validation clips and a local (tiny, random) Whisper: two evaluations log
+    every val/ tag of metrics.py, wer_en through pocketsphinx and cer_zh/cer_jp through Whisper included, and
+    evaluate.py with the same Whisper reproduces them."""
+    from tiny_whisper import build_tiny_whisper
+
+    whisper = build_tiny_whisper(tmp_path / "whisper")
+    filelists = make_dataset(tmp_path / "data", n_val=3, val_languages=("ZH", "EN", "JP"))
+    config = tiny_config(tiny_train_config, filelists, log_interval=1, eval_interval=2)
+    files = write_run_files(tmp_path / "run", config, eval_whisper=str(whisper))
+    run_training(files, "--max-steps", "4", timeout=3600)
+    train = _events(files["model_dir"])
+    logged = {tag: _scalars(train, tag) for tag in train.Tags()["scalars"] if tag.startswith("val/")}
+    assert sorted(logged) == sorted(metrics.METRICS)
+    assert all(sorted(values) == [2, 4] for tag, values in logged.items() if tag != "val/f0_rmse"), logged
+    assert evaluate.main(["-m", str(files["model_dir"]), "--whisper", str(whisper)]) == 0
+    table = evaluate.read_table(files["model_dir"] / evaluate.CSV_NAME)
+    for tag, values in logged.items():
+        for step, value in values.items():
+            assert table[step][tag] == pytest.approx(value, rel=1e-6, abs=1e-4), (step, tag)  # float32 events

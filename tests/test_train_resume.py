@@ -9,6 +9,7 @@ written, an optimizer step, the evaluation's synthesis) and the test kills it th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -76,19 +77,23 @@ def _assert_same_run_state(expected_dir: Path, actual_dir: Path, step: int) -> N
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, tiny_train_config) -> dict:
-    """N_STEPS steps in one go, evaluating and saving after every step, keeping the 2 newest checkpoints."""
+    """N_STEPS steps in one go, evaluating and saving after every step, keeping the 2 newest checkpoints and the
+    best one."""
     root = tmp_path_factory.mktemp("straight")
     filelists = make_dataset(root / "data")
     config = tiny_config(tiny_train_config, filelists, eval_interval=1, log_interval=1)
-    files = write_run_files(root / "run", config, keep_ckpts=2)
+    files = write_run_files(root / "run", config, keep_ckpts=2, keep_best=1)
     run_training(files, "--max-steps", str(N_STEPS))
     return {"files": files, "config": config, "root": root}
 
 
-def test_keep_ckpts_removes_older_checkpoints_of_every_net(straight_run):
+def test_keep_ckpts_removes_older_checkpoints_of_every_net_but_the_best(straight_run):
     model_dir = straight_run["files"]["model_dir"]
+    best = json.loads((model_dir / utils.BestCheckpoints.FILE).read_text(encoding="utf-8"))["best"]
+    assert len(best) == 1
+    kept = {2, 3, best[0]["step"]}
     names = sorted(p.name for p in model_dir.glob("*.pth"))
-    assert names == sorted(f"{prefix}_{step}.pth" for prefix in PREFIXES for step in (2, 3))
+    assert names == sorted(f"{prefix}_{step}.pth" for prefix in PREFIXES for step in kept)
 
 
 def _killed_at(files: dict, pause: str, folder: Path, expected_at: str) -> None:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ SAMPLING_RATE = 22050
 ZH_INITIALS = ["b", "ch", "d", "g", "j", "l", "m", "sh", "x", "zh"]
 ZH_FINALS = ["a", "ai", "an", "en", "i", "ong", "ou", "u"]
 ZH_CHARS = "你好世界今天天气很不错"
+# Kana with a consonant-vowel phone pair each, and English words with two of their ARPAbet phones.
+JP_KANA = [("か", ("k", "a")), ("に", ("n", "i")), ("す", ("s", "u")), ("て", ("t", "e")), ("の", ("n", "o"))]
+EN_WORDS = [("the", ("dh", "ah")), ("boat", ("b", "ow")), ("lake", ("l", "ey")), ("green", ("g", "iy"))]
 
 
 def _wave(index: int, seconds: float) -> np.ndarray:
@@ -42,8 +46,11 @@ def _wave(index: int, seconds: float) -> np.ndarray:
     return (wave * np.hanning(t.size) ** 0.1).astype(np.float32)
 
 
-def make_dataset(folder: Path, n_train: int = 4, n_val: int = 1, n_speakers: int = 4) -> dict[str, str]:
-    """Write n_train + n_val clips (16-bit wav, 0.5-0.85 s), their .bert.pt and the two filelists."""
+def make_dataset(
+    folder: Path, n_train: int = 4, n_val: int = 1, n_speakers: int = 4, val_languages: Sequence[str] = ("ZH",)
+) -> dict[str, str]:
+    """Write n_train + n_val clips (16-bit wav, 0.5-0.85 s), their .bert.pt and the two filelists; the training
+    clips are Chinese, the validation clips take ``val_languages`` in turn (ZH, EN or JP phones and text)."""
     wav_dir = folder / "wavs"
     wav_dir.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -52,28 +59,51 @@ def make_dataset(folder: Path, n_train: int = 4, n_val: int = 1, n_speakers: int
         seconds = 0.5 + 0.05 * (index % 8)
         path = wav_dir / f"clip{index:02d}.wav"
         soundfile.write(path, _wave(index, seconds), SAMPLING_RATE, subtype="PCM_16")
-        # Like the Chinese front end: "_" at both ends, an initial and a final per character, and one word2ph
-        # entry per character plus two for [CLS]/[SEP].
-        n_chars = 3 + index % 3
-        phones, tones = ["_"], [0]
-        for k in range(n_chars):
-            phones += [ZH_INITIALS[(index + k) % len(ZH_INITIALS)], ZH_FINALS[(index + 2 * k) % len(ZH_FINALS)]]
-            tones += [1 + (index + k) % 5] * 2
-        phones.append("_")
-        tones.append(0)
-        word2ph = [1] + [2] * n_chars + [1]
-        text = "".join(ZH_CHARS[(index + k) % len(ZH_CHARS)] for k in range(n_chars))
+        language = "ZH" if index < n_train else val_languages[(index - n_train) % len(val_languages)]
+        text, phones, tones, word2ph = _transcript(index, language)
         # After blank insertion the clip has 2n + 1 phones; the BERT features cover those.
         bert = torch.randn(1024, 2 * len(phones) + 1, generator=generator) * 0.1
         torch.save(bert, path.with_suffix(".bert.pt"))
         speaker = f"spk{index % n_speakers}"
         lines.append(
-            f"{path}|{speaker}|ZH|{text}|{' '.join(phones)}|{' '.join(map(str, tones))}|{' '.join(map(str, word2ph))}"
+            f"{path}|{speaker}|{language}|{text}|{' '.join(phones)}|{' '.join(map(str, tones))}|"
+            + " ".join(map(str, word2ph))
         )
     train_list, val_list = folder / "train.list", folder / "val.list"
     train_list.write_text("\n".join(lines[:n_train]) + "\n", encoding="utf-8")
     val_list.write_text("\n".join(lines[n_train:]) + "\n", encoding="utf-8")
     return {"training_files": str(train_list), "validation_files": str(val_list)}
+
+
+def _transcript(index: int, language: str) -> tuple[str, list[str], list[int], list[int]]:
+    """Text, phones, tones and word2ph of clip ``index`` in ``language``, like the front ends: "_" at both ends,
+    two phones per character (ZH, JP) or word (EN), and one word2ph entry per unit plus two for [CLS]/[SEP]."""
+    n_units = 3 + index % 3
+    if language == "ZH":
+        units = [ZH_CHARS[(index + k) % len(ZH_CHARS)] for k in range(n_units)]
+        pairs = [
+            (ZH_INITIALS[(index + k) % len(ZH_INITIALS)], ZH_FINALS[(index + 2 * k) % len(ZH_FINALS)])
+            for k in range(n_units)
+        ]
+        unit_tones = [1 + (index + k) % 5 for k in range(n_units)]
+    elif language == "JP":
+        units = [JP_KANA[(index + k) % len(JP_KANA)][0] for k in range(n_units)]
+        pairs = [JP_KANA[(index + k) % len(JP_KANA)][1] for k in range(n_units)]
+        unit_tones = [(index + k) % 2 for k in range(n_units)]
+    elif language == "EN":
+        units = [EN_WORDS[(index + k) % len(EN_WORDS)][0] for k in range(n_units)]
+        pairs = [EN_WORDS[(index + k) % len(EN_WORDS)][1] for k in range(n_units)]
+        unit_tones = [1 + (index + k) % 3 for k in range(n_units)]
+    else:
+        raise ValueError(f"no tiny transcript for language {language!r}")
+    phones, tones = ["_"], [0]
+    for pair, tone in zip(pairs, unit_tones):
+        phones += list(pair)
+        tones += [tone] * 2
+    phones.append("_")
+    tones.append(0)
+    separator = " " if language == "EN" else ""
+    return separator.join(units), phones, tones, [1] + [2] * n_units + [1]
 
 
 def tiny_config(model_config: dict, filelists: dict[str, str], **train: Any) -> dict:
@@ -94,14 +124,17 @@ def tiny_config(model_config: dict, filelists: dict[str, str], **train: Any) -> 
     return config
 
 
-def write_run_files(folder: Path, config: dict, keep_ckpts: int = 8, port: int | None = None) -> dict[str, Path]:
-    """config.json and a config.yml for a run in ``folder``; returns the paths and the dataset folder."""
+def write_run_files(
+    folder: Path, config: dict, keep_ckpts: int = 8, port: int | None = None, **train_ms: Any
+) -> dict[str, Path]:
+    """config.json and a config.yml (``train_ms`` settings overridden by the keywords) for a run in ``folder``;
+    returns the paths and the dataset folder."""
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.json"
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     yml = yaml.safe_load((REPO_ROOT / "config.yml").read_text(encoding="utf-8"))
     yml["dataset_path"] = str(folder)
-    yml["train_ms"].update({"keep_ckpts": keep_ckpts, "num_workers": 0, "spec_cache": False})
+    yml["train_ms"].update({"keep_ckpts": keep_ckpts, "num_workers": 0, "spec_cache": False, **train_ms})
     yml["train_ms"]["env"]["MASTER_PORT"] = port or free_port()
     yml_path = folder / "config.yml"
     yml_path.write_text(yaml.safe_dump(yml), encoding="utf-8")
