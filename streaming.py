@@ -4,7 +4,8 @@ Streaming: a plan is spoken utterance by utterance (the pauses between them are 
 within an utterance the text encoder, durations and flow run once on the whole utterance (the flow's attention
 sees every frame) while the HiFi-GAN decoder runs on windows of the latent. Each window is widened on both sides
 by the decoder's receptive field, computed from the config (`decoder_receptive_field`), and only its centre is
-kept, so the chunks joined equal `Synthesizer.synthesize` with the same seed (to float rounding).
+kept, so the chunks joined equal `Synthesizer.synthesize` with the same seed (to float rounding). The stream's
+first windows are smaller (a quarter of `chunk_frames`, doubling), so that its first audio comes early.
 
 Timings: every phone's symbol, start and end in seconds (the generator's own durations, in frames of one hop),
 and every character (ZH, JP) or word (EN) of the normalised text through the front end's `word2ph`, with the
@@ -30,9 +31,13 @@ from synthesis_plan import Plan, Utterance
 if TYPE_CHECKING:
     from infer import PreparedText, Synthesizer
 
-# Latent frames decoded per streamed chunk (the default): ~0.75 s of audio at 44.1 kHz with a hop of 512, small
-# enough for a quick first chunk, the overlap (2 × 15 frames for 2.3's decoder) adds ~45 % decoder work.
+# Latent frames decoded per streamed chunk (the default): ~0.75 s of audio at 44.1 kHz with a hop of 512; the
+# overlap (2 × 15 frames for 2.3's decoder) adds ~45 % decoder work.
 DEFAULT_CHUNK_FRAMES = 64
+# The stream's first windows start at chunk_frames / FIRST_WINDOW_DIVISOR frames and double up to chunk_frames:
+# the first audio comes after a quarter of the decoder work (bench/infer.py: 0.9 s instead of 1.3 s for a
+# sentence on one thread here), and the larger windows after it are decoded while the first ones play.
+FIRST_WINDOW_DIVISOR = 4
 PAUSE_SYMBOL = {"sentence": "<sentence pause>", "paragraph": "<paragraph pause>"}
 
 
@@ -75,18 +80,40 @@ def hop_of(model: Any) -> int:
     return math.prod(model.upsample_rates)
 
 
+def first_window(chunk_frames: int) -> int:
+    """Frames of a stream's first decoder window (see FIRST_WINDOW_DIVISOR)."""
+    return max(1, chunk_frames // FIRST_WINDOW_DIVISOR)
+
+
+def window_bounds(frames: int, chunk_frames: int, first_frames: int | None = None) -> list[tuple[int, int]]:
+    """(start, stop) of the decoder windows over `frames` latent frames: `chunk_frames` each (the last: the
+    rest), or starting at `first_frames` and doubling up to `chunk_frames`."""
+    bounds: list[tuple[int, int]] = []
+    start, size = 0, min(first_frames or chunk_frames, chunk_frames)
+    while start < frames:
+        stop = min(start + size, frames)
+        bounds.append((start, stop))
+        start, size = stop, min(2 * size, chunk_frames)
+    return bounds
+
+
 def decode_in_windows(
-    decoder: torch.nn.Module, z: Tensor, g: Tensor | None, chunk_frames: int, overlap: int, hop: int
+    decoder: torch.nn.Module,
+    z: Tensor,
+    g: Tensor | None,
+    chunk_frames: int,
+    overlap: int,
+    hop: int,
+    first_frames: int | None = None,
 ) -> Iterator[Tensor]:
-    """The decoder's output for latent z [1, c, t] in pieces of `chunk_frames` frames (the last: the rest).
+    """The decoder's output for latent z [1, c, t] in pieces of `window_bounds` (chunk_frames, first_frames).
 
     Each window reaches `overlap` frames further on both sides; those samples are cut off again. The decoder's
     layers are shift-equivariant (a frame moves the output by `hop`), so a window starting at frame a gives the
     full output's samples from a · hop on.
     """
     frames = z.shape[-1]
-    for start in range(0, frames, chunk_frames):
-        stop = min(start + chunk_frames, frames)
+    for start, stop in window_bounds(frames, chunk_frames, first_frames):
         low, high = max(0, start - overlap), min(frames, stop + overlap)
         with torch.no_grad():
             out = decoder(z[:, :, low:high], g=g)[0, 0]  # [(high - low) · hop (+ the last layers' excess)]
@@ -162,6 +189,7 @@ def _utterance_chunks(
     params: SynthesisParams,
     chunk_frames: int | None,
     on_frames: Callable[[Tensor], None] | None,
+    first_frames: int | None = None,
 ) -> Iterator[np.ndarray]:
     net = synth.net_g
     if not supports_windows(net):
@@ -176,7 +204,7 @@ def _utterance_chunks(
     frames = latent.z.shape[-1]
     step = frames if chunk_frames is None else chunk_frames
     overlap = decoder_receptive_field(model)
-    for piece in decode_in_windows(net.dec, latent.z, latent.g, step, overlap, hop_of(model)):
+    for piece in decode_in_windows(net.dec, latent.z, latent.g, step, overlap, hop_of(model), first_frames):
         yield _checked(piece.float().cpu().numpy())
 
 
@@ -193,8 +221,9 @@ def speak_plan(
 ) -> Iterator[np.ndarray]:
     """Float32 chunks of `plan` spoken as `Synthesizer.render` speaks it (same seeds, same draws, same pauses).
 
-    `chunk_frames` None decodes each utterance in one window. With `timings`, its phones and words are filled
-    in as the chunks come (the torch generator only).
+    `chunk_frames` None decodes each utterance in one window; otherwise the first utterance's windows start
+    smaller (`first_window`). With `timings`, its phones and words are filled in as the chunks come (the torch
+    generator only).
     """
     from infer import seeded_rng
 
@@ -227,8 +256,10 @@ def speak_plan(
                 on_frames = None
                 if timings is not None:
                     on_frames = functools.partial(_add_utterance, timings, synth, utterance, prepared, offset=samples)
+                # Only the stream's start waits on a window; later utterances decode while audio plays.
+                first_frames = first_window(chunk_frames) if chunk_frames is not None and not samples else None
                 for chunk in _utterance_chunks(
-                    synth, prepared, speaker_ids[utterance.speaker], params, chunk_frames, on_frames
+                    synth, prepared, speaker_ids[utterance.speaker], params, chunk_frames, on_frames, first_frames
                 ):
                     samples += chunk.size
                     yield chunk

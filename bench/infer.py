@@ -11,7 +11,8 @@ Speech: a sentence of about `--sentence-seconds` of audio, and a paragraph of `-
   (bench/reference_like.py says exactly what differs); it has no streaming;
 * `torch (ours)`: `infer.infer_waveform`, the whole sentence at once;
 * `torch (ours, windows)`: streaming.py's path: durations and flow once per sentence, then the decoder on
-  windows of `--chunk-frames` latent frames widened by its receptive field;
+  windows of `--chunk-frames` latent frames widened by its receptive field (the first sentence's windows start
+  at a quarter of that and double, as in a stream);
 * `onnxruntime`: the generator exported by `export.export_onnx`, run by onnx_infer.py with as many intra-op
   threads as torch; it streams sentence by sentence (its graph runs flow and decoder in one piece).
 
@@ -170,12 +171,13 @@ def _speak_in_windows(
     torch.manual_seed(0)
     clock = Clock()
     pieces, first = [], 0.0
-    for inputs in speech.sentences:
+    for index, inputs in enumerate(speech.sentences):
+        first_frames = streaming.first_window(chunk_frames) if index == 0 else None  # as streaming.speak_plan
         prepared = infer.PreparedText(
             *(inputs[name][0] for name in ("x", "tone", "language", "bert", "ja_bert", "en_bert"))
         )
         latent = streaming.utterance_latent(net, prepared, int(inputs["sid"][0]), params)
-        for chunk in streaming.decode_in_windows(net.dec, latent.z, latent.g, chunk_frames, overlap, hop):
+        for chunk in streaming.decode_in_windows(net.dec, latent.z, latent.g, chunk_frames, overlap, hop, first_frames):
             pieces.append(chunk)
             first = first or clock.since()
     audio = torch.cat(pieces)

@@ -124,7 +124,16 @@ def test_the_stream_joins_to_synthesize(synths: dict[str, infer.Synthesizer], na
         np.testing.assert_allclose(joined, whole, atol=1e-4, rtol=0)
         # 3 utterances and 2 pauses; windows split each utterance further.
         assert len(chunks) == 5 if chunk_frames is None else len(chunks) > 5
+        if chunk_frames is not None:  # the stream starts with a smaller window: its first audio comes early
+            assert chunks[0].size == streaming.first_window(chunk_frames) * streaming.hop_of(synth.config.model)
     assert rate == synth.sampling_rate
+
+
+def test_windows_tile_the_latent_starting_small_and_doubling() -> None:
+    assert streaming.window_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert streaming.window_bounds(30, 16, first_frames=4) == [(0, 4), (4, 12), (12, 28), (28, 30)]
+    assert streaming.window_bounds(3, 64, first_frames=16) == [(0, 3)]
+    assert streaming.first_window(64) == 16 and streaming.first_window(2) == 1
 
 
 def test_stream_checks_before_any_work(synths: dict[str, infer.Synthesizer]) -> None:
