@@ -178,9 +178,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
     from config import load_model_config
     from data_utils import TextAudioSpeakerLoader
     from infer import load_generator
+    from train_runtime import configure_kernels
 
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
@@ -202,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("already scored (use --force to rescore): steps %s", skipped)
         todo = [(step, path) for step, path in todo if step not in rows]
 
+    if torch.device(args.device).type == "cuda":
+        configure_kernels(torch.device(args.device), config.train)  # the trainer's TF32 settings
     dataset = TextAudioSpeakerLoader(filelist, config.data)
     scorer = metrics.Scorer(config.data.sampling_rate, whisper_dir=args.whisper) if todo else None
     for step, path in todo:

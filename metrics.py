@@ -570,11 +570,33 @@ def _device_rng_devices(device: Any) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
 
+@contextlib.contextmanager
+def same_kernels(device: Any) -> Iterator[None]:
+    """On the CPU, torch's native kernels (oneDNN off, as the trainer runs: ``train_runtime.configure_kernels``) on
+    one thread, so a checkpoint's audio is the same bit for bit in the trainer and in ``evaluate.py`` whatever
+    their thread counts (the native kernels split their sums by thread; oneDNN rounds otherwise). On CUDA the
+    process's settings apply (``evaluate.py`` takes the trainer's TF32 settings; cuDNN may still choose other
+    algorithms, so its numbers there agree to the kernels' rounding only)."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def generate_utterances(net_g: Any, dataset: Any, data: Any, device: Any, seed: int = DEFAULT_SEED) -> list[Utterance]:
     """Reconstruct and freely synthesize every clip of ``dataset`` (a ``TextAudioSpeakerLoader``) with ``net_g``.
 
     Clip ``i`` uses the seed ``seed + i`` in a forked RNG (the caller's random streams are left untouched), in
-    eval mode and fp32, so the trainer and ``evaluate.py`` get the same audio from the same weights.
+    eval mode and fp32 with :func:`same_kernels`, so the trainer and ``evaluate.py`` get the same audio from the
+    same weights.
     """
     import torch
 
@@ -587,7 +609,7 @@ def generate_utterances(net_g: Any, dataset: Any, data: Any, device: Any, seed: 
     net_g.eval()
     utterances = []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=_device_rng_devices(device)):
+        with torch.no_grad(), torch.random.fork_rng(devices=_device_rng_devices(device)), same_kernels(device):
             for index in range(len(dataset)):
                 entry = dataset.audiopaths_sid_text[index]
                 batch = collate([dataset[index]]).to(device)
