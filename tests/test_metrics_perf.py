@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -59,11 +59,21 @@ def test_logging_and_saving_are_not_data_wait() -> None:
     assert scalars["perf/step_seconds"] == pytest.approx(5.0 / 2)
 
 
+def touch_and_free(size: int) -> None:
+    """Make ``size`` bytes resident, then give them back to the system. An anonymous mapping of its own: memory
+    from the allocator may reuse pages that earlier tests of the same process left resident (no RSS growth)."""
+    block = mmap.mmap(-1, size)
+    try:
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+    finally:
+        block.close()
+
+
 def test_cpu_peak_memory_is_per_interval() -> None:
     meter = metrics.PerfMeter("cpu", world_size=1, sampling_rate=1000)
     meter.batch_arrived(batch(10))
-    block = np.ones(40_000_000)  # 305 MiB, freed before the interval ends: only its peak remains
-    del block
+    touch_and_free(320 << 20)  # freed before the interval ends: only its peak remains
     meter.step_finished()
     high = meter.read()["perf/peak_memory_gb"]
     meter.batch_arrived(batch(10))
