@@ -587,12 +587,14 @@ def same_kernels(device: Any) -> Iterator[None]:
     if torch.device(device).type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
+    # The flag itself, not torch.backends.mkldnn.flags(): that one also sets oneDNN's TF32 flag, with a warning.
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
     try:
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
+        yield
     finally:
+        torch.backends.mkldnn.enabled = onednn
         torch.set_num_threads(threads)
 
 
