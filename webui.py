@@ -133,10 +133,13 @@ class VoiceService:
         def produce() -> None:
             try:
                 with loaded.lock:
-                    for chunk in chunks:
-                        if stop.is_set():
-                            return
-                        messages.put(("chunk", to_int16(chunk)))
+                    try:
+                        for chunk in chunks:
+                            if stop.is_set():
+                                return
+                            messages.put(("chunk", to_int16(chunk)))
+                    finally:
+                        chunks.close()  # leaves the stream's seeded-RNG block now, under the lock
                 messages.put(("end", None))
             except Exception as error:  # handed to the reader, which raises it
                 messages.put(("error", error))

@@ -267,6 +267,30 @@ def test_without_ffmpeg_the_page_offers_the_whole_file_only(
     assert {"stream_button", "streamed"} <= hidden
 
 
+def test_a_stream_left_early_lets_the_model_go(voices: TinyVoices) -> None:
+    """The page's stream, closed after its first chunk (a page that left), stops and frees the model's lock;
+    bad requests are refused at the call, before any work."""
+    from voice_registry import command_line_specs, load_models
+
+    checkpoint, config_path = voices.models[0]
+    specs = command_line_specs([f"voice_a={checkpoint}"], [str(config_path)], "cpu", "ZH")
+    registry = load_models(specs, bert_dirs={"ZH": voices.bert_dir})
+    service = webui.VoiceService(registry)
+    params = synthesis_params.SynthesisParams.checked({"seed": 1})
+    text = "你好，世界。\n今天天气很好，我们一起去公园散步，然后回家吃饭。"
+    chunks = service.stream(text, "voice_a", "spk0", "ZH", params, chunk_frames=4)
+    rate, first = next(chunks)
+    assert rate == 22050 and first.dtype == np.int16 and first.size > 0
+    chunks.close()
+    lock = registry.get("voice_a").lock
+    assert lock.acquire(timeout=60)  # the synthesis thread let go of the model
+    lock.release()
+    with pytest.raises(ValueError, match="text is empty"):
+        service.stream("  ", "voice_a", "spk0", "ZH", params)
+    with pytest.raises(ValueError, match="unknown speaker"):
+        service.stream("你好。", "voice_a", "nobody", "ZH", params)
+
+
 def test_api_reports_bad_input(client) -> None:
     from gradio_client.exceptions import AppError
 
