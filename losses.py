@@ -9,7 +9,7 @@ runs the nets; the numbers it minimises are computed here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,39 @@ def generator_step_losses(
         losses.update({f"loss/g/dur_gen_{i}": value for i, value in enumerate(losses_dur_gen)})
     losses["loss/g/total"] = total
     return losses
+
+
+# Terms that sum over the batch items (the duration discriminator's GAN helpers iterate over batch rows, see
+# ``discriminator_loss``): a batch made of k micro-batches has the sum of theirs. Every other term is a mean over
+# the batch, and the batch's is the mean of its equal micro-batches'.
+BATCH_SUMMED_TERMS = ("loss/g/dur_gen", "loss/dur_disc/total")
+
+
+def micro_batch_share(terms: Mapping[str, Any], total_tag: str, micro_batches: int) -> Tensor:
+    """What one of ``micro_batches`` micro-batches adds to the loss ``total_tag`` of the batch made of them all:
+    its batch-mean terms divided by their number, its batch-summed terms whole (gradient accumulation)."""
+    section = total_tag.rsplit("/", 1)[0] + "/"
+    summed = [tag for tag in BATCH_SUMMED_TERMS if tag in terms and tag.startswith(section)]
+    whole = terms[total_tag]
+    if total_tag in summed:
+        return whole
+    kept = sum((terms[tag] for tag in summed), torch.zeros_like(whole))
+    return kept + (whole - kept) / micro_batches
+
+
+def combine_micro_batch_terms(terms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The loss terms of a batch from those of its micro-batches: totals as ``micro_batch_share`` adds them,
+    batch-summed terms summed, the rest (batch means; per-entry terms by position) averaged."""
+    combined: dict[str, Any] = {}
+    for tag in dict.fromkeys(tag for micro in terms for tag in micro):
+        values = [micro[tag] for micro in terms if tag in micro]
+        if tag.endswith("/total"):
+            combined[tag] = sum(micro_batch_share(micro, tag, len(terms)) for micro in terms if tag in micro)
+        elif tag in BATCH_SUMMED_TERMS:
+            combined[tag] = sum(values)
+        else:
+            combined[tag] = sum(values) / len(values)
+    return combined
 
 
 def _missing_wavlm_message(folder: Path, problem: str) -> str:

@@ -685,11 +685,13 @@ class PerfMeter:
         self.data_wait = 0.0
         self._reset_peak_memory()
 
-    def batch_arrived(self, batch: Any) -> None:
-        """Count the wait since the last step and this rank's clips and audio (``batch.wav_lengths``, CPU)."""
+    def batch_arrived(self, *batches: Any) -> None:
+        """Count the wait since the last step and this rank's clips and audio (``batch.wav_lengths``, CPU) of the
+        update's batches (one, or ``train.grad_accum_steps`` micro-batches)."""
         self.data_wait += self.clock() - self.last_end
-        self.samples += len(batch.wav_lengths)
-        self.audio_samples += int(batch.wav_lengths.sum())
+        for batch in batches:
+            self.samples += len(batch.wav_lengths)
+            self.audio_samples += int(batch.wav_lengths.sum())
 
     def step_finished(self) -> None:
         self.steps += 1

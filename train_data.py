@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -25,6 +25,8 @@ from train_nets import TrainState
 from train_runtime import Runtime, ignore_stop_signals
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -88,3 +90,11 @@ def resume_skip(state: TrainState, rt: Runtime, batch_size: int) -> int:
         state.epoch,
     )
     return skip
+
+
+def update_groups(batches: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive batches in groups of ``size``, one optimizer update each (``train.grad_accum_steps``); an
+    epoch's last group may be shorter."""
+    iterator = iter(batches)
+    while group := list(itertools.islice(iterator, size)):
+        yield group

@@ -167,14 +167,18 @@ class Trainloop:
         try:
             with train_runtime.stop_signals_blocked():  # the workers start here and must ignore Ctrl-C
                 batches = iter(self.loader)
-            for batch in batches:
-                self.monitor.perf.batch_arrived(batch)
+            for group in train_data.update_groups(batches, self.hps.train.accumulation):
+                self.monitor.perf.batch_arrived(*group)
                 with rt.watch(STEP_OPERATION, state.step + 1):
-                    metrics, fwd = training.train_step(
-                        trainer, batch.to(rt.device, non_blocking=True), self.hps, rt, self.stop.requested
+                    metrics, fwd = training.train_update(
+                        trainer,
+                        [batch.to(rt.device, non_blocking=True) for batch in group],
+                        self.hps,
+                        rt,
+                        self.stop.requested,
                     )
                 state.step += 1
-                state.batch_in_epoch += 1
+                state.batch_in_epoch += len(group)
                 self.stop_agreed = metrics["stop_requested"]
                 training.update_nonfinite_streak(
                     state, metrics["skipped"], self.options.max_nonfinite_steps, self.hps.model_dir
@@ -200,7 +204,9 @@ class Trainloop:
         from tqdm import tqdm
 
         state = self.trainer.state
-        total = state.step + len(self.batches) + (self.hps.train.epochs - state.epoch) * len(self.batches.batch_sampler)
+        per_update = self.hps.train.accumulation
+        this_epoch, each_epoch = -(-len(self.batches) // per_update), -(-len(self.batches.batch_sampler) // per_update)
+        total = state.step + this_epoch + (self.hps.train.epochs - state.epoch) * each_epoch
         if self.options.max_steps is not None:
             total = min(total, self.options.max_steps)
         # disable=None: a bar on a terminal, none in log files (the logger reports every log_interval).

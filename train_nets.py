@@ -23,6 +23,8 @@ from models import (
     build_generator,
     build_period_discriminator,
     build_wavlm_discriminator,
+    freeze_parts,
+    set_activation_checkpointing,
 )
 from train_runtime import Runtime
 
@@ -159,16 +161,23 @@ def build_trainer(hps: Any, rt: Runtime) -> Trainer:
     (enabled for fp16 only) and the frozen WavLM."""
     net_g, net_d, net_wd, net_dur_disc = build_nets(hps)
     device_ids = [rt.device.index] if rt.device.type == "cuda" else None
+    if hps.train.activation_checkpointing:
+        stages = set_activation_checkpointing(True, net_g, net_d)
+        logger.info("train.activation_checkpointing: %d stages recompute their activations in backward", stages)
 
-    def part(prefix: str, net: nn.Module) -> Part:
+    def part(prefix: str, net: nn.Module, freeze: list[str] | None = None) -> Part:
         net.to(rt.device)
         optimizer = make_optimizer((p for p in net.parameters() if p.requires_grad), hps.train)
+        if freeze:
+            # After the optimizer is made: frozen parameters stay in its list without gradients, so checkpoints
+            # resume with or without the freeze; before DDP, which then leaves them out of its all-reduce.
+            logger.info("train.freeze: %s fixed (%d parameter tensors)", ", ".join(freeze), freeze_parts(net, freeze))
         # DDP broadcasts rank 0's fresh weights; checkpoints load into the wrapped net's parameters later.
         wrapped = DDP(net, device_ids=device_ids, bucket_cap_mb=512) if rt.distributed else net
         return Part(prefix, wrapped, optimizer, make_scheduler(optimizer, hps.train))
 
     trainer = Trainer(
-        g=part("G", net_g),
+        g=part("G", net_g, hps.train.freeze),
         d=part("D", net_d),
         wd=part("WD", net_wd),
         dur=part("DUR", net_dur_disc) if net_dur_disc is not None else None,

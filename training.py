@@ -12,6 +12,10 @@ generator update. It differs on purpose in:
 * ``bf16_run`` uses bf16 autocast without a GradScaler (a scaler is for fp16); ``fp16_run`` uses fp16 autocast
   with a GradScaler; losses and spectrograms are computed in float32. Mixed precision is used on CUDA only.
 * A non-finite loss or gradient skips that net's update, on every rank alike (below).
+* ``train.grad_accum_steps`` > 1 (``train_update``): each update takes the gradient of several micro-batches as
+  one batch. The generator's adversarial terms must use the discriminators after their update, as without
+  accumulation, so the generator forward runs twice per micro-batch: without gradient for the discriminator
+  step, then again (same random draws) for the generator step.
 
 Non-finite values: one collective per iteration, besides DDP's gradient all-reduce.
 
@@ -142,15 +146,16 @@ def prepare_pass(out: SynthesizerOutput, batch: Batch, hps: Any, wl: losses.WavL
     return fwd
 
 
-def synthesizer_forward(trainer: Trainer, batch: Batch, rt: Runtime) -> SynthesizerOutput:
-    """The synthesizer's training forward under autocast, with the MAS noise of the current step."""
+def synthesizer_forward(trainer: Trainer, batch: Batch, rt: Runtime, wrapped: bool = True) -> SynthesizerOutput:
+    """The synthesizer's training forward under autocast, with the MAS noise of the current step; through the
+    DDP wrapper unless ``wrapped`` is false (a forward whose gradient is never taken)."""
     net_g = trainer.g.raw
     if net_g.use_noise_scaled_mas:
         net_g.current_mas_noise_scale = max(
             net_g.mas_noise_scale_initial - net_g.noise_scale_delta * trainer.state.step, 0.0
         )
     with rt.autocast():
-        return trainer.g.net(
+        return (trainer.g.net if wrapped else net_g)(
             batch.text,
             batch.text_lengths,
             batch.spec,
@@ -256,18 +261,28 @@ class Update:
         return ~torch.isfinite(self.grad_norm)
 
 
-def backward(loss: Tensor, part: Part, scaler: torch.amp.GradScaler, max_norm: float | None) -> Update:
-    """zero_grad, backward of the loss (poisoned when non-finite: step 1 of the module docstring), optional norm
-    clipping, all without a host sync."""
-    part.optimizer.zero_grad(set_to_none=True)
+def add_gradient(loss: Tensor, part: Part, scaler: torch.amp.GradScaler) -> Tensor:
+    """Backward of ``loss`` into ``part``'s gradients, poisoned when non-finite (step 1 of the module docstring);
+    returns whether it was non-finite, on the device. Gradients add up until ``finish_backward``."""
     loss_nonfinite = ~torch.isfinite(loss.detach())
     poison = torch.where(loss_nonfinite, math.nan, 1.0).to(loss.dtype)
     scaler.scale(loss * poison).backward()
+    return loss_nonfinite
+
+
+def finish_backward(part: Part, scaler: torch.amp.GradScaler, max_norm: float | None, loss_nonfinite: Tensor) -> Update:
+    """Unscale the gathered gradient, clip it (mixed precision) and measure its norm, without a host sync."""
     scaler.unscale_(part.optimizer)
     if max_norm is not None:
         torch.nn.utils.clip_grad_norm_(part.net.parameters(), max_norm=max_norm)
     grad_norm = commons.grad_norm(part.net.parameters())  # measures only, as the reference's clip_grad_value_
     return Update(part, loss_nonfinite, grad_norm)
+
+
+def backward(loss: Tensor, part: Part, scaler: torch.amp.GradScaler, max_norm: float | None) -> Update:
+    """zero_grad, backward of the loss, optional norm clipping: one net's gradient for one batch."""
+    part.optimizer.zero_grad(set_to_none=True)
+    return finish_backward(part, scaler, max_norm, add_gradient(loss, part, scaler))
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
@@ -300,20 +315,28 @@ def apply_updates(trainer: Trainer, updates: Sequence[Update]) -> None:
                 update.part.optimizer.step()
 
 
-def discriminator_step(trainer: Trainer, losses_d: dict[str, Any], rt: Runtime) -> tuple[dict[str, Any], list[Update]]:
-    """Update the duration, multi-period and WavLM discriminators on their losses; adds the gradient norms."""
-    metrics = dict(losses_d)
+def discriminator_plan(trainer: Trainer, rt: Runtime) -> list[tuple[Part, str, str, float | None]]:
+    """(net, loss tag, gradient-norm tag, clipping norm) of each discriminator update, in the reference's order."""
     amp_clip = AMP_MAX_GRAD_NORM_D if rt.amp_dtype is not None else None
     plan = [
         (trainer.dur, "loss/dur_disc/total", "grad_norm_dur", None),
         (trainer.d, "loss/d/total", "grad_norm_d", amp_clip),
         (trainer.wd, "loss/wd/total", "grad_norm_wd", None),
     ]
+    return [(part, loss_tag, norm_tag, clip) for part, loss_tag, norm_tag, clip in plan if part is not None]
+
+
+def generator_clip(rt: Runtime) -> float | None:
+    return AMP_MAX_GRAD_NORM_G if rt.amp_dtype is not None else None
+
+
+def discriminator_step(trainer: Trainer, losses_d: dict[str, Any], rt: Runtime) -> tuple[dict[str, Any], list[Update]]:
+    """Update the duration, multi-period and WavLM discriminators on their losses; adds the gradient norms."""
+    metrics = dict(losses_d)
     updates = []
-    for part, loss_tag, norm_tag, clip in plan:
-        if part is not None:
-            updates.append(backward(metrics[loss_tag], part, trainer.scaler, clip))
-            metrics[norm_tag] = updates[-1].grad_norm
+    for part, loss_tag, norm_tag, clip in discriminator_plan(trainer, rt):
+        updates.append(backward(metrics[loss_tag], part, trainer.scaler, clip))
+        metrics[norm_tag] = updates[-1].grad_norm
     apply_updates(trainer, updates)
     return metrics, updates
 
@@ -322,8 +345,7 @@ def generator_backward(trainer: Trainer, losses_g: dict[str, Any], rt: Runtime) 
     """The synthesizer's backward on ``loss/g/total``; adds its gradient norm. Its update waits for the
     iteration's agreement (``finish_iteration``)."""
     metrics = dict(losses_g)
-    amp_clip = AMP_MAX_GRAD_NORM_G if rt.amp_dtype is not None else None
-    update = backward(metrics["loss/g/total"], trainer.g, trainer.scaler, amp_clip)
+    update = backward(metrics["loss/g/total"], trainer.g, trainer.scaler, generator_clip(rt))
     metrics["grad_norm_g"] = update.grad_norm
     return metrics, update
 
@@ -375,6 +397,111 @@ def train_step(
     fwd = generator_forward(trainer, batch, hps, rt)
     d_metrics, d_updates = discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
     g_metrics, g_update = generator_backward(trainer, generator_losses(trainer, fwd, hps, rt), rt)
+    merged = {**d_metrics, **g_metrics}
+    return finish_iteration(trainer, merged, d_updates, g_update, rt, stop_requested), fwd
+
+
+# ------------------------------------------------------------------------------------ gradient accumulation
+
+
+def device_rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The CPU generator's state and, on CUDA, the device's: what a forward's random draws depend on."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def restore_rng_state(device: torch.device, state: tuple[Tensor, Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@contextlib.contextmanager
+def gradients_kept_local(parts: Sequence[Part], keep: bool) -> Iterator[None]:
+    """DDP's ``no_sync`` for ``parts`` when ``keep``: gradients add up on each rank, and the pass that leaves
+    the block without it all-reduces their sum. It must hold the forward as well as the backward."""
+    with contextlib.ExitStack() as stack:
+        if keep:
+            for part in parts:
+                if isinstance(part.net, torch.nn.parallel.DistributedDataParallel):
+                    stack.enter_context(part.net.no_sync())
+        yield
+
+
+def either(first: Tensor | None, second: Tensor) -> Tensor:
+    return second if first is None else first | second
+
+
+def accumulated_discriminator_step(
+    trainer: Trainer, batches: Sequence[Batch], hps: Any, rt: Runtime
+) -> tuple[dict[str, Any], list[Update], list[tuple[Tensor, Tensor | None]]]:
+    """The discriminator updates on the gradient of ``batches`` as one batch; returns the metrics, the updates
+    and the random state before each micro-batch's generator forward (for ``accumulated_generator_step``).
+
+    The generator forward runs without gradient here: the generator step needs the discriminators after this
+    update, so it recomputes its forward with the same random draws (one extra forward per micro-batch)."""
+    plan = discriminator_plan(trainer, rt)
+    for part, *_ in plan:
+        part.optimizer.zero_grad(set_to_none=True)
+    nonfinite: list[Tensor | None] = [None] * len(plan)
+    terms, rng_states = [], []
+    for index, batch in enumerate(batches):
+        rng_states.append(device_rng_state(rt.device))
+        with torch.no_grad():
+            fwd = prepare_pass(synthesizer_forward(trainer, batch, rt, wrapped=False), batch, hps, trainer.wl)
+        with gradients_kept_local([part for part, *_ in plan], keep=index < len(batches) - 1):
+            micro = discriminator_losses(trainer, fwd, rt)
+            for slot, (part, loss_tag, _, _) in enumerate(plan):
+                share = losses.micro_batch_share(micro, loss_tag, len(batches))
+                nonfinite[slot] = either(nonfinite[slot], add_gradient(share, part, trainer.scaler))
+        terms.append({tag: value.detach() if isinstance(value, Tensor) else value for tag, value in micro.items()})
+    metrics = losses.combine_micro_batch_terms(terms)
+    updates = []
+    for (part, _, norm_tag, clip), bad in zip(plan, nonfinite):
+        updates.append(finish_backward(part, trainer.scaler, clip, bad))
+        metrics[norm_tag] = updates[-1].grad_norm
+    apply_updates(trainer, updates)
+    return metrics, updates, rng_states
+
+
+def accumulated_generator_step(
+    trainer: Trainer,
+    batches: Sequence[Batch],
+    hps: Any,
+    rt: Runtime,
+    rng_states: Sequence[tuple[Tensor, Tensor | None]],
+) -> tuple[dict[str, Any], Update, GeneratorPass]:
+    """The synthesizer's backward on the gradient of ``batches`` as one batch, judged by the updated
+    discriminators; each forward replays the random draws of the discriminator step's."""
+    trainer.g.optimizer.zero_grad(set_to_none=True)
+    nonfinite: Tensor | None = None
+    terms = []
+    for index, (batch, rng_state) in enumerate(zip(batches, rng_states)):
+        restore_rng_state(rt.device, rng_state)
+        with gradients_kept_local([trainer.g], keep=index < len(batches) - 1):
+            fwd = generator_forward(trainer, batch, hps, rt)
+            micro = generator_losses(trainer, fwd, hps, rt)
+            share = losses.micro_batch_share(micro, "loss/g/total", len(batches))
+            nonfinite = either(nonfinite, add_gradient(share, trainer.g, trainer.scaler))
+        terms.append({tag: value.detach() for tag, value in micro.items()})
+    metrics = losses.combine_micro_batch_terms(terms)
+    update = finish_backward(trainer.g, trainer.scaler, generator_clip(rt), nonfinite)
+    metrics["grad_norm_g"] = update.grad_norm
+    return metrics, update, fwd
+
+
+def train_update(
+    trainer: Trainer, batches: Sequence[Batch], hps: Any, rt: Runtime, stop_requested: bool = False
+) -> tuple[dict[str, Any], GeneratorPass]:
+    """One optimizer update of every net on ``batches`` (``train.grad_accum_steps`` micro-batches): their
+    gradients add up to the gradient of one batch made of all of them (``losses.micro_batch_share``). One
+    micro-batch is ``train_step``. Under DDP only the last micro-batch's backward all-reduces; the iteration
+    still makes one collective of its own. Returns the metrics (combined over the micro-batches) and the last
+    micro-batch's forward."""
+    if len(batches) == 1:
+        return train_step(trainer, batches[0], hps, rt, stop_requested)
+    d_metrics, d_updates, rng_states = accumulated_discriminator_step(trainer, batches, hps, rt)
+    g_metrics, g_update, fwd = accumulated_generator_step(trainer, batches, hps, rt, rng_states)
     merged = {**d_metrics, **g_metrics}
     return finish_iteration(trainer, merged, d_updates, g_update, rt, stop_requested), fwd
 
