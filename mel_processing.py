@@ -79,7 +79,8 @@ def mel_filter_bank(
     """
     basis = librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax)
     with torch.inference_mode(False):  # see _hann_window
-        return torch.from_numpy(basis).to(device=device, dtype=dtype)
+        # A copy torch owns (not numpy's memory): see monotonic_align.maximum_path_cpu.
+        return torch.tensor(basis, device=device, dtype=dtype)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:

@@ -216,12 +216,20 @@ def frozen(modules: Iterable[nn.Module | None]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def judges(trainer: Trainer) -> list[nn.Module]:
+    """The discriminators as the generator step uses them: bare nets whose parameters get no gradient there."""
+    return [part.raw for part in (trainer.d, trainer.wd, trainer.dur) if part is not None]
+
+
 def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime) -> dict[str, Any]:
-    """The generator's loss terms and their sum ``loss/g/total``, with the discriminators as frozen judges."""
+    """The generator's loss terms and their sum ``loss/g/total``, with the discriminators as frozen judges.
+
+    Their backward must run while the judges are still frozen (``frozen(judges(trainer))``) when activation
+    checkpointing recomputes a discriminator there: the recomputation must save what the forward saved."""
     dur = trainer.dur.raw if trainer.dur is not None else None
     dur_fake = None
     # The discriminators only judge here; their parameters get no gradient (the reference discarded it).
-    with frozen((trainer.d.raw, trainer.wd.raw, dur)):
+    with frozen(judges(trainer)):
         with rt.autocast():
             _, mpd_fake, fmap_real, fmap_fake = trainer.d.raw(fwd.y, fwd.y_hat)
             if dur is not None:
@@ -396,7 +404,8 @@ def train_step(
     """
     fwd = generator_forward(trainer, batch, hps, rt)
     d_metrics, d_updates = discriminator_step(trainer, discriminator_losses(trainer, fwd, rt), rt)
-    g_metrics, g_update = generator_backward(trainer, generator_losses(trainer, fwd, hps, rt), rt)
+    with frozen(judges(trainer)):
+        g_metrics, g_update = generator_backward(trainer, generator_losses(trainer, fwd, hps, rt), rt)
     merged = {**d_metrics, **g_metrics}
     return finish_iteration(trainer, merged, d_updates, g_update, rt, stop_requested), fwd
 
@@ -478,7 +487,7 @@ def accumulated_generator_step(
     terms = []
     for index, (batch, rng_state) in enumerate(zip(batches, rng_states)):
         restore_rng_state(rt.device, rng_state)
-        with gradients_kept_local([trainer.g], keep=index < len(batches) - 1):
+        with gradients_kept_local([trainer.g], keep=index < len(batches) - 1), frozen(judges(trainer)):
             fwd = generator_forward(trainer, batch, hps, rt)
             micro = generator_losses(trainer, fwd, hps, rt)
             share = losses.micro_batch_share(micro, "loss/g/total", len(batches))

@@ -16,10 +16,11 @@ Only public torch hooks and module attributes are used, so the training code can
   ``save`` (the N-th ``torch.save`` to a name matching REGEX, after writing half of its bytes),
   ``step`` (after the N-th optimizer step of this process, so some nets of an iteration are updated and
   others are not) or ``infer`` (the N-th ``SynthesizerTrn.infer`` call: evaluation).
-- Every call of ``training.train_step`` is framed by ``{"event": "iteration", "edge": "start"|"end"}``, and
+- Every call of ``training.train_update`` (one update of every net, on ``train.grad_accum_steps`` micro-batches)
+  is framed by ``{"event": "iteration", "edge": "start"|"end"}`` (the start names its ``micro_batches``), and
   every ``torch.distributed`` collective called from Python is logged as ``{"event": "collective", "name"}``
   (DDP's gradient buckets are reduced inside its C++ reducer, overlapping the backward, and do not show).
-- ``BV2_PROBE_POISON=RANK:N``: rank RANK's N-th iteration gets NaN audio (a poisoned batch on one rank).
+- ``BV2_PROBE_POISON=RANK:N``: rank RANK's N-th iteration gets NaN audio in its first micro-batch.
 - ``BV2_PROBE_KILL=ATTEMPT:RANK:PHASE:N[:SIGNAL],...``: in torchrun attempt ATTEMPT (TORCHELASTIC_RESTART_COUNT),
   rank RANK sends itself SIGNAL (KILL by default; STOP leaves a rank stuck instead of gone) at the N-th event
   of PHASE: ``step`` (after its N-th optimizer step) or ``save`` (half-way through its N-th ``torch.save``).
@@ -185,18 +186,18 @@ class Probe:
 
         import training
 
-        real_train_step = training.train_step
+        real_train_update = training.train_update
 
-        def train_step(trainer: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        def train_update(trainer: Any, batches: Any, *args: Any, **kwargs: Any) -> Any:
             self.iterations += 1
             if self.rank == self.poison_rank and self.iterations == self.poison_at:
-                batch = batch._replace(wav=torch.full_like(batch.wav, float("nan")))
-            self.write(event="iteration", edge="start", n=self.iterations)
-            result = real_train_step(trainer, batch, *args, **kwargs)
+                batches = [batches[0]._replace(wav=torch.full_like(batches[0].wav, float("nan"))), *batches[1:]]
+            self.write(event="iteration", edge="start", n=self.iterations, micro_batches=len(batches))
+            result = real_train_update(trainer, batches, *args, **kwargs)
             self.write(event="iteration", edge="end", n=self.iterations, skipped=result[0]["skipped"])
             return result
 
-        training.train_step = train_step
+        training.train_update = train_update
 
     def watch_collectives(self) -> None:
         import torch.distributed as dist

@@ -1,5 +1,7 @@
-"""Gradient accumulation (``train.grad_accum_steps``, issue 16): one update on k micro-batches takes the gradient
-of the batch made of all of them, for every net, and the step's bookkeeping counts updates.
+"""The fine-tuning options of issue 16 in one update: ``train.grad_accum_steps`` 2 with
+``train.activation_checkpointing`` and ``train.freeze`` takes the gradient of the batch made of both
+micro-batches, for every net and every parameter not frozen, as one plain update on that batch; frozen parameters
+get no gradient, no optimizer state and keep their bits; the checkpoint resumes in a run without the freeze.
 
 The random draws are made identical (eval mode: no dropout; ``zero_random``: zero noise and slice offsets), and
 the micro-batches have the same lengths, so the batch-mean losses of their union are exactly the mean of theirs
@@ -16,14 +18,17 @@ from test_full_backward import CPU
 from test_train_step_losses import zero_random
 
 import losses
+import models
 import train_data
 import train_nets
+import train_resume
 import training
 from config import model_config_from_dict
 from data_utils import Batch
 from text.symbols import symbols
 
 LENGTHS = dict(text_lengths=[9, 7], spec_lengths=[14, 12])
+FROZEN = ["text_encoder", "flow"]
 # Largest |accumulated - one batch| of a tensor's gradient, relative to that net's largest gradient entry
 # (float32 sums in another order; measured: 1e-6 or less).
 GRAD_TOL = 1e-5
@@ -31,9 +36,9 @@ GRAD_TOL = 1e-5
 
 def _hps(config: dict, **train):
     config = json.loads(json.dumps(config))
-    # segment 2048 keeps the discriminators cheap; eps 1 makes AdamW's first update proportional to the gradient,
+    # a 1024-sample segment keeps the discriminators cheap; eps 1 makes AdamW's first update proportional to the gradient,
     # so the generator step (judged by the updated discriminators) does not amplify rounding into sign flips.
-    config["train"].update(segment_size=2048, eps=1.0, **train)
+    config["train"].update(segment_size=1024, eps=1.0, **train)
     return model_config_from_dict(config)
 
 
@@ -48,38 +53,85 @@ def _union(*batches: Batch) -> Batch:
     return Batch(*(torch.cat(fields) for fields in zip(*batches)))
 
 
-def _largest_gap(ours: train_nets.Part, theirs: train_nets.Part) -> tuple[float, str]:
-    """The largest gradient difference relative to the net's largest gradient entry, and where it is."""
+def _largest_gap(ours: train_nets.Part, theirs: train_nets.Part, frozen: set[str]) -> tuple[float, str]:
+    """The largest gradient difference relative to the net's largest gradient entry, and where it is; frozen
+    parameters have none."""
     scale = max(p.grad.abs().max().item() for p in theirs.raw.parameters() if p.grad is not None)
     worst, where = 0.0, ""
     for (name, a), b in zip(ours.raw.named_parameters(), theirs.raw.parameters()):
+        if name in frozen:
+            assert a.grad is None, f"frozen {name} has a gradient"
+            continue
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None and (gap := (a.grad - b.grad).abs().max().item() / scale) > worst:
             worst, where = gap, name
     return worst, where
 
 
+def _frozen_names(trainer: train_nets.Trainer) -> set[str]:
+    modules = models.freezable_parts(trainer.g.raw)
+    ids = {id(p) for part in FROZEN for module in modules[part] for p in module.parameters()}
+    return {name for name, p in trainer.g.raw.named_parameters() if id(p) in ids}
+
+
 @pytest.fixture(scope="module")
-def accumulated_and_whole(tiny_train_config: dict) -> tuple[train_nets.Trainer, train_nets.Trainer, dict, dict]:
-    hps = _hps(tiny_train_config, grad_accum_steps=2)
+def accumulated_and_whole(tiny_train_config: dict, tmp_path_factory) -> dict:
+    tuned_hps = _hps(tiny_train_config, grad_accum_steps=2, activation_checkpointing=True, freeze=FROZEN)
+    plain_hps = _hps(tiny_train_config)
     first = random_batch(tiny_train_config, len(symbols), **LENGTHS, seed=1)
     second = random_batch(tiny_train_config, len(symbols), **LENGTHS, seed=2)
-    accumulated, whole = _trainer(hps), _trainer(hps)
+    tuned, whole = _trainer(tuned_hps), _trainer(plain_hps)
+    before = {name: p.detach().clone() for name, p in tuned.g.raw.named_parameters()}
     with zero_random():
-        acc_metrics, _ = training.train_update(accumulated, [first, second], hps, CPU)
-        whole_metrics, _ = training.train_update(whole, [_union(first, second)], hps, CPU)
-    return accumulated, whole, acc_metrics, whole_metrics
+        tuned_metrics, _ = training.train_update(tuned, [first, second], tuned_hps, CPU)
+        whole_metrics, _ = training.train_update(whole, [_union(first, second)], plain_hps, CPU)
+    tuned_hps.model_dir = str(tmp_path_factory.mktemp("tuned"))
+    tuned.state.step = 1
+    train_resume.save_training_checkpoint(tuned, tuned_hps, CPU, keep_ckpts=2)
+    return dict(
+        tuned=tuned,
+        whole=whole,
+        metrics=(tuned_metrics, whole_metrics),
+        before=before,
+        model_dir=tuned_hps.model_dir,
+        plain_hps=plain_hps,
+    )
 
 
 def test_accumulated_gradients_equal_one_batch_of_all_micro_batches(accumulated_and_whole) -> None:
-    accumulated, whole, _, _ = accumulated_and_whole
-    for ours, theirs in zip(accumulated.parts(), whole.parts()):
-        gap, where = _largest_gap(ours, theirs)
+    tuned, whole = accumulated_and_whole["tuned"], accumulated_and_whole["whole"]
+    frozen = _frozen_names(tuned)
+    assert frozen and all(name.startswith(("enc_p.", "flow.")) for name in frozen)
+    for ours, theirs in zip(tuned.parts(), whole.parts()):
+        gap, where = _largest_gap(ours, theirs, frozen if ours.prefix == "G" else set())
         assert gap <= GRAD_TOL, f"{ours.prefix}: {where} differs by {gap:.2e} of the largest gradient"
 
 
+def test_frozen_parts_keep_their_bits_and_get_no_optimizer_state(accumulated_and_whole) -> None:
+    tuned, before = accumulated_and_whole["tuned"], accumulated_and_whole["before"]
+    frozen = _frozen_names(tuned)
+    changed = {name for name, p in tuned.g.raw.named_parameters() if not torch.equal(p, before[name])}
+    assert not changed & frozen, f"frozen parameters moved: {sorted(changed & frozen)}"
+    assert any(name.startswith("dec.") for name in changed), "the decoder did not train"
+    for name, p in tuned.g.raw.named_parameters():
+        assert (p in tuned.g.optimizer.state) == (name not in frozen), name
+
+
+def test_a_checkpoint_trained_with_a_freeze_resumes_without_it(accumulated_and_whole) -> None:
+    hps = accumulated_and_whole["plain_hps"]
+    hps.model_dir = accumulated_and_whole["model_dir"]
+    trainer = _trainer(hps)
+    train_resume.restore_or_initialise(trainer, hps, CPU, None, None)
+    assert trainer.state.step == 1
+    for (name, p), q in zip(trainer.g.raw.named_parameters(), accumulated_and_whole["tuned"].g.raw.parameters()):
+        assert torch.equal(p, q), name
+    saved = accumulated_and_whole["tuned"].g.optimizer
+    assert len(trainer.g.optimizer.state) == len(saved.state)  # moments of the trained parameters only
+    assert all(p.requires_grad for p in trainer.g.raw.parameters())  # without the freeze, every part trains
+
+
 def test_accumulated_losses_are_the_whole_batch_losses(accumulated_and_whole) -> None:
-    _, _, ours, theirs = accumulated_and_whole
+    ours, theirs = accumulated_and_whole["metrics"]
     totals = [tag for tag in theirs if tag.endswith("/total")] + ["loss/g/mel", "loss/g/kl", "loss/g/dur_gen"]
     values = training.scalar_values({tag: ours[tag] for tag in totals})
     expected = training.scalar_values({tag: theirs[tag] for tag in totals})

@@ -44,8 +44,8 @@ PREFIXES = ("G", "D", "WD", "DUR")
 CLIP = re.compile(r"^clip(\d+)\.bert\.pt$")
 
 
-def _setup(folder: Path, model_config: dict, filelists: dict[str, str]) -> dict[str, Path]:
-    config = tiny_config(model_config, filelists, eval_interval=EVAL_INTERVAL, log_interval=1)
+def _setup(folder: Path, model_config: dict, filelists: dict[str, str], **train) -> dict[str, Path]:
+    config = tiny_config(model_config, filelists, eval_interval=EVAL_INTERVAL, log_interval=1, **train)
     return write_run_files(folder, config)
 
 
@@ -339,6 +339,52 @@ def test_torchrun_restarts_after_two_kills_end_bit_identical(two_process_run, tm
         )
         expected.pop("config", None), actual.pop("config", None)  # the configs name their own folders
         assert _same(expected, actual), f"{where}: {prefix}_{MAX_STEPS}.pth differs from the uninterrupted run's"
+
+
+@pytest.mark.slow  # two two-rank runs of 8 clips; CI runs it with -m slow
+def test_torchrun_with_accumulation_and_checkpointing_resumes_after_a_kill(tmp_path, tiny_train_config):
+    """grad_accum_steps 2 and activation checkpointing on two ranks: each update takes two micro-batches, the
+    ranks hold identical weights after every optimizer step, and a run whose rank 1 is SIGKILLed in step 3
+    (after the step-2 checkpoint), restarted by torchrun, ends bitwise equal to an uninterrupted one."""
+    data = make_dataset(tmp_path / "data", n_train=2 * N_CLIPS)  # two batches per rank and epoch
+    settings = dict(grad_accum_steps=2, activation_checkpointing=True)
+    runs = {}
+    for name, kill in (("straight", None), ("killed", f"0:1:step:{NETS * EVAL_INTERVAL + 2}")):
+        files = _setup(tmp_path / name, tiny_train_config, data, **settings)
+        probe_dir = tmp_path / f"{name}-probe"
+        command = _torchrun(
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--max-restarts=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+            f"--rdzv-id=accumulation_{name}",
+            str(PROBE_SCRIPT),
+            *train_args(files, "--max-steps", str(MAX_STEPS)),
+        )
+        env = probe_env(probe_dir)
+        if kill:
+            env["BV2_PROBE_KILL"] = kill
+        _run(command, env, timeout=1800)
+        runs[name] = files["model_dir"], probe_dir
+
+    _, probe_dir = runs["straight"]
+    records = {rank: read_jsonl(probe_dir / f"rank{rank}.jsonl") for rank in (0, 1)}
+    for rank in (0, 1):
+        starts = [r["micro_batches"] for r in records[rank] if r["event"] == "iteration" and r["edge"] == "start"]
+        assert starts == [2] * MAX_STEPS, f"rank {rank}: micro-batches per update {starts}"
+    steps = [[(r["optimizer"], r["checksum"]) for r in records[rank] if r["event"] == "opt"] for rank in (0, 1)]
+    assert len(steps[0]) == NETS * MAX_STEPS and steps[0] == steps[1], "the ranks' weights differ"
+
+    killed = [r for rank in (0, 1) for r in read_jsonl(runs["killed"][1] / f"rank{rank}.jsonl") if r["event"] == "kill"]
+    assert len(killed) == 1, killed
+    for prefix in PREFIXES:
+        expected, actual = (_checkpoint(runs[name][0], prefix, MAX_STEPS) for name in ("straight", "killed"))
+        expected.pop("config", None), actual.pop("config", None)  # the configs name their own folders
+        assert _same(expected, actual), f"{prefix}_{MAX_STEPS}.pth differs from the uninterrupted run's"
+    state = _checkpoint(runs["killed"][0], "G", MAX_STEPS)["train_state"]
+    # Three updates of two micro-batches: the third epoch's two batches were both consumed by update 3.
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (MAX_STEPS, 3, 2), state
 
 
 @pytest.mark.slow
