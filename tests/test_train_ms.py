@@ -611,16 +611,19 @@ def test_a_run_with_every_language_and_whisper_logs_every_validation_tag(tmp_pat
             assert table[step][tag] == pytest.approx(value, rel=1e-6, abs=1e-4), (step, tag)  # float32 events
 
 
-@pytest.mark.parametrize(("max_steps", "total"), [(None, 3 * 10), (25, 25)])
-def test_progress_bar_counts_the_runs_steps_to_the_configured_epochs(max_steps, total):
+@pytest.mark.parametrize(
+    ("max_steps", "accumulation", "total"), [(None, 1, 3 * 10), (25, 1, 25), (None, 2, 14 + 3 + 5)]
+)
+def test_progress_bar_counts_the_runs_steps_to_the_configured_epochs(max_steps, accumulation, total):
     """Resumed at step 14 (epoch 2, 4 of its 10 batches done) of 3 epochs: the bar starts at 14 and ends at
-    the run's last step, so its rate and ETA are the run's."""
+    the run's last step, so its rate and ETA are the run's (with 2 micro-batches per update: 3 updates left in
+    this epoch, 5 in the next)."""
     from types import SimpleNamespace
 
     state = train_nets.TrainState(step=14, epoch=2, batch_in_epoch=4)
     loop = train_ms.Trainloop.__new__(train_ms.Trainloop)  # only what _progress reads
     loop.trainer = SimpleNamespace(state=state)
-    loop.hps = SimpleNamespace(train=SimpleNamespace(epochs=3))
+    loop.hps = SimpleNamespace(train=SimpleNamespace(epochs=3, accumulation=accumulation))
     loop.rt = SimpleNamespace(is_main=True)
     loop.options = train_ms.RunOptions(max_steps=max_steps)
     loop.batches = type("Batches", (), {"batch_sampler": range(10), "__len__": lambda self: 10 - 4})()
