@@ -107,6 +107,16 @@ def _killed_at(files: dict, pause: str, folder: Path, expected_at: str) -> None:
         kill(process)
     assert process.returncode == -signal.SIGKILL
     assert at.startswith(expected_at), at
+    _assert_best_sets_complete(files["model_dir"])
+
+
+def _assert_best_sets_complete(model_dir: Path) -> None:
+    """best.json, whenever the run was cut, names as best only steps whose four checkpoints are complete."""
+    path = model_dir / utils.BestCheckpoints.FILE
+    if path.is_file():
+        for entry in json.loads(path.read_text(encoding="utf-8"))["best"]:
+            for prefix in PREFIXES:
+                assert utils.is_complete_checkpoint(model_dir / f"{prefix}_{entry['step']}.pth"), (prefix, entry)
 
 
 @pytest.mark.slow  # five train_ms.py runs (four killed, one resumed); CI runs it with -m slow
@@ -136,6 +146,9 @@ def test_sigkill_at_each_phase_resumes_bit_identically(straight_run, tmp_path):
 
     result = run_training(files, "--max-steps", str(N_STEPS))
     assert f"resuming from {model_dir / 'G_1.pth'}" in result.stderr
+    best = json.loads((model_dir / utils.BestCheckpoints.FILE).read_text(encoding="utf-8"))
+    assert [entry["step"] for entry in best["scored"]] == [1, 2, 3]  # step 2 scored again after the kills
+    _assert_best_sets_complete(model_dir)
     _assert_same_run_state(straight_run["files"]["model_dir"], model_dir, N_STEPS)
     state = _checkpoint(model_dir, "G", N_STEPS)["train_state"]
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 2, 1)
