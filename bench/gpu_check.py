@@ -25,6 +25,9 @@ and every measured row, so a run cut short (the device's time limit) still repor
 * ``syncs``        per precision, host syncs per iteration of both steps counted by the CUDA profiler (stream,
                    device and event synchronisations; device-to-host and pageable host-to-device copies) and by
                    torch's sync debug mode.
+* ``largest_batch`` for bf16 and fp32, without and with ``train.activation_checkpointing``: the largest batch of
+                   the official config (clips of the longest ``--seconds``) whose update fits in the GPU's memory,
+                   doubling from 8 until CUDA runs out of memory, with its peak allocated memory.
 
 Sections that would not finish within ``--budget-s`` are skipped and named under ``skipped``.
 Exit status: 0 when every check passed, 1 when one failed (its name is printed and stored under ``failed``),
@@ -451,6 +454,104 @@ def check_train_step(
     return rows
 
 
+def largest_fitting_batch(
+    trainer: Any, hps: Any, rt: Any, seconds: float, start: int, limit: int, deadline: Callable[[], bool]
+) -> tuple[int | None, float | None, int]:
+    """Doubling from ``start``: the largest batch of ``seconds``-long clips whose training update fits in the
+    device's memory (CUDA out-of-memory ends the search), its peak allocated GiB, and the batch tried last."""
+    import torch
+    import train_step as bench
+
+    import training
+
+    on_cuda = rt.device.type == "cuda"
+    fits, peak, batch_size = None, None, start
+    while batch_size <= limit and not deadline():
+        out_of_memory = False
+        try:
+            batch = bench.synthetic_batch(hps, batch_size, seconds, torch.Generator().manual_seed(0)).to(rt.device)
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats(rt.device)
+            training.train_update(trainer, [batch], hps, rt)
+            if on_cuda:
+                torch.cuda.synchronize(rt.device)
+            fits = batch_size
+            peak = torch.cuda.max_memory_allocated(rt.device) / 2**30 if on_cuda else None
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True  # the exception's frames hold the update's tensors: freed below, outside it
+        batch = None
+        for part in trainer.parts():
+            part.optimizer.zero_grad(set_to_none=True)
+        if on_cuda:
+            torch.cuda.empty_cache()
+        if out_of_memory:
+            break
+        batch_size *= 2
+    return fits, peak, batch_size
+
+
+def check_largest_batch(
+    config_path: Path,
+    seconds: float,
+    report: Report | None = None,
+    deadline_s: float | None = None,
+    device_name: str = "cuda",
+    precisions: tuple[str, ...] = ("bf16", "fp32"),
+    start: int = 8,
+    limit: int = 512,
+) -> list[dict]:
+    """Per precision, without and with ``train.activation_checkpointing``: the largest batch of the config that
+    fits in the device's memory (``largest_fitting_batch``), as rows of the report."""
+    import torch
+
+    import train_nets
+    import train_runtime
+
+    device = torch.device(device_name)
+    rows = []
+
+    def out_of_time() -> bool:
+        return report is not None and deadline_s is not None and report.elapsed() > deadline_s
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        folder = Path(tmp)
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if not Path(config["model"]["slm"]["model"]).is_dir():
+            config["model"]["slm"]["model"] = str(_random_wavlm(folder / "wavlm"))
+        for precision in precisions:
+            if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(False):
+                continue
+            for checkpointing in (False, True):
+                name = f"largest_batch {precision} checkpointing={checkpointing}"
+                if out_of_time():
+                    if report is not None:
+                        report.skip(name, f"the {deadline_s:.0f} s budget is spent")
+                    continue
+                train = dict(PRECISIONS[precision], activation_checkpointing=checkpointing)
+                hps = _hparams(config, folder, f"{precision}-{checkpointing}", **train)
+                rt = train_runtime.Runtime(0, 0, 1, device, train_runtime.resolve_amp_dtype(hps.train, device))
+                train_runtime.configure_kernels(device, hps.train)
+                torch.manual_seed(hps.train.seed)
+                trainer = train_nets.build_trainer(hps, rt)
+                trainer.set_train_mode()
+                fits, peak, last = largest_fitting_batch(trainer, hps, rt, seconds, start, limit, out_of_time)
+                row = {
+                    "precision": precision,
+                    "activation_checkpointing": checkpointing,
+                    "clip_seconds": seconds,
+                    "largest_batch": fits,
+                    "peak_gib": round(peak, 2) if peak is not None else None,
+                    "tried_up_to": last,
+                }
+                rows.append(row)
+                if report is not None:
+                    report.add_row("largest_batch", row)
+                del trainer
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     import torch
 
@@ -540,6 +641,12 @@ def print_table(report: dict[str, Any]) -> None:
         print("|---|---|---|---|")
         for r in rows:
             print(f"| {r['shape']} | {r['triton_ms']} | {r['torch_ms']} | {r['numba_host_ms']} |")
+    rows = report["checks"].get("largest_batch")
+    if rows:
+        print("\n| largest batch that fits | activation checkpointing | batch | peak GiB |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['precision']} | {r['activation_checkpointing']} | {r['largest_batch']} | {r['peak_gib']} |")
     for name, reason in report["skipped"].items():
         print(f"\nskipped {name}: {reason}")
     for name, error in report["failed"].items():
@@ -642,6 +749,14 @@ def _run_checks(report: Report, args: argparse.Namespace, out: Path) -> None:
             )
             and None
         ),
+    )
+    if report.elapsed() > args.budget_s:
+        report.skip("largest_batch", f"the {args.budget_s:.0f} s budget is spent")
+        return
+    _run_check(
+        report,
+        "largest_batch",
+        lambda: check_largest_batch(Path(args.config), max(args.seconds), report, args.budget_s) and None,
     )
 
 

@@ -117,3 +117,19 @@ def test_train_step_figures_run_on_a_tiny_config_on_the_cpu(tmp_path: Path, tiny
     assert row["precision"] == "fp32" and row["batch"] == 1 and row["clip_seconds"] == [0.5, 0.6]
     assert row["ours_s_per_step"] > 0 and row["reference_like_s_per_step"] > 0
     assert row["ours_peak_gib"] is None  # no memory figures off CUDA
+
+
+@pytest.mark.slow  # four tiny trainers, six updates on the CPU
+def test_largest_batch_search_runs_on_a_tiny_config_on_the_cpu(tmp_path: Path, tiny_train_config: dict) -> None:
+    """The largest-batch section's code, on the CPU (no out-of-memory there: the search stops at its limit)."""
+    import gpu_check
+
+    config = json.loads(json.dumps(tiny_train_config))
+    config["train"]["segment_size"] = 2048
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    rows = gpu_check.check_largest_batch(path, 0.5, device_name="cpu", precisions=("fp32",), start=1, limit=2)
+    assert [(r["activation_checkpointing"], r["largest_batch"], r["tried_up_to"]) for r in rows] == [
+        (False, 2, 4),
+        (True, 2, 4),
+    ]
