@@ -14,7 +14,8 @@ and every measured row, so a run cut short (the device's time limit) still repor
 * ``pytest_gpu``   ``python3 -m pytest -m gpu tests/test_gpu.py`` (log beside the JSON): fp32/bf16/fp16 steps
                    finite and close, the fp16 GradScaler skipping an injected inf, fp16 MAS scores finite, CUDA
                    MAS equal to the CPU kernel, no host sync in the random draws, DDP with two ranks on one GPU
-                   over gloo (and NCCL with one rank), a torchrun run on CUDA killed and resumed;
+                   over gloo (and NCCL with one rank), a torchrun run on CUDA killed and resumed, and one
+                   restarted by torchrun itself (--max-restarts) after a worker's SIGKILL;
 * ``mas``          monotonic alignment search, ms per call at 16 x (200 x 860) and 16 x (300 x 1000): the Triton
                    kernel, the torch fallback, and the numba kernel with its host copies (the reference's way);
 * ``train_step``   the official config's training step (configs/config.json, a randomly initialised

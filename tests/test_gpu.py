@@ -302,6 +302,52 @@ def test_torchrun_on_cuda_is_killed_and_resumes(gpu_config: dict, tmp_path: Path
     assert "Grad strides do not match" not in output
 
 
+def test_torchrun_on_cuda_restarts_after_a_kill(gpu_config: dict, tmp_path: Path) -> None:
+    """torchrun --max-restarts with the c10d rendezvous on CUDA (nccl when two GPUs are there): the last rank
+    SIGKILLs itself after its 12th optimizer step (step 3, after the step-2 checkpoint); torchrun restarts the
+    group, which resumes and ends at step 4 with finite weights (tests/test_train_ddp.py checks the same on the
+    CPU bit for bit)."""
+    from train_tiny import (
+        PROBE_SCRIPT,
+        free_port,
+        make_dataset,
+        probe_env,
+        read_jsonl,
+        tiny_config,
+        train_args,
+        write_run_files,
+    )
+
+    nproc = min(2, torch.cuda.device_count())
+    filelists = make_dataset(tmp_path / "data")
+    config = tiny_config(gpu_config, filelists, eval_interval=2, log_interval=1)
+    files = write_run_files(tmp_path / "run", config)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        f"--nproc_per_node={nproc}",
+        "--max-restarts=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--rdzv-id=gpu_restart",
+        str(PROBE_SCRIPT),
+        *train_args(files, "--max-steps", "4"),
+    ]
+    command[command.index("--device") + 1] = "cuda"  # train_args names the CPU
+    probe_dir = tmp_path / "probe"
+    env = {**probe_env(probe_dir), "BV2_PROBE_KILL": f"0:{nproc - 1}:step:12"}
+    env = {key: value for key, value in env.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-6000:]
+    records = [r for rank in range(nproc) for r in read_jsonl(probe_dir / f"rank{rank}.jsonl")]
+    assert [r["attempt"] for r in records if r["event"] == "kill"] == [0], records[-5:]
+    assert sorted({r["attempt"] for r in records if r["event"] == "start"}) == [0, 1]
+    weights = torch.load(files["model_dir"] / "G_4.pth", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.isfinite(value).all() for value in weights.values() if value.is_floating_point())
+
+
 # ------------------------------------------------------------------------------------- DDP on one GPU
 
 
