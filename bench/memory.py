@@ -168,7 +168,7 @@ def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace) ->
     base = table["plain"]
     for name, row in table.items():
         print(
-            f"| {name} | {row['seconds']:.2f} | {row['seconds'] / base['seconds']:+.0%} | {row[memory]:.2f} | "
+            f"| {name} | {row['seconds']:.2f} | {row['seconds'] / base['seconds'] - 1:+.0%} | {row[memory]:.2f} | "
             f"{row[memory] / base[memory] - 1:+.0%} | {row['update_rss_gib']:.2f} |"
         )
 
