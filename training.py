@@ -222,38 +222,37 @@ def judges(trainer: Trainer) -> list[nn.Module]:
 
 
 def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime) -> dict[str, Any]:
-    """The generator's loss terms and their sum ``loss/g/total``, with the discriminators as frozen judges.
+    """The generator's loss terms and their sum ``loss/g/total``, judged by the bare discriminators.
 
-    Their backward must run while the judges are still frozen (``frozen(judges(trainer))``) when activation
-    checkpointing recomputes a discriminator there: the recomputation must save what the forward saved."""
+    With gradients, call it and the backward inside ``frozen(judges(trainer))``: the judges' parameters get no
+    gradient (the reference computed and discarded it), and activation checkpointing, which recomputes a
+    discriminator during the backward, must save there what the forward saved."""
     dur = trainer.dur.raw if trainer.dur is not None else None
     dur_fake = None
-    # The discriminators only judge here; their parameters get no gradient (the reference discarded it).
-    with frozen(judges(trainer)):
-        with rt.autocast():
-            _, mpd_fake, fmap_real, fmap_fake = trainer.d.raw(fwd.y, fwd.y_hat)
-            if dur is not None:
-                _, dur_fake = duration_discriminator_scores(dur, fwd, detach=False)
-        with torch.autocast(device_type=fwd.y.device.type, enabled=False):
-            wd_fake = trainer.wd.raw(losses.stack_wavlm_states(fwd.slm_fake))
-        return losses.generator_step_losses(
-            mpd_fake=mpd_fake,
-            fmap_real=fmap_real,
-            fmap_fake=fmap_fake,
-            y_mel=fwd.y_mel,
-            y_hat_mel=fwd.y_hat_mel,
-            l_length=fwd.l_length,
-            z_p=fwd.z_p,
-            logs_q=fwd.logs_q,
-            m_p=fwd.m_p,
-            logs_p=fwd.logs_p,
-            z_mask=fwd.z_mask,
-            loss_lm=losses.wavlm_feature_loss(fwd.slm_real, fwd.slm_fake),
-            loss_lm_gen=losses.wavlm_generator_loss(wd_fake),
-            c_mel=hps.train.c_mel,
-            c_kl=hps.train.c_kl,
-            dur_fake=dur_fake,
-        )
+    with rt.autocast():
+        _, mpd_fake, fmap_real, fmap_fake = trainer.d.raw(fwd.y, fwd.y_hat)
+        if dur is not None:
+            _, dur_fake = duration_discriminator_scores(dur, fwd, detach=False)
+    with torch.autocast(device_type=fwd.y.device.type, enabled=False):
+        wd_fake = trainer.wd.raw(losses.stack_wavlm_states(fwd.slm_fake))
+    return losses.generator_step_losses(
+        mpd_fake=mpd_fake,
+        fmap_real=fmap_real,
+        fmap_fake=fmap_fake,
+        y_mel=fwd.y_mel,
+        y_hat_mel=fwd.y_hat_mel,
+        l_length=fwd.l_length,
+        z_p=fwd.z_p,
+        logs_q=fwd.logs_q,
+        m_p=fwd.m_p,
+        logs_p=fwd.logs_p,
+        z_mask=fwd.z_mask,
+        loss_lm=losses.wavlm_feature_loss(fwd.slm_real, fwd.slm_fake),
+        loss_lm_gen=losses.wavlm_generator_loss(wd_fake),
+        c_mel=hps.train.c_mel,
+        c_kl=hps.train.c_kl,
+        dur_fake=dur_fake,
+    )
 
 
 @dataclasses.dataclass

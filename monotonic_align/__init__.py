@@ -124,10 +124,13 @@ def maximum_path_cpu(neg_cent: Tensor, mask: Tensor, n_threads: int | None = Non
         n_threads = min(numba.get_num_threads(), torch.get_num_threads())
     values = neg_cent.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
     t_ys, t_xs = path_lengths(mask.detach().cpu())
-    path = maximum_path_numpy(values, t_ys.numpy().astype(np.int32), t_xs.numpy().astype(np.int32), n_threads)
-    # A copy torch owns: a numpy-backed tensor still held by an autograd graph when the interpreter exits (after
-    # an error mid-step) frees its memory through the GIL there, and the exit hangs.
-    return torch.tensor(path, device=neg_cent.device, dtype=neg_cent.dtype)
+    # Written into memory torch owns: a numpy-backed tensor still held by an autograd graph when the interpreter
+    # exits (after an error mid-step) frees its memory through the GIL there, and the exit hangs.
+    path = torch.empty(values.shape, dtype=torch.float32)
+    maximum_path_numpy(
+        values, t_ys.numpy().astype(np.int32), t_xs.numpy().astype(np.int32), n_threads, out=path.numpy()
+    )
+    return path.to(device=neg_cent.device, dtype=neg_cent.dtype)
 
 
 def maximum_path_torch(neg_cent: Tensor, mask: Tensor) -> Tensor:

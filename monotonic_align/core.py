@@ -123,18 +123,20 @@ def _fill_batch_serial(path, neg_cent, t_ys, t_xs):  # pragma: no cover - compil
         _fill_item(path[item], neg_cent[item], decisions, row_a, row_b, t_ys[item], t_xs[item])
 
 
-def maximum_path_numpy(neg_cent: np.ndarray, t_ys: np.ndarray, t_xs: np.ndarray, n_workers: int) -> np.ndarray:
+def maximum_path_numpy(
+    neg_cent: np.ndarray, t_ys: np.ndarray, t_xs: np.ndarray, n_workers: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Alignment paths for a batch on up to ``n_workers`` threads.
 
     neg_cent: float32 [b, T_y, T_x] (C-contiguous, not modified); t_ys, t_xs: int32 [b] frames / tokens per item.
-    Returns float32 0/1 paths [b, T_y, T_x].
+    Returns float32 0/1 paths [b, T_y, T_x], written into ``out`` when given (same shape, float32, C-contiguous).
     """
     batch = neg_cent.shape[0]
     n_workers = max(1, min(int(n_workers), batch))
     # Largest bands first, dealt round-robin, so threads get similar amounts of work.
     band_cells = t_xs.astype(np.int64) * np.maximum(t_ys.astype(np.int64) - t_xs + 1, 1)
     order = np.argsort(-band_cells, kind="stable").astype(np.int64)
-    path = np.empty(neg_cent.shape, dtype=np.float32)
+    path = np.empty(neg_cent.shape, dtype=np.float32) if out is None else out
     if n_workers == 1:
         _fill_batch_serial(path, neg_cent, t_ys, t_xs)
     else:
