@@ -347,6 +347,22 @@ def _hparams(config: dict, folder: Path, name: str, **train: Any) -> Any:
     return load_model_config(path)
 
 
+def _bench_trainer(config: dict, folder: Path, name: str, device: Any, **train: Any) -> tuple[Any, Any, Any]:
+    """(hps, runtime, trainer in train mode) for one measured setting, with train_ms.py's kernels for the device."""
+    import torch
+
+    import train_nets
+    import train_runtime
+
+    hps = _hparams(config, folder, name, **train)
+    rt = train_runtime.Runtime(0, 0, 1, device, train_runtime.resolve_amp_dtype(hps.train, device))
+    train_runtime.configure_kernels(device, hps.train)
+    torch.manual_seed(hps.train.seed)
+    trainer = train_nets.build_trainer(hps, rt)
+    trainer.set_train_mode()
+    return hps, rt, trainer
+
+
 def count_syncs(step: Callable[[], Any], iterations: int) -> dict[str, float]:
     """Host syncs per call of ``step`` (already warm): the CUDA profiler's synchronising runtime calls and
     device-to-host / pageable host-to-device copies, and the syncs torch's sync debug mode reports."""
@@ -403,9 +419,6 @@ def check_train_step(
     import torch
     import train_step as bench
 
-    import train_nets
-    import train_runtime
-
     device = torch.device(device_name)
     on_cuda = device.type == "cuda"
     rows = []
@@ -419,12 +432,7 @@ def check_train_step(
                 if report is not None:
                     report.skip(f"train_step {precision}", "no native bfloat16 on this GPU")
                 continue
-            hps = _hparams(config, folder, precision, **PRECISIONS[precision])
-            rt = train_runtime.Runtime(0, 0, 1, device, train_runtime.resolve_amp_dtype(hps.train, device))
-            train_runtime.configure_kernels(device, hps.train)
-            torch.manual_seed(hps.train.seed)
-            trainer = train_nets.build_trainer(hps, rt)
-            trainer.set_train_mode()
+            hps, rt, trainer = _bench_trainer(config, folder, precision, device, **PRECISIONS[precision])
             for batch_size in batch_sizes:
                 name = f"train_step {precision} batch {batch_size}"
                 if report is not None and deadline_s is not None and report.elapsed() > deadline_s:
@@ -505,9 +513,6 @@ def check_largest_batch(
     fits in the device's memory (``largest_fitting_batch``), as rows of the report."""
     import torch
 
-    import train_nets
-    import train_runtime
-
     device = torch.device(device_name)
     rows = []
 
@@ -529,12 +534,7 @@ def check_largest_batch(
                         report.skip(name, f"the {deadline_s:.0f} s budget is spent")
                     continue
                 train = dict(PRECISIONS[precision], activation_checkpointing=checkpointing)
-                hps = _hparams(config, folder, f"{precision}-{checkpointing}", **train)
-                rt = train_runtime.Runtime(0, 0, 1, device, train_runtime.resolve_amp_dtype(hps.train, device))
-                train_runtime.configure_kernels(device, hps.train)
-                torch.manual_seed(hps.train.seed)
-                trainer = train_nets.build_trainer(hps, rt)
-                trainer.set_train_mode()
+                hps, rt, trainer = _bench_trainer(config, folder, f"{precision}-{checkpointing}", device, **train)
                 fits, peak, last = largest_fitting_batch(trainer, hps, rt, seconds, start, limit, out_of_time)
                 row = {
                     "precision": precision,
