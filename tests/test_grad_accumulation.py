@@ -17,6 +17,7 @@ from model_nets import random_batch
 from test_full_backward import CPU
 from test_train_step_losses import zero_random
 
+import commons
 import losses
 import models
 import train_data
@@ -153,3 +154,13 @@ def test_a_micro_batch_share_keeps_batch_summed_terms_whole() -> None:
 def test_update_groups_cover_the_epoch_in_order() -> None:
     assert list(train_data.update_groups(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(train_data.update_groups(range(2), 1)) == [[0], [1]]
+
+
+def test_the_generator_step_adds_no_gradient_to_its_judges(accumulated_and_whole) -> None:
+    """After the update each discriminator still holds exactly the gradient its own step measured: the
+    generator's backward (with the discriminators recomputed under activation checkpointing) added nothing."""
+    for trainer, metrics in zip(
+        (accumulated_and_whole["tuned"], accumulated_and_whole["whole"]), accumulated_and_whole["metrics"]
+    ):
+        for part, tag in ((trainer.d, "grad_norm_d"), (trainer.wd, "grad_norm_wd"), (trainer.dur, "grad_norm_dur")):
+            assert commons.grad_norm(part.raw.parameters()).item() == metrics[tag].item(), part.prefix
