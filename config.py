@@ -1,33 +1,31 @@
 """Settings as typed, validated pydantic models: the global pipeline settings (``config.yml``, ``load_config``)
 and the model config (Bert-VITS2's ``config.json``, ``load_model_config``), plus the one device rule of every
-script (``resolve_device``). Each setting is declared once: type, default, range and a one-line doc.
+script (``resolve_device``). Each setting is declared once: type, default, range and a one-line doc; how they are
+checked and how a problem reads (file, dotted setting, nearest valid key) is settings_base.py's.
 
-pydantic (strict types, unknown keys forbidden) checks them; ``_report`` rewrites its errors, all at once, into
-lines naming the file, the dotted setting, what it must be and what it got, and for an unknown key the nearest
-valid one. The yml is ``load_config``'s argument, else ``$BV2_CONFIG``, else ``./config.yml``; the paths of its
-resample, preprocess_text, bert_gen and train_ms sections (and the web UI's single model) are joined onto
-``dataset_path`` as the reference joins them. Model config sections also read as the reference's HParams
-(``cfg.train.learning_rate``, ``cfg["train"]``, ``cfg.model.get(...)``, ``**cfg.model``). Nothing happens at import.
+The yml is ``load_config``'s argument, else ``$BV2_CONFIG``, else ``./config.yml``; the paths of its resample,
+preprocess_text, bert_gen and train_ms sections (and the web UI's single model) are joined onto ``dataset_path``
+as the reference joins them. Every section also reads as the reference's HParams (``cfg.train.learning_rate``,
+``cfg["train"]``, ``cfg.model.get(...)``, ``**cfg.model``). Nothing happens at import.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import ConfigDict, Field, model_validator
 
 import atomic_io
+import settings_base
 from metrics import METRICS
+from settings_base import Expect, NonEmpty, Number, Settings, Text, invalid, must, unset, when_null
 from synthesis_params import SynthesisParams
 from text.symbols import LANGUAGES
 
@@ -42,28 +40,18 @@ SERVER_LANGUAGES = (*LANGUAGES, "mix", "auto")
 # reference file still loads. Anything else unknown is most likely a typo and is an error.
 IGNORED_REFERENCE_SECTIONS = ("mirror", "openi_token", "emo_gen", "translate")
 MODEL_CONFIG_VERSION = "2.3"
+MODEL_REFERENCE = "configs/config.json"  # what messages say to check a model config's spellings against
 # data.unused_bert: what the two BERT slots of a training item that its language does not use hold. "randn" is
 # the reference's fresh noise at every load; "zeros" makes items deterministic.
 UNUSED_BERT_CHOICES = ("randn", "zeros")
-_ABSENT = object()
-
-
-class Expect(str):
-    """Field metadata: what a setting must be, where its type and range do not say it plainly."""
 
 
 def _under_dataset(path: str, info: pydantic.ValidationInfo) -> str:
     """As the reference joins dataset-relative paths: os.path.join, so an absolute path wins; empty stays empty."""
-    return os.path.join((info.context or {}).get("dataset_path", ""), path) if path else path
+    dataset_path = (info.context or {}).get("dataset_path")
+    return os.path.join(dataset_path if isinstance(dataset_path, str) else "", path) if path else path
 
 
-def _when_null(empty: Any) -> pydantic.BeforeValidator:
-    return pydantic.BeforeValidator(lambda value: empty if value is None else value)
-
-
-Number = int | float  # a JSON number kept as written (c_mel 45 stays 45 in a saved config)
-Text = Annotated[str, _when_null("")]  # yml: a key left empty (null) is an empty string
-NonEmpty = Annotated[str, Field(min_length=1)]
 InDataset = Annotated[str, Field(min_length=1), pydantic.AfterValidator(_under_dataset)]
 InDatasetOrEmpty = Annotated[Text, pydantic.AfterValidator(_under_dataset)]
 Device = Annotated[str, Field(pattern=DEVICE_PATTERN.pattern), Expect("'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")]
@@ -91,93 +79,14 @@ Betas = Annotated[list[Beta], Field(min_length=2, max_length=2), Expect("a list 
 _as_text = pydantic.BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
 Version = Annotated[str, _as_text, Expect("a string such as '2.3'")]
 SpeakerIds = Annotated[
-    dict[str, Annotated[int, Field(ge=0)]], _when_null({}), Expect("a mapping of speaker names to ids >= 0")
+    dict[str, Annotated[int, Field(ge=0)]], when_null({}), Expect("a mapping of speaker names to ids >= 0")
 ]
 
 
-def _is_none(value: Any) -> bool:
-    return value is None
-
-
-def _unset(doc: str, **rules: Any) -> Any:
-    """An optional setting, unset by default and then left out of saved configs (the reference lacks it)."""
-    return Field(None, description=doc, exclude_if=_is_none, **rules)
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _nearest_hint(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else "valid: " + ", ".join(valid)
-
-
-def _invalid(key: str, problem: str) -> PydanticCustomError:
-    """A failed check of setting ``key`` (``_report`` adds its section and the file); no key: ``problem`` says all."""
-    return PydanticCustomError("setting", "{problem}", {"key": key, "problem": problem})
-
-
-def _must(key: str, expected: str, value: Any) -> PydanticCustomError:
-    return _invalid(key, f"must be {expected}, got {_describe(value)}")
-
-
-class _Settings(BaseModel, Mapping):
-    """A section of settings that also reads as the reference's HParams (``s.key``, ``s["key"]``, ``s.get``,
-    ``**s``). Assigning a name that is not a setting raises, naming the nearest one: it must not do nothing."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    _REFERENCE: ClassVar[str] = "configs/config.json"  # what messages say to check spellings against
-    _source: str = pydantic.PrivateAttr("<dict>")
-    source = property(lambda self: self._source, doc="The file the settings came from; not a setting.")
-    to_dict = BaseModel.model_dump  # plain JSON-ready values; unset optional settings are left out
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_section(cls, data: Any) -> Any:
-        return {} if data is None else data  # `server:` with nothing under it
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in type(self).model_fields:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # a mapping's keys
-        return iter(type(self).model_fields)
-
-    def __len__(self) -> int:
-        return len(type(self).model_fields)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.__dict__ == other.__dict__  # the settings, not the source
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name not in type(self).model_fields and not name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__} has no setting '{name}' ({_nearest_hint(name, list(self))})")
-        super().__setattr__(name, value)
-
-    __setitem__ = __setattr__
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The setting's value; ``default`` is for a key that is not a setting. One that contradicts the declared
-        default would be a second declaration, silently ignored: an error."""
-        field = type(self).model_fields.get(key)
-        if field is not None and default is not None and default != field.get_default(call_default_factory=True):
-            raise TypeError(f"{type(self).__name__}.get({key!r}, {default!r}): declared default is {field.default!r}")
-        return default if field is None else getattr(self, key)
-
-    def setdefault(self, key: str, default: Any) -> Any:
-        """Give an unset (None) setting ``default``; returns the value it has afterwards."""
-        if self[key] is None:
-            self[key] = default
-        return self[key]
-
-
-class _YmlSection(_Settings):
+class _YmlSection(Settings):
     """A section of config.yml: read-only once loaded; defaults are validated too (so dataset paths get joined)."""
 
     model_config = ConfigDict(frozen=True, validate_default=True)
-    _REFERENCE: ClassVar[str] = "config.yml"
 
 
 # config.yml ===================================================================================================
@@ -213,8 +122,7 @@ class BertGenConfig(_YmlSection):
 
 
 class TrainEnvConfig(_YmlSection):
-    """torch.distributed rendezvous defaults for a run started without torchrun; any other key is one more
-    environment variable (``extra``, as strings). Variables already set (e.g. by torchrun) win."""
+    """torch.distributed rendezvous defaults for a run started without torchrun (variables already set win)."""
 
     MASTER_ADDR: NonEmpty = Field("localhost", description="rendezvous host")
     MASTER_PORT: int = Field(10086, ge=1, le=65535, description="rendezvous port")
@@ -231,25 +139,21 @@ class TrainEnvConfig(_YmlSection):
         extra = {name: value for name, value in data.items() if name not in cls.model_fields or name == "extra"}
         for name, value in extra.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(name)):
-                raise _invalid(str(name), "is not a valid variable name")
+                raise invalid(str(name), "is not a valid variable name")
             if isinstance(value, (dict, list, type(None))):
-                raise _must(name, "a string or a number", value)
+                raise must(name, "a string or a number", value)
         as_text = {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in extra.items()}
         return {**{name: value for name, value in data.items() if name not in extra}, "extra": as_text}
 
     @model_validator(mode="after")
     def _rank_in_world(self) -> TrainEnvConfig:
         if self.RANK >= self.WORLD_SIZE:
-            raise _must("RANK", f"smaller than WORLD_SIZE ({self.WORLD_SIZE})", self.RANK)
+            raise must("RANK", f"smaller than WORLD_SIZE ({self.WORLD_SIZE})", self.RANK)
         return self
 
     def as_environ(self) -> dict[str, str]:
         """All variables as strings, ready for ``os.environ``."""
         return {**{name: str(self[name]) for name in self if name != "extra"}, **self.extra}
-
-    def missing_from(self, environ: Mapping[str, str]) -> dict[str, str]:
-        """The variables ``environ`` lacks."""
-        return {name: value for name, value in self.as_environ().items() if name not in environ}
 
 
 class BaseModelConfig(_YmlSection):
@@ -262,21 +166,18 @@ class BaseModelConfig(_YmlSection):
         """Nothing is downloaded: the reference's hub keys are refused for a base model in use, else ignored."""
         if not isinstance(data, Mapping):
             return data
-        if data.get("use_base_model") is True and not data.get("model_dir", cls.model_fields["model_dir"].default):
-            raise _must("model_dir", "a non-empty string", data["model_dir"])
-        hub = [key for key in ("repo_id", "model_image") if key in data]
+        in_use, hub = data.get("use_base_model") is True, [key for key in ("repo_id", "model_image") if key in data]
+        if in_use and not data.get("model_dir", cls.model_fields["model_dir"].default):
+            raise must("model_dir", "a non-empty string", data["model_dir"])
         for key in hub:
-            if data.get("use_base_model") is True:
-                raise _invalid(
+            if in_use:
+                raise invalid(
                     key,
                     "is not supported: nothing is downloaded. Put the base checkpoints (G_0.pth, "
                     "D_0.pth, ...) in a local folder and set 'train_ms.base.model_dir' to it",
                 )
-            logger.warning(
-                "%s: ignoring 'train_ms.base.%s' (base models are read from model_dir)",
-                (info.context or {}).get("source"),
-                key,
-            )
+            source = (info.context or {}).get("source")
+            logger.warning("%s: ignoring 'train_ms.base.%s' (base models are read from model_dir)", source, key)
         return {key: value for key, value in data.items() if key not in hub}
 
 
@@ -314,7 +215,7 @@ class SpeakerPreset(_YmlSection):
 
 def _unique(key: str, names: list[str], expected: str) -> None:
     if len(set(names)) != len(names):
-        raise _must(key, expected, names)
+        raise must(key, expected, names)
 
 
 class ServerModelConfig(_YmlSection):
@@ -348,10 +249,8 @@ class _Serving(_YmlSection):
         if not isinstance(data, Mapping) or not isinstance(data.get("models"), list):
             return data
         defaults = {name: data.get(name, cls.model_fields[name].default) for name in ("device", "language")}
-        return {
-            **data,
-            "models": [{**defaults, **item} if isinstance(item, Mapping) else item for item in data["models"]],
-        }
+        models = [{**defaults, **item} if isinstance(item, Mapping) else item for item in data["models"]]
+        return {**data, "models": models}
 
     @model_validator(mode="after")
     def _distinct_names(self) -> _Serving:
@@ -388,8 +287,6 @@ class WebuiConfig(_Serving):
 
 
 class Config(_YmlSection):
-    """All global settings; ``source`` is the yml file they came from."""
-
     dataset_path: Text = Field("", description="folder of the dataset; the sections' paths are under it")
     resample: ResampleConfig = Field(default_factory=dict, description="resample.py")
     preprocess_text: PreprocessTextConfig = Field(default_factory=dict, description="preprocess_text.py")
@@ -420,13 +317,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             f"{CONFIG_ENV_VAR} at your yml)"
         )
     with open(source, encoding="utf-8") as handle:
-        try:
-            data = yaml.safe_load(handle)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ValueError(f"{source}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
-    return config_from_dict(data, source)
+        return config_from_dict(settings_base.parse_yaml(handle.read(), source), source)
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:
@@ -436,8 +327,8 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
             if name in data:
                 logger.warning("%s: ignoring section '%s' (not used by this package)", source, name)
         data = {key: value for key, value in data.items() if key not in IGNORED_REFERENCE_SECTIONS}
-    dataset_path = data.get("dataset_path") if isinstance(data, Mapping) else ""
-    return _validate(Config, data, source, dataset_path=dataset_path if isinstance(dataset_path, str) else "")
+    dataset_path = data.get("dataset_path") if isinstance(data, Mapping) else None
+    return settings_base.validate(Config, data, source, "config.yml", dataset_path=dataset_path)
 
 
 def resolve_device(device: str, local_rank: int | None = None) -> str:
@@ -460,10 +351,9 @@ def resolve_device(device: str, local_rank: int | None = None) -> str:
 
 
 # The model config: Bert-VITS2's config.json (train / data / model, version) ====================================
-# It is the only config object: no utils.HParams (tests and benchmarks build theirs with model_config_from_dict).
 
 
-class TrainConfig(_Settings):
+class TrainConfig(Settings):
     """The ``train`` section; defaults are the official v2.3 values (configs/config.json)."""
 
     log_interval: int = Field(200, ge=1, description="steps between logged losses")
@@ -488,14 +378,14 @@ class TrainConfig(_Settings):
     freeze_JP_bert: bool = Field(False, description="keep the JP BERT projection fixed")
     freeze_EN_bert: bool = Field(False, description="keep the EN BERT projection fixed")
     freeze_emo: bool = Field(False, description="the reference's key; not used in 2.3")
-    allow_tf32: bool | None = _unset("false: strict-fp32 CUDA matmuls and convolutions; unset: TF32 allowed")
-    fused_adamw: bool | None = _unset("true: torch's fused AdamW kernel (same update within rounding)")
+    allow_tf32: bool | None = unset("false: strict-fp32 CUDA matmuls and convolutions; unset: TF32 allowed")
+    fused_adamw: bool | None = unset("true: torch's fused AdamW kernel (same update within rounding)")
     # Fine-tuning on a small GPU (unset = the reference's behaviour; left out of saved configs then).
-    grad_accum_steps: int | None = _unset("micro-batches of batch_size per optimizer update (unset: 1)", ge=1)
-    activation_checkpointing: bool | None = _unset("true: recompute decoder/flow/discriminator activations")
+    grad_accum_steps: int | None = unset("micro-batches of batch_size per optimizer update (unset: 1)", ge=1)
+    activation_checkpointing: bool | None = unset("true: recompute decoder/flow/discriminator activations")
     freeze: Annotated[
         list[Literal[FREEZE_PARTS]] | None, Expect("null or a list of part names from " + ", ".join(FREEZE_PARTS))
-    ] = Field(None, description="generator parts kept fixed (no gradient, no optimizer state)", exclude_if=_is_none)
+    ] = unset("generator parts kept fixed (no gradient, no optimizer state)")
 
     @property
     def accumulation(self) -> int:
@@ -505,13 +395,11 @@ class TrainConfig(_Settings):
     @model_validator(mode="after")
     def _one_precision(self) -> TrainConfig:
         if self.bf16_run and self.fp16_run:
-            raise _invalid("", "train.bf16_run and train.fp16_run are both true; set at most one of them")
+            raise invalid("", "train.bf16_run and train.fp16_run are both true; set at most one of them")
         return self
 
 
-class DataConfig(_Settings):
-    """The ``data`` section: filelists, audio and spectrogram settings, the speaker table."""
-
+class DataConfig(Settings):
     sampling_rate: int = Field(ge=1, description="sample rate of the training audio (Hz)")
     filter_length: int = Field(ge=1, description="STFT size")
     hop_length: int = Field(ge=1, description="STFT hop; samples per spectrogram frame")
@@ -532,8 +420,8 @@ class DataConfig(_Settings):
     max_text_len: int = Field(384, ge=1, description="training items with more phones are skipped")
     unused_bert: Literal[UNUSED_BERT_CHOICES] = Field("randn", description="the BERT slots a language does not use")
     use_mel_posterior_encoder: bool = Field(False, description="mel input (copied from model.*, as the reference)")
-    spec_cache: bool | None = _unset("train_ms.spec_cache of config.yml, set at run time")
-    all_in_mem: bool | None = _unset("train_ms.all_in_mem of config.yml, set at run time")
+    spec_cache: bool | None = unset("train_ms.spec_cache of config.yml, set at run time")
+    all_in_mem: bool | None = unset("train_ms.all_in_mem of config.yml, set at run time")
 
     @model_validator(mode="before")
     @classmethod
@@ -545,19 +433,19 @@ class DataConfig(_Settings):
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
         if self.mel_fmax is not None and self.mel_fmax <= self.mel_fmin:
-            raise _must("mel_fmax", f"null or a number > data.mel_fmin ({self.mel_fmin})", self.mel_fmax)
+            raise must("mel_fmax", f"null or a number > data.mel_fmin ({self.mel_fmin})", self.mel_fmax)
         if self.win_length > self.filter_length:
-            raise _must("win_length", f"at most data.filter_length ({self.filter_length})", self.win_length)
+            raise must("win_length", f"at most data.filter_length ({self.filter_length})", self.win_length)
         if self.max_text_len < self.min_text_len:
-            raise _must("max_text_len", f"at least data.min_text_len ({self.min_text_len})", self.max_text_len)
+            raise must("max_text_len", f"at least data.min_text_len ({self.min_text_len})", self.max_text_len)
         outside = sorted(name for name, sid in self.spk2id.items() if self.n_speakers and sid >= self.n_speakers)
         if outside:
             names = ", ".join(map(repr, outside[:3]))
-            raise _invalid("spk2id", f"gives {names} an id >= data.n_speakers ({self.n_speakers})")
+            raise invalid("spk2id", f"gives {names} an id >= data.n_speakers ({self.n_speakers})")
         return self
 
 
-class SlmConfig(_Settings):
+class SlmConfig(Settings):
     """``model.slm``: the WavLM of the training losses and the WavLM discriminator's shape."""
 
     model: NonEmpty = Field(description="local folder of the WavLM model")
@@ -567,7 +455,7 @@ class SlmConfig(_Settings):
     initial_channel: int = Field(64, ge=1, description="the WavLM discriminator's first channels")
 
 
-class NetConfig(_Settings):
+class NetConfig(Settings):
     """The ``model`` section: the generator's and discriminators' shapes (SynthesizerTrn's keyword names)."""
 
     inter_channels: int = Field(ge=1, description="latent channels")
@@ -596,55 +484,48 @@ class NetConfig(_Settings):
     n_layers_trans_flow: int = Field(4, ge=1, description="transformer layers per flow")
     flow_share_parameter: bool = Field(False, description="flows share parameters")
     use_transformer_flow: bool = Field(True, description="transformer coupling flows")
-    slm: SlmConfig | None = _unset("the WavLM settings; required to train, not to infer")
+    slm: SlmConfig | None = unset("the WavLM settings; required to train, not to infer")
 
     @model_validator(mode="after")
     def _consistent(self) -> NetConfig:
         if self.hidden_channels % self.n_heads:
-            raise _must("n_heads", f"a divisor of model.hidden_channels ({self.hidden_channels})", self.n_heads)
+            raise must("n_heads", f"a divisor of model.hidden_channels ({self.hidden_channels})", self.n_heads)
         if len(self.resblock_dilation_sizes) != len(self.resblock_kernel_sizes):
             expected = f"one list per model.resblock_kernel_sizes entry ({len(self.resblock_kernel_sizes)})"
-            raise _must("resblock_dilation_sizes", expected, self.resblock_dilation_sizes)
+            raise must("resblock_dilation_sizes", expected, self.resblock_dilation_sizes)
         if len(self.upsample_kernel_sizes) != len(self.upsample_rates):
             expected = f"as long as model.upsample_rates ({len(self.upsample_rates)} entries)"
-            raise _must("upsample_kernel_sizes", expected, self.upsample_kernel_sizes)
+            raise must("upsample_kernel_sizes", expected, self.upsample_kernel_sizes)
         return self
 
 
-class ModelConfig(_Settings):
-    """A whole model config file, validated. ``source`` names the file in messages; it is not a setting."""
-
+class ModelConfig(Settings):
     train: TrainConfig = Field(description="training schedule and losses")
     data: DataConfig = Field(description="audio, spectrograms, lists and speakers")
     model: NetConfig = Field(description="the nets' shapes")
     version: Version = Field(MODEL_CONFIG_VERSION, description="Bert-VITS2 version of the config")
-    model_dir: str | None = _unset("the run's model folder, set by train_ms (in configs saved beside checkpoints)")
+    model_dir: str | None = unset("the run's model folder, set by train_ms (in configs saved beside checkpoints)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        train, data, model, hop = self.train, self.data, self.model, self.data.hop_length
-        if train.segment_size % hop:
-            raise _invalid(
-                "", f"setting train.segment_size ({train.segment_size}) must be a multiple of data.hop_length ({hop})"
-            )
+        data, model, hop, size = self.data, self.model, self.data.hop_length, self.train.segment_size
+        if size % hop:
+            raise invalid("", f"setting train.segment_size ({size}) must be a multiple of data.hop_length ({hop})")
         if (upsampling := math.prod(model.upsample_rates)) != hop:
             rates = f"setting model.upsample_rates {model.upsample_rates} multiplies to {upsampling}"
-            raise _invalid("", f"{rates}, but the decoder must upsample by data.hop_length ({hop})")
+            raise invalid("", f"{rates}, but the decoder must upsample by data.hop_length ({hop})")
         # As the reference's training script does: the loader makes mel spectrograms for a mel posterior encoder.
         data.use_mel_posterior_encoder = data.use_mel_posterior_encoder or model.use_mel_posterior_encoder
         return self
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the resolved config as JSON, atomically (a crash leaves the old file or the new one)."""
-        atomic_io.atomic_write_text(path, self.to_json())
+        atomic_io.atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
 def model_config_from_dict(data: Any, source: str = "<dict>") -> ModelConfig:
     """Validate an already parsed model config; ``source`` names it in error messages."""
-    return _validate(ModelConfig, data, source)
+    return settings_base.validate(ModelConfig, data, source, MODEL_REFERENCE)
 
 
 def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
@@ -658,18 +539,14 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
 
 def model_config_from_json(text: str, source: str = "<json>") -> ModelConfig:
     """Parse and validate model config JSON text (e.g. the config stored in an export file's metadata)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
-    return model_config_from_dict(data, source)
+    return model_config_from_dict(settings_base.parse_json(text, source), source)
 
 
 def as_model_config(config: Any, source: str = "<model config>") -> ModelConfig:
     """A ModelConfig from a ModelConfig (as is) or a parsed mapping such as a checkpoint's stored config (validated)."""
     if isinstance(config, ModelConfig):
         return config
-    return model_config_from_dict(_to_plain(config), getattr(config, "source", None) or source)
+    return model_config_from_dict(settings_base.to_plain(config), getattr(config, "source", None) or source)
 
 
 def as_data_config(config: Any, source: str = "<data settings>") -> DataConfig:
@@ -678,10 +555,10 @@ def as_data_config(config: Any, source: str = "<data settings>") -> DataConfig:
         return config
     if isinstance(config, ModelConfig):
         return config.data
-    plain = _to_plain(config)
+    plain = settings_base.to_plain(config)
     if isinstance(plain, Mapping) and isinstance(plain.get("data"), Mapping):
         plain = plain["data"]
-    return _validate(DataConfig, plain, source, prefix="data")
+    return settings_base.validate(DataConfig, plain, source, MODEL_REFERENCE, prefix="data")
 
 
 def check_trainable(config: ModelConfig) -> None:
@@ -689,8 +566,7 @@ def check_trainable(config: ModelConfig) -> None:
     source = config.source
     if config.model.slm is None:
         raise ValueError(
-            f"{source}: setting 'model.slm' is missing (the WavLM settings: model, sr, hidden, nlayers, "
-            "initial_channel)"
+            f"{source}: setting 'model.slm' is missing (the WavLM settings: {', '.join(SlmConfig.model_fields)})"
         )
     if config.model.use_spk_conditioned_encoder and config.data.n_speakers == 0:
         raise ValueError(f"{source}: 'data.n_speakers' must be > 0 when 'model.use_spk_conditioned_encoder' is true")
@@ -698,129 +574,12 @@ def check_trainable(config: ModelConfig) -> None:
         raise ValueError(f"{source}: setting 'data.training_files' is empty (run preprocess_text.py)")
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        nested = isinstance(value, Mapping) and key != "spk2id"  # the speaker table is one setting
-        flat.update(_flatten(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
-    return flat
-
-
 def changed_settings(old: ModelConfig | Mapping[str, Any], new: ModelConfig) -> list[tuple[str, Any, Any]]:
     """``(dotted setting, old value, new value)`` for every setting that differs, in file order. ``old`` may be the
     plain dict a checkpoint stored: validated first, defaults compare as defaults (no ``data.unused_bert`` equals
-    "randn"). ``model_dir`` is left out: it says where a run lives, not how it trains."""
-    before = _flatten(as_model_config(old, "the stored config").to_dict(exclude={"model_dir"}))
-    after = _flatten(new.to_dict(exclude={"model_dir"}))
+    "randn"). ``model_dir`` is left out."""
+    before = settings_base.flatten(as_model_config(old, "the stored config"))
+    after = settings_base.flatten(new)
+    del before["model_dir"], after["model_dir"]  # where a run lives, not how it trains
     names = list(after) + [name for name in before if name not in after]
     return [(name, before.get(name), after.get(name)) for name in names if before.get(name) != after.get(name)]
-
-
-def _to_plain(value: Any) -> Any:
-    """Nested dicts/lists of JSON values from settings objects, mappings, objects with ``to_dict`` or namespaces."""
-    if isinstance(value, Mapping) and not isinstance(value, _Settings):
-        return {key: _to_plain(item) for key, item in value.items()}
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return _to_plain(value.to_dict())
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(item) for item in value]
-    return _to_plain(vars(value)) if hasattr(value, "__dict__") and not isinstance(value, type) else value
-
-
-# Validation and its messages ==================================================================================
-
-
-def _validate(model: type[_Settings], data: Any, source: str, prefix: str = "", **context: Any) -> Any:
-    """``model`` from parsed ``data``; every problem becomes one line ``<source>: ...`` of one ValueError."""
-    data = {} if data is None else _to_plain(data)  # plain values: a settings object inside is validated anew
-    if not isinstance(data, Mapping):
-        what = f"setting '{prefix}'" if prefix else "the file"
-        raise ValueError(f"{source}: {what} must be a mapping of settings, got {_describe(data)}")
-    try:
-        settings = model.model_validate(data, context={"source": source, **context})
-    except pydantic.ValidationError as error:
-        raise ValueError(_report(error, model, data, source, prefix)) from None
-    settings._source = source
-    return settings
-
-
-def _report(error: pydantic.ValidationError, model: type[_Settings], data: Any, source: str, prefix: str) -> str:
-    """pydantic's errors as our lines: unknown keys per section with the nearest valid key, then each setting that
-    is missing or must be something else; all at once, so a misspelled required key is reported with the typo."""
-    unknown: dict[str, tuple[type[_Settings], list[str]]] = {}
-    problems = []
-    for item in error.errors():
-        section, path, field, value = _locate(model, data, item["loc"])
-        name, kind, ctx = ".".join([prefix, *path] if prefix else path), item["type"], item.get("ctx") or {}
-        if kind == "extra_forbidden":
-            unknown.setdefault(name.rpartition(".")[0], (section, []))[1].append(path[-1])
-        elif kind == "setting":
-            key = ".".join(filter(None, [name, ctx["key"]]))
-            problems.append(f"setting '{key}' {ctx['problem']}" if ctx["key"] else ctx["problem"])
-        elif kind == "missing":
-            problems.append(f"setting '{name}' is missing")
-        else:
-            got = item["input"] if value is _ABSENT else value
-            problems.append(f"setting '{name}' must be {_expected(field)}, got {_describe(got)}")
-    for name, (section, keys) in reversed(unknown.items()):
-        valid = list(section.model_fields)
-        hints = "; ".join(f"'{name + '.' if name else ''}{key}' ({_nearest_hint(key, valid)})" for key in keys)
-        where = f"in section '{name}'" if name else "at the top level"
-        problems.insert(0, f"unknown setting(s) {hints} {where}; check the spelling against {section._REFERENCE}")
-    return "\n".join(f"{source}: {line}" for line in dict.fromkeys(problems))
-
-
-def _locate(model: type[_Settings], data: Any, loc: tuple[str | int, ...]) -> tuple[type[_Settings], list, Any, Any]:
-    """Follow an error's location through the sections: (the section reached, the parts of the setting's dotted
-    name, its field or None for a key the section lacks, its raw value or _ABSENT). Inside a plain setting's
-    value (a list item, a union member) the setting itself is what is reported."""
-    section, path, field, value = model, [], None, data
-    for part in loc:
-        if field is not None:
-            if (inner := _section_type(field.annotation)) is None:
-                break
-            if isinstance(part, int):
-                path[-1] += f"[{part}]"
-                value = value[part] if isinstance(value, list) and 0 <= part < len(value) else _ABSENT
-                continue
-            section = inner
-        path.append(str(part))
-        value = value.get(part, _ABSENT) if isinstance(value, Mapping) else _ABSENT
-        if (field := section.model_fields.get(str(part))) is None:
-            break
-    return section, path, field, value
-
-
-def _section_type(annotation: Any) -> type[_Settings] | None:
-    """The settings class a field holds (itself, optional, or as the items of a tuple), else None."""
-    return next(
-        (t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, _Settings)), None
-    )
-
-
-def _expected(field: Any) -> str:
-    """What a setting must be, in words: its Expect, else said by its type and range."""
-    metadata = field.metadata if field is not None else []
-    if texts := [item for item in metadata if isinstance(item, Expect)] or field is None:
-        return texts[0] if texts is not True else "valid"
-    kind, nullable = field.annotation, type(None) in get_args(field.annotation)
-    kind = (
-        next(arg for arg in get_args(kind) if arg is not type(None)) if nullable and len(get_args(kind)) == 2 else kind
-    )
-    if kind is bool:
-        return "true, false or null" if nullable else "true or false"
-    if get_origin(kind) is Literal:
-        return "one of " + ", ".join(map(repr, get_args(kind)))
-    if kind is str:
-        return "a non-empty string" if any(getattr(item, "min_length", 0) for item in metadata) else "a string"
-    if _section_type(kind) is not None:
-        return "a list of mappings of settings" if get_origin(kind) is tuple else "a mapping of settings"
-    bounds = {
-        rule: getattr(item, rule) for item in metadata for rule in ("gt", "ge", "lt", "le") if hasattr(item, rule)
-    }
-    low = f"({bounds['gt']}" if "gt" in bounds else f"[{bounds['ge']}" if "ge" in bounds else ""
-    high = f"{bounds['lt']})" if "lt" in bounds else f"{bounds['le']}]" if "le" in bounds else ""
-    noun = "an integer" if kind is int else "a number"
-    if low and high:
-        return f"{noun} in {low}, {high}"
-    return f"{noun} {'>' if low[0] == '(' else '>='} {low[1:]}" if low else noun  # no setting has only a maximum

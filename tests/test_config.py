@@ -92,14 +92,19 @@ def test_absolute_paths_and_empty_dataset_path(tmp_path):
     assert cfg.preprocess_text.cleaned_path == "lists/clean.list"
 
 
-def test_env_extra_variables_and_precedence_of_existing_environment(tmp_path):
+def test_env_extra_variables_and_precedence_of_existing_environment(tmp_path, monkeypatch):
+    import train_ms
+
     data = shipped_settings()
     data["train_ms"]["env"]["NCCL_DEBUG"] = "INFO"
     data["train_ms"]["env"]["OMP_NUM_THREADS"] = 2
     env = load_config(write_yml(tmp_path, data)).train_ms.env
     assert env.extra == {"NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "2"}
-    missing = env.missing_from({"MASTER_PORT": "29500", "RANK": "1", "WORLD_SIZE": "2"})
-    assert missing == {"MASTER_ADDR": "localhost", "LOCAL_RANK": "0", "NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "2"}
+    torchrun = {"MASTER_PORT": "29500", "RANK": "1", "WORLD_SIZE": "2"}  # what torchrun set wins
+    monkeypatch.setattr(os, "environ", dict(torchrun))
+    added = train_ms.apply_env_defaults(env.as_environ())
+    assert added == {"MASTER_ADDR": "localhost", "LOCAL_RANK": "0", "NCCL_DEBUG": "INFO", "OMP_NUM_THREADS": "2"}
+    assert os.environ == {**torchrun, **added}
     data["train_ms"]["env"]["NCCL-DEBUG"] = "INFO"
     with pytest.raises(ValueError, match=r"setting 'train_ms\.env\.NCCL-DEBUG' is not a valid variable name"):
         load_config(write_yml(tmp_path, data))
