@@ -1,12 +1,10 @@
-"""Settings as typed, validated pydantic models: the global pipeline settings (``config.yml``, ``load_config``)
-and the model config (Bert-VITS2's ``config.json``, ``load_model_config``), plus the one device rule of every
-script (``resolve_device``). Each setting is declared once: type, default, range and a one-line doc; how they are
-checked and how a problem reads (file, dotted setting, nearest valid key) is settings_base.py's.
-
-The yml is ``load_config``'s argument, else ``$BV2_CONFIG``, else ``./config.yml``; the paths of its resample,
-preprocess_text, bert_gen and train_ms sections (and the web UI's single model) are joined onto ``dataset_path``
-as the reference joins them. Every section also reads as the reference's HParams (``cfg.train.learning_rate``,
-``cfg["train"]``, ``cfg.model.get(...)``, ``**cfg.model``). Nothing happens at import.
+"""Every setting, validated: the global pipeline settings (``config.yml``, ``load_config``) and the model config
+(Bert-VITS2's ``config.json``, ``load_model_config``) as pydantic models, plus the one device rule of every script
+(``resolve_device``). Each setting is declared once: type, default, range and a one-line doc. How sections check,
+read as HParams and word their errors is settings_base.py's. The yml is ``load_config``'s argument, else
+``$BV2_CONFIG``, else ``./config.yml``; the paths of its resample, preprocess_text, bert_gen and train_ms sections
+(and the web UI's single model) are joined onto ``dataset_path`` as the reference joins them. Nothing happens at
+import.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from pydantic import ConfigDict, Field, model_validator
 import atomic_io
 import settings_base
 from metrics import METRICS
-from settings_base import Expect, NonEmpty, Number, Settings, Text, invalid, must, unset, when_null
+from settings_base import Expect, NonEmpty, Number, Settings, Text, check_distinct, invalid, must, unset, when_null
 from synthesis_params import SynthesisParams
 from text.symbols import LANGUAGES
 
@@ -68,11 +66,8 @@ FREEZE_PARTS = (
 )
 # The validation metrics that can pick the best checkpoints (metrics.py knows which way each is better).
 BEST_METRICS = tuple(METRICS)
-Positives = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
-Sizes = Annotated[Positives, Expect("a non-empty list of integers >= 1")]
-SizeLists = Annotated[
-    list[Positives], Field(min_length=1), Expect("a non-empty list of non-empty lists of integers >= 1")
-]
+Sizes = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1), Expect("a non-empty list of integers >= 1")]
+SizeLists = Annotated[list[Sizes], Field(min_length=1), Expect("a non-empty list of non-empty lists of integers >= 1")]
 Beta = Annotated[Number, Field(ge=0, lt=1)]
 Betas = Annotated[list[Beta], Field(min_length=2, max_length=2), Expect("a list of two numbers in [0, 1)")]
 # "version": 2.3 written as a number reads as the string "2.3".
@@ -213,11 +208,6 @@ class SpeakerPreset(_YmlSection):
     length_scale: float = SynthesisParams.model_fields["length_scale"]
 
 
-def _unique(key: str, names: list[str], expected: str) -> None:
-    if len(set(names)) != len(names):
-        raise must(key, expected, names)
-
-
 class ServerModelConfig(_YmlSection):
     model: NonEmpty = Field(description="G_*.pth, export .safetensors or .onnx")
     config: Text = Field("", description="its model config; empty for an export file (it carries its own)")
@@ -231,7 +221,7 @@ class ServerModelConfig(_YmlSection):
 
     @model_validator(mode="after")
     def _speakers_once(self) -> ServerModelConfig:
-        _unique("speakers", [preset.speaker for preset in self.speakers], "a list naming each speaker once")
+        check_distinct("speakers", [preset.speaker for preset in self.speakers], "a list naming each speaker once")
         return self
 
 
@@ -254,7 +244,7 @@ class _Serving(_YmlSection):
 
     @model_validator(mode="after")
     def _distinct_names(self) -> _Serving:
-        _unique("models", [model.name for model in self.models if model.name], "models with distinct names")
+        check_distinct("models", [model.name for model in self.models if model.name], "models with distinct names")
         return self
 
 
@@ -389,7 +379,6 @@ class TrainConfig(Settings):
 
     @property
     def accumulation(self) -> int:
-        """Micro-batches per optimizer update (``grad_accum_steps``, 1 when unset)."""
         return self.grad_accum_steps or 1
 
     @model_validator(mode="after")

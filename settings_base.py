@@ -5,8 +5,8 @@ declared here (config.py declares them all).
 reference's HParams (``s.key``, ``s["key"]``, ``s.get``, ``**s``). ``validate`` builds one from parsed data and
 rewrites pydantic's errors, all at once, into lines naming the file, the dotted setting, what it must be and what
 it got, and for an unknown key the nearest valid one; ``parse_json``/``parse_yaml`` name the file's line and column
-for a syntax error. ``Expect``, ``unset``, ``invalid`` and ``must`` are the
-helpers declarations and their validators use.
+for a syntax error. ``Expect``, ``unset``, ``invalid``, ``must`` and ``check_distinct`` are the helpers that
+declarations and their validators use.
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def invalid(key: str, problem: str) -> PydanticCustomError:
 
 def must(key: str, expected: str, value: Any) -> PydanticCustomError:
     return invalid(key, f"must be {expected}, got {describe(value)}")
+
+
+def check_distinct(key: str, names: list[str], expected: str) -> None:
+    """A setting whose items must be named once each: ``must`` when a name in ``names`` repeats."""
+    if len(set(names)) != len(names):
+        raise must(key, expected, names)
 
 
 class Settings(BaseModel, Mapping):
