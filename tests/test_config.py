@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -125,92 +123,11 @@ def test_server_models_take_defaults_from_the_server_section(tmp_path):
     ]
     server = load_config(write_yml(tmp_path, data)).server
     first, second = server.models
-    assert (first.model, first.config, first.device, first.language, first.speakers) == (
-        "Data/models/G_100.pth",
-        "Data/config.json",
-        "cpu",
-        "ZH",
-        (),
-    )
+    assert first == config.ServerModelConfig(model="Data/models/G_100.pth", config="Data/config.json", device="cpu")
     assert (second.device, second.language) == ("cuda:1", "JP")
     assert second.speakers[0] == config.SpeakerPreset(
         speaker="spk0", sdp_ratio=0.5, noise_scale=0.6, noise_scale_w=0.9, length_scale=1.2
     )
-
-
-def _set(data: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    node = data
-    for part in parents:
-        node = node[part]
-    node[last] = value
-
-
-@pytest.mark.parametrize(
-    ("setting", "value", "message"),
-    [
-        ("resample.sampling_rate", -1, "integer >= 1"),
-        ("resample.sampling_rate", "44100", "integer >= 1"),
-        ("resample.in_dir", "", "non-empty string"),
-        ("preprocess_text.val_per_lang", -3, "integer >= 0"),
-        ("preprocess_text.clean", "yes", "true or false"),
-        ("bert_gen.num_processes", 0, "integer >= 1"),
-        ("bert_gen.device", "gpu", "'cuda:N'"),
-        ("train_ms.keep_ckpts", True, "integer >= 0"),
-        ("train_ms.num_workers", 1.5, "integer >= 0"),
-        ("train_ms.spec_cache", 1, "true or false"),
-        ("train_ms.env.MASTER_PORT", 70000, "integer in [1, 65535]"),
-        ("train_ms.env.RANK", 1, "smaller than WORLD_SIZE"),
-        ("train_ms.base.use_base_model", "true", "true or false"),
-        ("server.port", 0, "integer in [1, 65535]"),
-        ("server.language", "FR", "one of"),
-        ("dataset_path", 5, "a string"),
-        ("bert_gen", ["cpu"], "must be a mapping of settings"),
-        ("train_ms.env.NCCL_DEBUG", None, "a string or a number"),
-        ("webui.share", True, "must be false"),
-    ],
-)
-def test_bad_values_name_the_setting_and_the_file(tmp_path, setting, value, message):
-    data = shipped_settings()
-    _set(data, setting, value)
-    path = write_yml(tmp_path, data)
-    with pytest.raises(ValueError) as info:
-        load_config(path)
-    text = str(info.value)
-    assert f"'{setting}'" in text
-    assert str(path) in text
-    assert message in text
-    assert repr(value) in text
-
-
-def test_bad_value_inside_a_server_model_names_its_index(tmp_path):
-    data = shipped_settings()
-    data["server"]["models"] = [
-        {"model": "a.pth", "config": "a.json"},
-        {"model": "b.pth", "config": "b.json", "device": "tpu"},
-    ]
-    path = write_yml(tmp_path, data)
-    with pytest.raises(ValueError, match=r"'server\.models\[1\]\.device'") as info:
-        load_config(path)
-    assert str(path) in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("mutate", "setting"),
-    [
-        (lambda d: d["train_ms"].update(keep_ckpt=3), "train_ms.keep_ckpt"),
-        (lambda d: d["train_ms"]["base"].update(modeldir="x"), "train_ms.base.modeldir"),
-        (lambda d: d.update(trian_ms={}), "trian_ms"),
-        (lambda d: d["resample"].update(sample_rate=16000), "resample.sample_rate"),
-    ],
-)
-def test_unknown_settings_are_errors(tmp_path, mutate, setting):
-    data = shipped_settings()
-    mutate(data)
-    path = write_yml(tmp_path, data)
-    with pytest.raises(ValueError, match="unknown setting") as info:
-        load_config(path)
-    assert f"'{setting}'" in str(info.value) and str(path) in str(info.value)
 
 
 def test_reference_only_sections_are_ignored_with_a_warning(tmp_path, caplog):
@@ -229,14 +146,6 @@ def test_hub_download_of_a_base_model_is_refused(tmp_path):
     data["train_ms"]["base"] = {"use_base_model": True, "repo_id": "Stardust_minus/Bert-VITS2"}
     with pytest.raises(ValueError, match=r"'train_ms\.base\.repo_id' is not supported.*model_dir"):
         load_config(write_yml(tmp_path, data))
-
-
-def test_invalid_yaml_names_file_and_line(tmp_path):
-    path = tmp_path / "broken.yml"
-    path.write_text('dataset_path: "Data/"\nresample:\n  sampling_rate: [44100\n  in_dir: x\n', encoding="utf-8")
-    with pytest.raises(ValueError) as info:
-        load_config(path)
-    assert str(path) in str(info.value) and "invalid YAML at line" in str(info.value)
 
 
 def test_resolve_device():
@@ -296,18 +205,10 @@ def test_demo_config_is_small_and_consistent():
     assert 2048 <= train["segment_size"] <= 8192 and 4 <= train["batch_size"] <= 8
     assert train["epochs"] <= 20
     assert train["log_interval"] <= 20 and train["eval_interval"] <= 100
-    hop = data["hop_length"]
-    upsample = 1
-    for rate in model["upsample_rates"]:
-        upsample *= rate
-    assert upsample == hop and train["segment_size"] % hop == 0
-    assert len(model["upsample_rates"]) == len(model["upsample_kernel_sizes"])
     # The text encoder injects the speaker at layer 2, so it needs at least 3 layers.
     assert model["n_layers"] >= 3 and model["hidden_channels"] <= 64
     assert model["slm"]["model"] == "./slm/tiny-wavlm"
-    assert data["n_speakers"] == len(data["spk2id"]) and sorted(data["spk2id"].values()) == list(
-        range(data["n_speakers"])
-    )
+    assert sorted(data["spk2id"].values()) == list(range(data["n_speakers"]))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -316,12 +217,6 @@ def test_demo_config_is_small_and_consistent():
 
 def _demo() -> dict:
     return _load_json(REPO_ROOT / "configs" / "demo.json")
-
-
-def _write_json(tmp_path: Path, data: dict, name: str = "config.json") -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 def _assert_round_trip(cfg: config.ModelConfig, original: dict, tmp_path: Path) -> None:
@@ -359,102 +254,7 @@ def test_reference_kit_configs_load_and_round_trip(kit_dir, tmp_path, name):
     _assert_round_trip(cfg, _load_json(kit_dir / name), tmp_path)
 
 
-def test_attribute_and_mapping_access_like_hparams():
-    cfg = config.model_config_from_dict(_demo(), "demo.json")
-    assert cfg.train.learning_rate == cfg["train"]["learning_rate"] == cfg.train.get("learning_rate")
-    assert cfg.data.sampling_rate == 22050 and cfg.model.slm.hidden == 32 and cfg.model["slm"]["sr"] == 16000
-    assert "slm" in cfg.model and "hiden_channels" not in cfg.model and cfg.train.get("nope", 7) == 7
-    expanded = {**cfg.model}
-    assert expanded["hidden_channels"] == 32 and expanded["resblock"] == "1"
-    assert list(cfg) == ["train", "data", "model", "version", "model_dir"]  # `source` is not a setting
-    # What train_ms does with the config at run time.
-    cfg.train.seed = 7
-    cfg.model_dir = "runs/x"
-    assert cfg.data.setdefault("spec_cache", False) is False and cfg.data.setdefault("spec_cache", True) is False
-    assert cfg.to_dict()["model_dir"] == "runs/x" and cfg.to_dict()["data"]["spec_cache"] is False
-    # What train_ms stores in G_*.pth and beside it reads back as the same settings; DataLoader workers and
-    # torch.save can pickle it.
-    assert config.model_config_from_dict(cfg.to_dict()) == cfg
-    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
-    with pytest.raises(AttributeError, match="no setting 'learnig_rate'.*did you mean 'learning_rate'"):
-        cfg.train.learnig_rate = 1e-3
-    # A default is declared once: a caller's default that contradicts it is an error, not a silent second one.
-    assert config.TrainConfig().get("skip_optimizer") is True and cfg.train.get("bf16_run", False) is False
-    with pytest.raises(TypeError, match=r"get\('skip_optimizer', False\): declared default is True"):
-        cfg.train.get("skip_optimizer", False)
-
-
-@pytest.mark.parametrize(
-    ("section", "key", "nearest"),
-    [
-        ("model", "hiden_channels", "hidden_channels"),
-        ("train", "learnig_rate", "learning_rate"),
-        ("data", "sampling_rat", "sampling_rate"),
-        ("data", "unused_berts", "unused_bert"),
-        ("model.slm", "hiden", "hidden"),
-        ("", "modle", "model"),
-    ],
-)
-def test_misspelled_key_names_key_section_file_and_nearest(tmp_path, section, key, nearest):
-    data = _demo()
-    target = data
-    for part in filter(None, section.split(".")):
-        target = target[part]
-    target[key] = target.get(nearest, 1)
-    path = _write_json(tmp_path, data)
-    with pytest.raises(ValueError) as info:
-        config.load_model_config(path)
-    message = str(info.value)
-    dotted = f"{section}.{key}" if section else key
-    where = f"in section '{section}'" if section else "at the top level"
-    assert str(path) in message and f"'{dotted}'" in message and where in message
-    assert f"did you mean '{nearest}'?" in message
-
-
-def test_a_misspelling_that_leaves_a_required_key_missing_reports_both(tmp_path):
-    data = _demo()
-    data["model"]["hiden_channels"] = data["model"].pop("hidden_channels")
-    path = _write_json(tmp_path, data)
-    with pytest.raises(ValueError) as info:
-        config.load_model_config(path)
-    unknown, missing = str(info.value).splitlines()
-    assert unknown.startswith(f"{path}: ") and missing.startswith(f"{path}: ")
-    assert "'model.hiden_channels' (did you mean 'hidden_channels'?) in section 'model'" in unknown
-    assert missing.endswith("setting 'model.hidden_channels' is missing")
-
-
-@pytest.mark.parametrize(
-    ("mutate", "expected"),
-    [
-        (lambda d: d["train"].update(learning_rate="fast"), "'train.learning_rate' must be a number > 0"),
-        (lambda d: d["train"].update(batch_size=0), "'train.batch_size' must be an integer >= 1, got 0"),
-        (lambda d: d["train"].update(betas=[0.8]), "'train.betas' must be a list of two numbers"),
-        (lambda d: d["train"].update(bf16_run="yes"), "'train.bf16_run' must be true or false"),
-        (lambda d: d["data"].update(hop_length=256.0), "'data.hop_length' must be an integer"),
-        (lambda d: d["data"].update(unused_bert="ones"), "'data.unused_bert' must be one of 'randn', 'zeros'"),
-        (lambda d: d["data"].update(spk2id={"a": 0, "b": 5}), "'data.spk2id' gives 'b' an id >= data.n_speakers"),
-        (lambda d: d["model"].update(resblock=1), "'model.resblock' must be one of '1', '2', got 1 (int)"),
-        (lambda d: d["model"].update(p_dropout=1.5), "'model.p_dropout' must be a number in [0.0, 1.0]"),
-        (lambda d: d["model"].pop("hidden_channels"), "'model.hidden_channels' is missing"),
-        (lambda d: d["model"].update(upsample_rates=[8, 8, 2]), "model.upsample_rates [8, 8, 2] multiplies to 128"),
-        (lambda d: d["train"].update(segment_size=1000), "train.segment_size (1000) must be a multiple of"),
-        (lambda d: d.update(version=[2, 3]), "'version' must be a string"),
-    ],
-)
-def test_wrong_type_or_range_names_the_setting(tmp_path, mutate, expected):
-    data = _demo()
-    mutate(data)
-    path = _write_json(tmp_path, data)
-    with pytest.raises(ValueError) as info:
-        config.load_model_config(path)
-    assert expected in str(info.value) and str(path) in str(info.value)
-
-
-def test_bad_json_and_missing_file_name_the_file(tmp_path):
-    path = tmp_path / "broken.json"
-    path.write_text('{"train": {\n  "seed": 1,,\n}', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken\.json: invalid JSON at line 2"):
-        config.load_model_config(path)
+def test_a_missing_model_config_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.json"):
         config.load_model_config(tmp_path / "absent.json")
 
@@ -465,7 +265,8 @@ def test_unused_bert_zeros_and_what_older_runs_saved_load(tmp_path):
     # Our earlier training runs saved the config beside the checkpoints with these run-time keys.
     data["model_dir"] = "Data/demo/models"
     data["data"].update(spec_cache=True, all_in_mem=False)
-    cfg = config.load_model_config(_write_json(tmp_path, data))
+    (tmp_path / "config.json").write_text(json.dumps(data), encoding="utf-8")
+    cfg = config.load_model_config(tmp_path / "config.json")
     assert cfg.data.unused_bert == "zeros" and cfg.model_dir == "Data/demo/models" and cfg.data.spec_cache is True
     assert config.model_config_from_dict(cfg.to_dict()) == cfg
 
