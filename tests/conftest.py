@@ -26,6 +26,12 @@ def under_ci() -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device; the only tests allowed to skip under CI=true")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One torch thread per xdist worker: the workers already fill the cores, and OpenMP threads that spin
+        # waiting on an oversubscribed core make small convolutions tens of times slower.
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
