@@ -303,7 +303,8 @@ def check_environment() -> dict[str, Any]:
 
 def check_pytest_gpu(junit: Path, log: Path, timeout_s: float) -> dict[str, Any]:
     """``pytest -m gpu``, its output streamed to ``log`` (kept if the run is cut), stopped after ``timeout_s``."""
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider"]
+    # -n 0: one process on the one device (the suite's default spreads test files over every core).
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-n", "0", "-q", "-rfEs", "-p", "no:cacheprovider"]
     command += [f"--junitxml={junit}", "tests/test_gpu.py"]
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as handle:
