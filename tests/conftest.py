@@ -27,8 +27,10 @@ def under_ci() -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device; the only tests allowed to skip under CI=true")
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        # One torch thread per xdist worker: the workers already fill the cores, and OpenMP threads that spin
-        # waiting on an oversubscribed core make small convolutions tens of times slower.
+        # One thread per xdist worker, for torch and for numba's parallel MAS kernel (read when numba is first
+        # imported; the training runs a test starts inherit it): the workers already fill the cores, and
+        # OpenMP threads spinning on an oversubscribed core made a tiny training step 20 times slower.
+        os.environ["NUMBA_NUM_THREADS"] = "1"
         import torch
 
         torch.set_num_threads(1)
