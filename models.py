@@ -676,7 +676,9 @@ class DiscriminatorP(nn.Module):
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)  # [b, 1, t / p, p]
         for layer in self.convs:
-            x = F.leaky_relu(layer(x), LRELU_SLOPE)
+            # In place on the fresh convolution output: backward then keeps one tensor per layer (this map, also
+            # the next convolution's input) instead of two; a convolution's backward needs no output.
+            x = F.leaky_relu_(layer(x), LRELU_SLOPE)
             fmap.append(x)
         x = self.conv_post(x)
         fmap.append(x)
@@ -704,7 +706,9 @@ class DiscriminatorS(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         fmap = []
         for layer in self.convs:
-            x = F.leaky_relu(layer(x), LRELU_SLOPE)
+            # In place on the fresh convolution output: backward then keeps one tensor per layer (this map, also
+            # the next convolution's input) instead of two; a convolution's backward needs no output.
+            x = F.leaky_relu_(layer(x), LRELU_SLOPE)
             fmap.append(x)
         x = self.conv_post(x)
         fmap.append(x)
