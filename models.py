@@ -166,8 +166,11 @@ class Recomputable:
 
     checkpoint_activations: bool = False
 
+    def _recomputing(self) -> bool:
+        return self.checkpoint_activations and self.training and torch.is_grad_enabled()
+
     def _run_stage(self, stage: Any, *args: Any) -> Any:
-        if self.checkpoint_activations and self.training and torch.is_grad_enabled():
+        if self._recomputing():
             return checkpoint(stage, *args, use_reentrant=False)
         return stage(*args)
 
@@ -732,13 +735,29 @@ class MultiPeriodDiscriminator(Recomputable, nn.Module):
         """Real ``y`` and generated ``y_hat`` [b, 1, t] -> (y_d_rs, y_d_gs, fmap_rs, fmap_gs)."""
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
         for discriminator in self.discriminators:
-            y_d_r, fmap_r = self._run_stage(discriminator, y)
-            y_d_g, fmap_g = self._run_stage(discriminator, y_hat)
+            (y_d_r, fmap_r), (y_d_g, fmap_g) = self._judge(discriminator, y, y_hat)
             y_d_rs.append(y_d_r)
             y_d_gs.append(y_d_g)
             fmap_rs.append(fmap_r)
             fmap_gs.append(fmap_g)
         return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+
+    def _judge(self, discriminator: nn.Module, y: Tensor, y_hat: Tensor) -> tuple[Any, Any]:
+        """``discriminator``'s (scores, maps) of ``y`` and of ``y_hat``; with activation checkpointing on:
+
+        * when it trains (its own update), real and generated audio run as one batch: weight norm then runs once
+          and backward keeps one copy of the normed weights (at batch 16 as large as the activations) instead
+          of two; the activations are kept, since recomputing them would cost a whole forward of real and
+          generated audio;
+        * when frozen (judging the generator), the real pass builds no graph and the generated one recomputes.
+        """
+        if not self._recomputing():
+            return discriminator(y), discriminator(y_hat)
+        if any(p.requires_grad for p in discriminator.parameters()):
+            scores, fmap = discriminator(torch.cat([y, y_hat]))
+            real, fake = zip(*(t.chunk(2) for t in (scores, *fmap)))
+            return (real[0], list(real[1:])), (fake[0], list(fake[1:]))
+        return discriminator(y), self._run_stage(discriminator, y_hat)
 
 
 class WavLMDiscriminator(nn.Module):

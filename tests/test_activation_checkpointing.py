@@ -79,3 +79,22 @@ def test_the_flag_changes_no_checkpoint_key(tiny_model_config: dict) -> None:
     keys = (list(net_g.state_dict()), list(net_d.state_dict()))
     models.set_activation_checkpointing(True, net_g, net_d)
     assert (list(net_g.state_dict()), list(net_d.state_dict())) == keys
+
+
+def test_a_frozen_discriminator_gives_the_plain_input_gradient(tiny_model_config: dict) -> None:
+    """The generator step's path: frozen multi-period discriminator, gradient into the generated audio only."""
+    _, net_d = _nets(tiny_model_config)
+    net_d.train().requires_grad_(False)
+    generator = torch.Generator().manual_seed(2)
+    wav = torch.randn(2, 1, 1024, generator=generator) * 0.1
+    fake = torch.randn(2, 1, 1024, generator=generator) * 0.1
+    grads = []
+    for enabled in (False, True):
+        models.set_activation_checkpointing(enabled, net_d)
+        y_hat = fake.clone().requires_grad_()
+        _, y_d_gs, fmap_rs, fmap_gs = net_d(wav, y_hat)
+        loss = sum(d.square().mean() for d in y_d_gs)
+        loss = loss + sum((r - g).abs().mean() for rs, gs in zip(fmap_rs, fmap_gs) for r, g in zip(rs, gs))
+        loss.backward()
+        grads.append(y_hat.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
