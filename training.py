@@ -235,10 +235,22 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
             _, dur_fake = duration_discriminator_scores(dur, fwd, detach=False)
     with torch.autocast(device_type=fwd.y.device.type, enabled=False):
         wd_fake = trainer.wd.raw(losses.stack_wavlm_states(fwd.slm_fake))
-    return losses.generator_step_losses(
+    return judged_generator_losses(
+        fwd,
+        hps,
         mpd_fake=mpd_fake,
         fmap_real=fmap_real,
         fmap_fake=fmap_fake,
+        loss_lm=losses.wavlm_feature_loss(fwd.slm_real, fwd.slm_fake),
+        loss_lm_gen=losses.wavlm_generator_loss(wd_fake),
+        dur_fake=dur_fake,
+    )
+
+
+def judged_generator_losses(fwd: GeneratorPass, hps: Any, **judged: Any) -> dict[str, Any]:
+    """``losses.generator_step_losses`` of this pass and the judges' outputs (``mpd_fake``, ``fmap_real``,
+    ``fmap_fake``, ``loss_lm``, ``loss_lm_gen``, ``dur_fake``), with the config's loss weights."""
+    return losses.generator_step_losses(
         y_mel=fwd.y_mel,
         y_hat_mel=fwd.y_hat_mel,
         l_length=fwd.l_length,
@@ -247,11 +259,9 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
         m_p=fwd.m_p,
         logs_p=fwd.logs_p,
         z_mask=fwd.z_mask,
-        loss_lm=losses.wavlm_feature_loss(fwd.slm_real, fwd.slm_fake),
-        loss_lm_gen=losses.wavlm_generator_loss(wd_fake),
         c_mel=hps.train.c_mel,
         c_kl=hps.train.c_kl,
-        dur_fake=dur_fake,
+        **judged,
     )
 
 

@@ -93,22 +93,14 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
         _, mpd_fake, fmap_real, fmap_fake = trainer.d.net(fwd.y, fwd.y_hat)
         if trainer.dur is not None:
             _, dur_fake = training.duration_discriminator_scores(trainer.dur.net, fwd, detach=False)
-    return losses.generator_step_losses(
+    return training.judged_generator_losses(
+        fwd,
+        hps,
         mpd_fake=mpd_fake,
         fmap_real=fmap_real,
         fmap_fake=fmap_fake,
-        y_mel=fwd.y_mel,
-        y_hat_mel=fwd.y_hat_mel,
-        l_length=fwd.l_length,
-        z_p=fwd.z_p,
-        logs_q=fwd.logs_q,
-        m_p=fwd.m_p,
-        logs_p=fwd.logs_p,
-        z_mask=fwd.z_mask,
         loss_lm=trainer.wl(fwd.y.detach(), fwd.y_hat).mean(),
         loss_lm_gen=trainer.wl.generator(fwd.y_hat),
-        c_mel=hps.train.c_mel,
-        c_kl=hps.train.c_kl,
         dur_fake=dur_fake,
     )
 
