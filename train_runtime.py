@@ -241,12 +241,16 @@ def configure_kernels(device: torch.device, train: Any = None) -> None:
     On the CPU the native convolution kernels replace oneDNN's: the first oneDNN call of a convolution in a
     process can round differently from later calls, so a resumed run would drift from an uninterrupted one.
     The native kernels are deterministic and, for this model on CPU, about as fast (bench/train_step.py).
+    They replace NNPACK's too, which would take the period discriminators' unstrided convolutions at batch 16
+    and up: it keeps a workspace the size of its largest call for the life of the process (1 GiB at the
+    demo's batch 16, segment 8192) and is slower there than the native kernels (bench/memory.py).
     On CUDA, as the reference: cuDNN autotuning, TF32 in float32 matmuls and convolutions, and float32 matmul
     precision "medium"; ``train.allow_tf32: false`` keeps float32 math strict instead. The CPU keeps full
     float32 matmuls ("medium" could mean bf16 matmuls on some CPUs).
     """
     if device.type == "cpu":
         torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
         return
     torch.backends.cudnn.benchmark = True
     tf32 = getattr(train, "allow_tf32", None) is not False
