@@ -103,7 +103,9 @@ class MultiHeadAttention(nn.Module):
         q = self.conv_q(x)
         k = self.conv_k(c)
         v = self.conv_v(c)
-        out, self.attn = self.attention(q, k, v, mask=attn_mask)
+        out, attn = self.attention(q, k, v, mask=attn_mask)
+        # Detached: kept through a recomputed (checkpointed) forward, it would hold that recompute's whole graph.
+        self.attn = attn.detach()
         return self.conv_o(out)
 
     def attention(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
