@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "feature_loss",
+    "feature_terms",
+    "summed_feature_terms",
     "discriminator_loss",
     "discriminator_loss_terms",
     "generator_loss",
@@ -49,10 +51,22 @@ _WEIGHT_FILES = (
 
 def feature_loss(fmap_r: Sequence[Sequence[Tensor]], fmap_g: Sequence[Sequence[Tensor]]) -> Tensor:
     """2 · Σ over discriminators and layers of mean |real − generated|; the real maps are constants."""
+    return summed_feature_terms([feature_terms(maps_r, maps_g) for maps_r, maps_g in zip(fmap_r, fmap_g)])
+
+
+def feature_terms(maps_r: Sequence[Tensor], maps_g: Sequence[Tensor]) -> list[Tensor]:
+    """One discriminator's feature-matching terms: per layer, mean |real − generated| (real maps are constants).
+    Taken right after that discriminator's passes, they let its maps go before the next one runs."""
+    with torch.autocast(device_type=maps_g[0].device.type, enabled=False):
+        return [torch.mean(torch.abs(r.detach().float() - g.float())) for r, g in zip(maps_r, maps_g)]
+
+
+def summed_feature_terms(terms: Sequence[Sequence[Tensor]]) -> Tensor:
+    """The feature-matching loss from every discriminator's ``feature_terms``, added in the reference's order."""
     loss = 0.0
-    for maps_r, maps_g in zip(fmap_r, fmap_g):
-        for r, g in zip(maps_r, maps_g):
-            loss = loss + torch.mean(torch.abs(r.detach().float() - g.float()))
+    for per_discriminator in terms:
+        for term in per_discriminator:
+            loss = loss + term
     return loss * 2
 
 
@@ -178,8 +192,7 @@ def discriminator_step_losses(
 def generator_step_losses(
     *,
     mpd_fake: Sequence[Tensor],
-    fmap_real: Sequence[Sequence[Tensor]],
-    fmap_fake: Sequence[Sequence[Tensor]],
+    loss_fm: Tensor,
     y_mel: Tensor,
     y_hat_mel: Tensor,
     l_length: Tensor,
@@ -197,10 +210,10 @@ def generator_step_losses(
     """The generator's terms and their sum ``loss/g/total`` (what its update minimises), reference names.
 
     Summed in the reference's order: GAN + feature matching + mel·c_mel + duration + KL·c_kl + WavLM feature
-    + WavLM GAN (+ duration-discriminator GAN when there is one).
+    + WavLM GAN (+ duration-discriminator GAN when there is one). ``loss_fm`` is ``feature_loss`` of the judges'
+    maps (``summed_feature_terms`` where each discriminator's maps were compared as they were made).
     """
     loss_gen, losses_gen = generator_loss(mpd_fake)
-    loss_fm = feature_loss(fmap_real, fmap_fake)
     loss_mel = mel_loss(y_mel, y_hat_mel) * c_mel
     loss_dur = duration_loss(l_length)
     loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * c_kl

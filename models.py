@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -730,34 +731,53 @@ class MultiPeriodDiscriminator(Recomputable, nn.Module):
         self.discriminators = nn.ModuleList(discriminators)
 
     def forward(
-        self, y: Tensor, y_hat: Tensor
+        self, y: Tensor, y_hat: Tensor, keep_maps: bool = True
     ) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[list[Tensor]]]:
-        """Real ``y`` and generated ``y_hat`` [b, 1, t] -> (y_d_rs, y_d_gs, fmap_rs, fmap_gs)."""
+        """Real ``y`` and generated ``y_hat`` [b, 1, t] -> (y_d_rs, y_d_gs, fmap_rs, fmap_gs); the map lists are
+        empty unless ``keep_maps`` (the discriminators' own update needs only the scores: with activation
+        checkpointing, maps kept until every discriminator has run would be all of their activations)."""
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
         for discriminator in self.discriminators:
             (y_d_r, fmap_r), (y_d_g, fmap_g) = self._judge(discriminator, y, y_hat)
             y_d_rs.append(y_d_r)
             y_d_gs.append(y_d_g)
-            fmap_rs.append(fmap_r)
-            fmap_gs.append(fmap_g)
+            if keep_maps:
+                fmap_rs.append(fmap_r)
+                fmap_gs.append(fmap_g)
         return y_d_rs, y_d_gs, fmap_rs, fmap_gs
 
     def _judge(self, discriminator: nn.Module, y: Tensor, y_hat: Tensor) -> tuple[Any, Any]:
-        """``discriminator``'s (scores, maps) of ``y`` and of ``y_hat``; with activation checkpointing on:
-
-        * when it trains (its own update), real and generated audio run as one batch: weight norm then runs once
-          and backward keeps one copy of the normed weights (at batch 16 as large as the activations) instead
-          of two; the activations are kept, since recomputing them would cost a whole forward of real and
-          generated audio;
-        * when frozen (judging the generator), the real pass builds no graph and the generated one recomputes.
-        """
+        """``discriminator``'s (scores, maps) of ``y`` and of ``y_hat``. With activation checkpointing on, real
+        and generated audio run as one batch (weight norm runs once, and one recomputation in backward serves
+        both) whose activations are recomputed in the backward pass."""
         if not self._recomputing():
             return discriminator(y), discriminator(y_hat)
-        if any(p.requires_grad for p in discriminator.parameters()):
-            scores, fmap = discriminator(torch.cat([y, y_hat]))
-            real, fake = zip(*(t.chunk(2) for t in (scores, *fmap)))
-            return (real[0], list(real[1:])), (fake[0], list(fake[1:]))
-        return discriminator(y), self._run_stage(discriminator, y_hat)
+        scores, fmap = self._run_stage(discriminator, torch.cat([y, y_hat]))
+        real, fake = zip(*(t.chunk(2) for t in (scores, *fmap)))
+        return (real[0], list(real[1:])), (fake[0], list(fake[1:]))
+
+    def judge_generated(
+        self, y: Tensor, y_hat: Tensor, compare: Callable[[list[Tensor], list[Tensor]], list[Tensor]]
+    ) -> tuple[list[Tensor], list[list[Tensor]]]:
+        """What the generator step needs of each discriminator: its scores of ``y_hat`` and ``compare(maps of y,
+        maps of y_hat)`` (the feature-matching terms), taken before the next discriminator runs, so no one holds
+        every map at once. With activation checkpointing on, each discriminator's two passes run again in the
+        backward pass instead of keeping their activations. The same numbers as ``forward`` and then
+        ``compare`` of its maps."""
+        scores, compared = [], []
+        for discriminator in self.discriminators:
+            score, terms = self._run_stage(_scores_and_compared_maps, discriminator, y, y_hat, compare)
+            scores.append(score)
+            compared.append(terms)
+        return scores, compared
+
+
+def _scores_and_compared_maps(
+    discriminator: nn.Module, y: Tensor, y_hat: Tensor, compare: Callable[[list[Tensor], list[Tensor]], list[Tensor]]
+) -> tuple[Tensor, list[Tensor]]:
+    _, maps_real = discriminator(y)
+    score, maps_fake = discriminator(y_hat)
+    return score, compare(maps_real, maps_fake)
 
 
 class WavLMDiscriminator(nn.Module):

@@ -193,7 +193,7 @@ def discriminator_losses(trainer: Trainer, fwd: GeneratorPass, rt: Runtime) -> d
     """The three discriminators' losses on the real and the (detached) generated audio."""
     dur_real = dur_fake = None
     with rt.autocast():
-        mpd_real, mpd_fake, _, _ = trainer.d.net(fwd.y, fwd.y_hat.detach())
+        mpd_real, mpd_fake, _, _ = trainer.d.net(fwd.y, fwd.y_hat.detach(), keep_maps=False)
         if trainer.dur is not None:
             dur_real, dur_fake = duration_discriminator_scores(trainer.dur.net, fwd, detach=True)
     with torch.autocast(device_type=fwd.y.device.type, enabled=False):
@@ -230,7 +230,7 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
     dur = trainer.dur.raw if trainer.dur is not None else None
     dur_fake = None
     with rt.autocast():
-        _, mpd_fake, fmap_real, fmap_fake = trainer.d.raw(fwd.y, fwd.y_hat)
+        mpd_fake, fm_terms = trainer.d.raw.judge_generated(fwd.y, fwd.y_hat, losses.feature_terms)
         if dur is not None:
             _, dur_fake = duration_discriminator_scores(dur, fwd, detach=False)
     with torch.autocast(device_type=fwd.y.device.type, enabled=False):
@@ -239,8 +239,7 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
         fwd,
         hps,
         mpd_fake=mpd_fake,
-        fmap_real=fmap_real,
-        fmap_fake=fmap_fake,
+        loss_fm=losses.summed_feature_terms(fm_terms),
         loss_lm=losses.wavlm_feature_loss(fwd.slm_real, fwd.slm_fake),
         loss_lm_gen=losses.wavlm_generator_loss(wd_fake),
         dur_fake=dur_fake,
@@ -248,8 +247,8 @@ def generator_losses(trainer: Trainer, fwd: GeneratorPass, hps: Any, rt: Runtime
 
 
 def judged_generator_losses(fwd: GeneratorPass, hps: Any, **judged: Any) -> dict[str, Any]:
-    """``losses.generator_step_losses`` of this pass and the judges' outputs (``mpd_fake``, ``fmap_real``,
-    ``fmap_fake``, ``loss_lm``, ``loss_lm_gen``, ``dur_fake``), with the config's loss weights."""
+    """``losses.generator_step_losses`` of this pass and the judges' outputs (``mpd_fake``, ``loss_fm``,
+    ``loss_lm``, ``loss_lm_gen``, ``dur_fake``), with the config's loss weights."""
     return losses.generator_step_losses(
         y_mel=fwd.y_mel,
         y_hat_mel=fwd.y_hat_mel,

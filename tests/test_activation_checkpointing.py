@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import attentions
+import losses
 import models
 from config import model_config_from_dict
 
@@ -81,20 +83,84 @@ def test_the_flag_changes_no_checkpoint_key(tiny_model_config: dict) -> None:
     assert (list(net_g.state_dict()), list(net_d.state_dict())) == keys
 
 
-def test_a_frozen_discriminator_gives_the_plain_input_gradient(tiny_model_config: dict) -> None:
-    """The generator step's path: frozen multi-period discriminator, gradient into the generated audio only."""
+def _judged_generated_audio(net_d: models.MultiPeriodDiscriminator, wav: torch.Tensor, fake: torch.Tensor):
+    """The generator step's path: scores and feature-matching terms of a frozen discriminator, one scalar."""
+    y_d_gs, terms = net_d.judge_generated(wav, fake, losses.feature_terms)
+    return sum(d.square().mean() for d in y_d_gs) + losses.summed_feature_terms(terms)
+
+
+def _frozen_discriminator_and_audio(tiny_model_config: dict):
     _, net_d = _nets(tiny_model_config)
     net_d.train().requires_grad_(False)
     generator = torch.Generator().manual_seed(2)
     wav = torch.randn(2, 1, 1024, generator=generator) * 0.1
     fake = torch.randn(2, 1, 1024, generator=generator) * 0.1
-    grads = []
+    return net_d, wav, fake
+
+
+def test_a_frozen_discriminator_gives_the_plain_input_gradient(tiny_model_config: dict) -> None:
+    """The generator step's path: frozen multi-period discriminator, gradient into the generated audio only."""
+    net_d, wav, fake = _frozen_discriminator_and_audio(tiny_model_config)
+    results = []
     for enabled in (False, True):
         models.set_activation_checkpointing(enabled, net_d)
         y_hat = fake.clone().requires_grad_()
-        _, y_d_gs, fmap_rs, fmap_gs = net_d(wav, y_hat)
-        loss = sum(d.square().mean() for d in y_d_gs)
-        loss = loss + sum((r - g).abs().mean() for rs, gs in zip(fmap_rs, fmap_gs) for r, g in zip(rs, gs))
+        loss = _judged_generated_audio(net_d, wav, y_hat)
         loss.backward()
-        grads.append(y_hat.grad)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+        results.append((loss.detach(), y_hat.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)
+
+
+def test_the_generator_step_judgement_is_the_forward_and_the_feature_loss(tiny_model_config: dict) -> None:
+    """Without checkpointing, judge_generated gives bit for bit what forward and feature_loss of its maps give."""
+    net_d, wav, fake = _frozen_discriminator_and_audio(tiny_model_config)
+    _, y_d_gs, fmap_rs, fmap_gs = net_d(wav, fake)
+    scores, terms = net_d.judge_generated(wav, fake, losses.feature_terms)
+    assert all(torch.equal(a, b) for a, b in zip(scores, y_d_gs, strict=True))
+    assert torch.equal(losses.summed_feature_terms(terms), losses.feature_loss(fmap_rs, fmap_gs))
+    scores_only = net_d(wav, fake, keep_maps=False)
+    assert scores_only[2:] == ([], []) and all(torch.equal(a, b) for a, b in zip(scores_only[1], y_d_gs))
+
+
+def _saved_bytes(run) -> int:
+    """Bytes autograd keeps for the backward pass while ``run()`` builds its graph."""
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(saved)
+
+
+def test_checkpointed_discriminators_keep_no_activation_for_the_backward(tiny_model_config: dict) -> None:
+    """With checkpointing neither discriminator pass keeps its maps for the backward pass: in the generator step
+    (frozen judges, gradient into the audio) and in their own update (batch of real and generated audio)."""
+    net_d, wav, fake = _frozen_discriminator_and_audio(tiny_model_config)
+    y_hat = fake.clone().requires_grad_()
+    kept = {}
+    for enabled in (False, True):
+        models.set_activation_checkpointing(enabled, net_d)
+        net_d.requires_grad_(False)
+        generator_step = _saved_bytes(lambda: _judged_generated_audio(net_d, wav, y_hat))
+        net_d.requires_grad_(True)
+        own_update = _saved_bytes(lambda: net_d(wav, fake, keep_maps=False))
+        kept[enabled] = (generator_step, own_update)
+    assert kept[False][0] > 100_000_000 and kept[False][1] > 100_000_000  # the plain passes keep their maps
+    assert kept[True][0] < kept[False][0] / 1000 and kept[True][1] < kept[False][1] / 1000, kept
+
+
+def test_attention_keeps_its_weights_without_their_graph(tiny_model_config: dict) -> None:
+    """The flow's attention layers keep their last weights for inspection, detached: a checkpointed coupling's
+    recomputed weights would otherwise hold the recomputation's graph (and its activations) until the next step."""
+    net_g, _ = _nets(tiny_model_config)
+    net_g.train()
+    models.set_activation_checkpointing(True, net_g)
+    z = torch.randn(2, net_g.dec.conv_pre.in_channels, 6, requires_grad=True)
+    g = torch.randn(2, net_g.emb_g.embedding_dim, 1)
+    net_g.flow(z, torch.ones(2, 1, 6), g=g).sum().backward()
+    layers = [m for m in net_g.flow.modules() if isinstance(m, attentions.MultiHeadAttention)]
+    assert layers and all(m.attn is not None and m.attn.grad_fn is None for m in layers)
