@@ -164,3 +164,22 @@ def test_attention_keeps_its_weights_without_their_graph(tiny_model_config: dict
     net_g.flow(z, torch.ones(2, 1, 6), g=g).sum().backward()
     layers = [m for m in net_g.flow.modules() if isinstance(m, attentions.MultiHeadAttention)]
     assert layers and all(m.attn is not None and m.attn.grad_fn is None for m in layers)
+
+
+def test_checkpointed_parts_drop_their_normed_weights_between_passes(tiny_model_config: dict) -> None:
+    """Weight norm recomputes a layer's weight before each forward: with checkpointing on, the copy is dropped
+    after the forward (the pass keeps what its backward needs; the gradients are the plain ones, tested above),
+    and turning checkpointing off restores the plain behaviour. The recomputation in backward stops inside each
+    discriminator's last layer, once it has what backward needs: that small layer keeps its copy."""
+    _, net_d = _nets(tiny_model_config)
+    net_d.train()
+    wav = torch.randn(2, 1, 1024)
+    normed = {name: m for name, m in net_d.named_modules() if hasattr(m, "weight_g")}
+    for enabled in (True, False):
+        models.set_activation_checkpointing(enabled, net_d)
+        y_d_rs, y_d_gs, _, _ = net_d(wav, wav.clone(), keep_maps=False)
+        assert all((m.weight is None) == enabled for m in normed.values()), enabled
+        sum(d.square().mean() for d in y_d_rs + y_d_gs).backward()
+        kept = {name for name, m in normed.items() if m.weight is not None}
+        expected = {name for name in normed if name.endswith("conv_post")} if enabled else set(normed)
+        assert kept == expected, enabled
