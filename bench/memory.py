@@ -17,9 +17,19 @@ allocations kept by the allocator), the variants alternating over ``--repeats`` 
   that trains flow and decoder only);
 * ``all``: checkpointing, accumulation and the freeze together.
 
-On CPU the memory is the process's peak resident set (``ru_maxrss``), also given as the growth over the
+On the CPU the memory is the process's peak resident set (``ru_maxrss``), also given as the growth over the
 resident set after building the nets (what the update itself costs); on CUDA, ``max_memory_allocated`` and
 ``max_memory_reserved`` over the updates. Step time is the median over every timed update of every round.
+
+On the CPU, glibc's allocator keeps most freed blocks inside the process (its mmap threshold rises to 32 MiB
+as blocks are freed, and a heap with live blocks above its holes cannot shrink), so the resident set also counts
+freed activations the allocator has not handed back: the CUDA caching allocator's "reserved" rather than its
+"allocated". ``--allocators`` runs every variant under each of:
+
+* ``glibc``: the allocator as a training process has it;
+* ``release``: ``MALLOC_MMAP_THRESHOLD_=1048576``: blocks of 1 MiB and more are mapped on their own and go
+  back to the system when freed, so the peak resident set is what the update holds at its peak (plus the
+  process's code and small blocks): the CPU's "allocated". Every variant pays the fresh pages' faults.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 GIB = 2**30
+ALLOCATORS: dict[str, dict[str, str]] = {"glibc": {}, "release": {"MALLOC_MMAP_THRESHOLD_": str(2**20)}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="rounds of all variants")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (CPU)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--allocators", default="glibc,release", help="CPU allocator settings, comma-separated, from glibc, release"
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -133,13 +147,14 @@ def tiny_wavlm(folder: Path, config: str) -> str:
     return str(folder)
 
 
-def run_variant(args: argparse.Namespace, name: str, slm_dir: str) -> dict[str, Any]:
+def run_variant(args: argparse.Namespace, name: str, slm_dir: str, allocator: str) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--child", name, "--slm-model", slm_dir]
     for option in ("config", "device", "batch_size", "segment_size", "seconds", "steps", "threads"):
         value = getattr(args, option)
         if value is not None:
             argv += ["--" + option.replace("_", "-"), str(value)]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    env = {**os.environ, **ALLOCATORS[allocator]}
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"variant {name} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -161,9 +176,11 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
     return table
 
 
-def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace, allocator: str) -> None:
     memory = "cuda_allocated_gib" if "cuda_allocated_gib" in table["plain"] else "peak_rss_gib"
     print(f"{args.config}, batch {args.batch_size}, segment {args.segment_size}, {args.device}, {args.seconds} s clips")
+    if args.device == "cpu":
+        print(f"allocator: {allocator} {ALLOCATORS[allocator]}")
     print(f"| variant | s/update | vs plain | {memory} | vs plain | update's own GiB (CPU) |")
     print("|---|---|---|---|---|---|")
     base = table["plain"]
@@ -174,28 +191,36 @@ def print_table(table: dict[str, dict[str, float]], args: argparse.Namespace) ->
         )
 
 
+def chosen(listed: str, known: dict[str, Any], what: str) -> list[str]:
+    names = [name.strip() for name in listed.split(",")]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}(s) {unknown}; choose from {', '.join(known)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         print(json.dumps(measure_variant(args, args.slm_model)))
         return 0
-    names = [name.strip() for name in args.variants.split(",")]
-    unknown = [name for name in names if name not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    names = chosen(args.variants, VARIANTS, "variant")
     if "plain" not in names:
         names.insert(0, "plain")
+    allocators = chosen(args.allocators, ALLOCATORS, "allocator") if args.device == "cpu" else ["glibc"]
+    tables = {}
     with tempfile.TemporaryDirectory() as scratch:
         slm_dir = args.slm_model or tiny_wavlm(Path(scratch) / "wavlm", args.config)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for round_index in range(args.repeats):
-            for name in names if round_index % 2 == 0 else reversed(names):
-                runs[name].append(run_variant(args, name, slm_dir))
-                print(f"round {round_index + 1}: {name} done", file=sys.stderr, flush=True)
-    table = summarise(runs)
-    print_table(table, args)
+        for allocator in allocators:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            for round_index in range(args.repeats):
+                for name in names if round_index % 2 == 0 else reversed(names):
+                    runs[name].append(run_variant(args, name, slm_dir, allocator))
+                    print(f"{allocator}, round {round_index + 1}: {name} done", file=sys.stderr, flush=True)
+            tables[allocator] = {"table": summarise(runs), "runs": runs}
+            print_table(tables[allocator]["table"], args, allocator)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "runs": runs}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "allocators": tables}, indent=2))
     return 0
 
 
