@@ -9,9 +9,8 @@ allocations kept by the allocator), the variants alternating over ``--repeats`` 
 ``--steps`` updates after one untimed one on the same synthetic batch (``bench/train_step.synthetic_batch``):
 
 * ``plain``: the reference's update;
-* ``checkpointing``: ``train.activation_checkpointing`` (decoder stages, flow couplings and, in the generator
-  step, the period/scale discriminators recompute their activations in backward; in their own update those
-  judge real and generated audio as one batch);
+* ``checkpointing``: ``train.activation_checkpointing`` (decoder stages, flow couplings and the period/scale
+  discriminators recompute their activations in backward; the discriminators keep no feature maps);
 * ``accumulation``: ``train.grad_accum_steps`` 2, the same batch as two micro-batches of half the size;
 * ``freeze``: ``train.freeze`` of the text encoder, duration predictors and posterior encoder (a fine-tune
   that trains flow and decoder only);
