@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -168,6 +168,18 @@ def weight_norm(module: ModuleT, name: str = "weight", dim: int = 0) -> ModuleT:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*weight_norm.*deprecated", category=FutureWarning)
         return nn.utils.weight_norm(module, name=name, dim=dim)
+
+
+def is_weight_normed(module: nn.Module, name: str = "weight") -> bool:
+    """Whether ``weight_norm`` holds ``module``'s ``name`` as ``<name>_g`` / ``<name>_v``."""
+    return hasattr(module, name + "_g") and hasattr(module, name + "_v")
+
+
+def release_normed_weight(module: nn.Module, inputs: Any, output: Any) -> None:
+    """Forward hook: drop the normed ``weight`` that ``weight_norm`` leaves on ``module`` after a forward (it
+    computes it again before the next one)."""
+    if is_weight_normed(module):  # not once remove_weight_norm has folded it back into a parameter
+        module.weight = None
 
 
 def remove_weight_norm(module: ModuleT, name: str = "weight") -> ModuleT:

@@ -29,7 +29,7 @@ import attentions
 import commons
 import modules
 import monotonic_align
-from commons import get_padding, init_weights, remove_weight_norm, weight_norm
+from commons import get_padding, init_weights, is_weight_normed, release_normed_weight, remove_weight_norm, weight_norm
 from modules import LRELU_SLOPE
 from text.symbols import num_languages, num_tones
 
@@ -169,11 +169,13 @@ class Recomputable:
 
     def set_checkpointing(self, enabled: bool) -> None:
         """Turn checkpointing on or off; when on, its weight-normed layers also drop their normed weight after
-        each forward (``release_normed_weight``)."""
+        each forward (``commons.release_normed_weight``: the pass keeps what its backward needs, and the copy
+        left on the layer would hold memory checkpointing otherwise frees, 0.17 GiB for the period/scale
+        discriminators)."""
         self.checkpoint_activations = enabled
         for handle in getattr(self, "_weight_releases", ()):
             handle.remove()
-        layers = [m for m in self.modules() if hasattr(m, "weight_g") and hasattr(m, "weight_v")] if enabled else []
+        layers = [m for m in self.modules() if is_weight_normed(m)] if enabled else []
         self._weight_releases = [layer.register_forward_hook(release_normed_weight) for layer in layers]
 
     def _recomputing(self) -> bool:
@@ -183,15 +185,6 @@ class Recomputable:
         if self._recomputing():
             return checkpoint(stage, *args, use_reentrant=False)
         return stage(*args)
-
-
-def release_normed_weight(layer: nn.Module, inputs: Any, output: Any) -> None:
-    """Forward hook of a weight-normed layer in a checkpointed part: weight norm computes ``weight`` again
-    before every forward, so the copy it leaves on the layer would only hold memory (a second copy of every
-    such weight, 0.17 GiB for the period/scale discriminators) that checkpointing otherwise frees; the pass
-    itself keeps what its backward needs."""
-    if hasattr(layer, "weight_g"):  # still weight-normed
-        layer.weight = None
 
 
 def set_activation_checkpointing(enabled: bool, *nets: nn.Module | None) -> int:
@@ -671,6 +664,20 @@ class Generator(Recomputable, nn.Module):
             block.remove_weight_norm()
 
 
+def judged_by_conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A period/scale discriminator's body: leaky-ReLU convolutions, then ``conv_post``; returns the flattened
+    scores and every layer's map."""
+    fmap = []
+    for layer in convs:
+        # In place on the fresh convolution output: backward then keeps one tensor per layer (this map, also the
+        # next convolution's input) instead of two; a convolution's backward needs no output.
+        x = F.leaky_relu_(layer(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
 class DiscriminatorP(nn.Module):
     """Period discriminator: folds the waveform into [b, 1, t / period, period] and applies 2-D convs."""
 
@@ -690,21 +697,13 @@ class DiscriminatorP(nn.Module):
         self.conv_post = norm_f(Conv2d(1024, 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        fmap = []
         b, c, t = x.shape
         if t % self.period != 0:
             n_pad = self.period - (t % self.period)
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)  # [b, 1, t / p, p]
-        for layer in self.convs:
-            # In place on the fresh convolution output: backward then keeps one tensor per layer (this map, also
-            # the next convolution's input) instead of two; a convolution's backward needs no output.
-            x = F.leaky_relu_(layer(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return judged_by_conv_stack(self.convs, self.conv_post, x)
 
 
 class DiscriminatorS(nn.Module):
@@ -726,15 +725,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = norm_f(Conv1d(1024, 1, 3, 1, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        fmap = []
-        for layer in self.convs:
-            # In place on the fresh convolution output: backward then keeps one tensor per layer (this map, also
-            # the next convolution's input) instead of two; a convolution's backward needs no output.
-            x = F.leaky_relu_(layer(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return judged_by_conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(Recomputable, nn.Module):
@@ -755,8 +746,11 @@ class MultiPeriodDiscriminator(Recomputable, nn.Module):
         empty unless ``keep_maps`` (the discriminators' own update needs only the scores: with activation
         checkpointing, maps kept until every discriminator has run would be all of their activations)."""
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
+        # With activation checkpointing, real and generated audio run as one batch (weight norm runs once, and
+        # one recomputation in backward serves both).
+        both = torch.cat([y, y_hat]) if self._recomputing() else None
         for discriminator in self.discriminators:
-            (y_d_r, fmap_r), (y_d_g, fmap_g) = self._judge(discriminator, y, y_hat)
+            (y_d_r, fmap_r), (y_d_g, fmap_g) = self._judge(discriminator, y, y_hat, both)
             y_d_rs.append(y_d_r)
             y_d_gs.append(y_d_g)
             if keep_maps:
@@ -764,13 +758,12 @@ class MultiPeriodDiscriminator(Recomputable, nn.Module):
                 fmap_gs.append(fmap_g)
         return y_d_rs, y_d_gs, fmap_rs, fmap_gs
 
-    def _judge(self, discriminator: nn.Module, y: Tensor, y_hat: Tensor) -> tuple[Any, Any]:
-        """``discriminator``'s (scores, maps) of ``y`` and of ``y_hat``. With activation checkpointing on, real
-        and generated audio run as one batch (weight norm runs once, and one recomputation in backward serves
-        both) whose activations are recomputed in the backward pass."""
-        if not self._recomputing():
+    def _judge(self, discriminator: nn.Module, y: Tensor, y_hat: Tensor, both: Tensor | None) -> tuple[Any, Any]:
+        """``discriminator``'s (scores, maps) of ``y`` and of ``y_hat``: from ``both`` (the two as one batch,
+        recomputed in backward) when given."""
+        if both is None:
             return discriminator(y), discriminator(y_hat)
-        scores, fmap = self._run_stage(discriminator, torch.cat([y, y_hat]))
+        scores, fmap = self._run_stage(discriminator, both)
         real, fake = zip(*(t.chunk(2) for t in (scores, *fmap)))
         return (real[0], list(real[1:])), (fake[0], list(fake[1:]))
 
